@@ -1,0 +1,47 @@
+"""Data sets (all in memory, no MPI): the offline digits stand-in and CIFAR-10."""
+
+from __future__ import annotations
+
+from hpc_dsgd.data.augment import augment_batch
+from hpc_dsgd.data.base import DataError, ImageData
+from hpc_dsgd.data.cifar10 import check_cifar10, load_cifar10
+from hpc_dsgd.data.digits import load_digits32
+from hpc_dsgd.data.partition import epoch_permutation, replica_shard
+
+DATASETS = ("digits", "cifar10")
+
+
+def check_dataset(name: str, root: str | None) -> None:
+    """Fail fast (DataError) if data set ``name`` is unknown or not available under ``root``."""
+    if name == "digits":
+        return  # embedded in scikit-learn, always available
+    if name == "cifar10":
+        if root is None:
+            raise DataError("data set 'cifar10' needs a data root directory, got none")
+        check_cifar10(root)
+        return
+    raise DataError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str, root: str | None) -> ImageData:
+    """Check, then load data set ``name`` into memory (CPU tensors)."""
+    check_dataset(name, root)
+    if name == "digits":
+        return load_digits32()
+    assert root is not None  # guaranteed by check_dataset
+    return load_cifar10(root)
+
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "ImageData",
+    "augment_batch",
+    "check_cifar10",
+    "check_dataset",
+    "epoch_permutation",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits32",
+    "replica_shard",
+]

@@ -1,0 +1,44 @@
+"""Shared test set-up.
+
+Under `mpiexec -n 4 python -m mpi4py -m pytest`, pytest catches a failed assert, so the other
+ranks would wait in their next collective forever. As mpi4py's own suite does, a failure on any
+rank prints its report and aborts COMM_WORLD, so the whole job ends non-zero within seconds.
+Timeouts use pytest-timeout's thread method: a rank stuck inside an MPI call still dies, and the
+process manager then tears the job down.
+"""
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _world():
+    if "mpi4py.MPI" not in sys.modules:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    comm = _world()
+    if report.failed and comm is not None and comm.Get_size() > 1:
+        sys.stderr.write(f"\n[rank {comm.Get_rank()}] FAILED {item.nodeid} ({report.when}):\n{report.longreprtext}\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+
+@pytest.fixture
+def comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
