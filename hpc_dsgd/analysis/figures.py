@@ -1,0 +1,238 @@
+"""The paper's figures from traces (matplotlib, Agg backend: no display needed).
+
+    python tools/figures.py fig1 runs/ring32/ -o fig1.png           # Xi over epochs, phase boundaries
+    python tools/figures.py fig2 runs/dec1/ runs/ring/ -o fig2.png  # training loss / train acc / test acc
+    python tools/figures.py theta-xi runs/x/trace.h5 -o thxi.png    # measured Xi vs Theta, Xi = (2/p) Theta
+    python tools/figures.py fig4 --n 32 --steps 60 -o fig4.png      # gossip-only simulation (Sec. 5)
+
+Every figure is written at a fixed pixel size (figsize x dpi, no tight bbox), so scripts and tests can
+rely on it. Arguments that take traces accept trace files and directories (searched for *.h5).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..trace import Trace, TraceError, read_trace  # noqa: E402
+from .gossip_sim import FIG4_TOPOLOGIES, simulate_all  # noqa: E402
+from .tables import find_traces  # noqa: E402
+
+DPI = 100
+SIZE_WIDE = (12.0, 4.0)  # inches: three panels (Figure 2)
+SIZE_ONE = (6.0, 4.5)  # inches: one panel
+
+
+def _load(traces) -> list[Trace]:
+    """Trace objects from Trace objects, trace paths or directories (unreadable files are reported)."""
+    if isinstance(traces, (str, os.PathLike, Trace)):
+        traces = [traces]
+    out = []
+    for t in traces:
+        if isinstance(t, Trace):
+            out.append(t)
+            continue
+        for path in find_traces([t]):
+            try:
+                out.append(read_trace(path))
+            except TraceError as e:
+                print(f"skipped {path}: {e}", file=sys.stderr)
+    if not out:
+        raise TraceError(f"no readable trace in {[os.fspath(t) if not isinstance(t, Trace) else t.path for t in traces]}")
+    return out
+
+
+def _label(tr: Trace) -> str:
+    try:
+        cfg = tr.config
+    except (KeyError, ValueError):
+        return os.path.basename(tr.path)
+    pol = cfg.get("policies", [])
+    fac = cfg.get("target_factors") or []
+    parts = []
+    for k, p in enumerate(pol):
+        parts.append(f"{p}({fac[k]:g})" if p in ("target", "adaptive") and k < len(fac) else p)
+    status = tr.attrs.get("status", "?")
+    return (f"{cfg.get('name', os.path.basename(tr.path))} s{cfg.get('seed', 0)}: "
+            f"{tr.attrs.get('topology', cfg.get('topology', '?'))} n={tr.attrs.get('n', cfg.get('n', '?'))} "
+            f"[{', '.join(parts)}]" + ("" if status == "finished" else f" ({status})"))
+
+
+def _iter_epochs(tr: Trace) -> np.ndarray:
+    """Epoch position of every /iter/ row (the `epoch` column, else it / iters_per_epoch)."""
+    if "epoch" in tr.iter:
+        return np.asarray(tr.iter["epoch"], dtype=float)
+    ipe = float(tr.attrs.get("iters_per_epoch", 1) or 1)
+    return np.asarray(tr.iter.get("it", []), dtype=float) / ipe
+
+
+def _phase_boundaries(tr: Trace) -> list[float]:
+    """Epochs at which the learning rate decays (phase k+1 starts), from the config."""
+    try:
+        cfg = tr.config
+    except (KeyError, ValueError):
+        return []
+    T = float(cfg.get("epochs", 0) or 0)
+    return [a * T for a in cfg.get("decay_fractions", [])]
+
+
+def _save(fig, out_png: str, size) -> str:
+    fig.set_size_inches(*size)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=DPI)  # fixed pixel size: size x DPI (no bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+def fig1_consensus(traces, out_png: str) -> str:
+    """Figure 1: consensus distance Xi over epochs (iterations where Xi was measured), one line per run,
+    with the learning-rate decays (phase boundaries) as dashed vertical lines."""
+    trs = _load(traces)
+    fig, ax = plt.subplots(figsize=SIZE_ONE)
+    bounds, positive, has_data = set(), True, False
+    for tr in trs:
+        xi = np.asarray(tr.iter.get("xi", []), dtype=float)
+        ep = _iter_epochs(tr)[: len(xi)]
+        ok = np.isfinite(xi)
+        if ok.any():
+            ax.plot(ep[ok], xi[ok], lw=1, label=_label(tr))
+            positive &= bool((xi[ok] > 0).all())
+            has_data = True
+        else:
+            ax.plot([], [], label=_label(tr) + " (no Xi measured)")
+        bounds.update(round(b, 6) for b in _phase_boundaries(tr))
+    for k, b in enumerate(sorted(bounds)):
+        ax.axvline(b, color="grey", ls="--", lw=0.8, label="lr decay (phase boundary)" if k == 0 else None)
+    if positive and has_data:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"consensus distance $\Xi_t$")
+    ax.set_title(r"Evolution of the consensus distance $\Xi$")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png, SIZE_ONE)
+
+
+def fig2_learning_curves(traces, out_png: str) -> str:
+    """Figure 2: (a) training loss, (b) training accuracy, (c) test accuracy of the averaged model, per
+    epoch, one line per run."""
+    trs = _load(traces)
+    fig, axes = plt.subplots(1, 3, figsize=SIZE_WIDE)
+    panels = (("train_loss", "training loss"), ("train_acc", "training accuracy (%)"),
+              ("test_acc_avg", "test accuracy (%)"))
+    for tr in trs:
+        ep = np.asarray(tr.epoch.get("epoch", []), dtype=float)
+        for ax, (col, _) in zip(axes, panels):
+            y = np.asarray(tr.epoch.get(col, np.full(len(ep), np.nan)), dtype=float)
+            ax.plot(ep[: len(y)], y[: len(ep)], lw=1, label=_label(tr))
+    for ax, (col, name), tag in zip(axes, panels, "abc"):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(f"({tag}) {name}")
+        ax.grid(alpha=0.3)
+    if all(np.all(np.asarray(tr.epoch.get("train_loss", [1.0])) > 0) for tr in trs):
+        axes[0].set_yscale("log")
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, out_png, SIZE_WIDE)
+
+
+def theta_vs_xi(trace, out_png: str) -> str:
+    """Measured Xi against the estimator Theta on the same iterations, with the Lemma A.1 bound
+    Xi = (2/p) Theta (p from the trace's attributes): every point should lie below the line."""
+    (tr,) = _load(trace)[:1]
+    xi = np.asarray(tr.iter.get("xi", []), dtype=float)
+    th = np.asarray(tr.iter.get("theta", []), dtype=float)
+    m = min(len(xi), len(th))
+    xi, th = xi[:m], th[:m]
+    ok = np.isfinite(xi) & np.isfinite(th)
+    p = float(tr.attrs.get("p", math.nan))
+    fig, ax = plt.subplots(figsize=SIZE_ONE)
+    ax.scatter(th[ok], xi[ok], s=4, alpha=0.5, label=f"measured ({int(ok.sum())} iterations)")
+    if ok.any() and np.isfinite(p) and p > 0:
+        hi = float(th[ok].max()) or 1.0
+        lo = float(th[ok][th[ok] > 0].min()) if (th[ok] > 0).any() else hi / 10
+        t = np.geomspace(lo, hi, 50) if lo > 0 else np.linspace(0, hi, 50)
+        ax.plot(t, 2.0 / p * t, "k--", lw=1, label=rf"$\Xi = (2/p)\,\Theta$, p={p:.4g} (Lemma A.1)")
+        above = int((xi[ok] > 2.0 / p * th[ok] * (1 + 1e-6)).sum())
+        ax.set_title(f"Xi vs Theta: {above} of {int(ok.sum())} points above the bound")
+        if (th[ok] > 0).all() and (xi[ok] > 0).all():
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+    else:
+        ax.set_title("Xi vs Theta" + ("" if ok.any() else ": no iteration with both measured"))
+    ax.set_xlabel(r"$\Theta_t$")
+    ax.set_ylabel(r"$\Xi_t$")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png, SIZE_ONE)
+
+
+def fig4_gossip(out_png: str, n: int = 32, steps: int = 50, seed: int = 0, d: int = 1,
+                topologies=FIG4_TOPOLOGIES) -> str:
+    """Figure 4: consensus distance against the number of gossip steps, x_i ~ U[0, 10], per topology."""
+    curves = simulate_all(n, steps, d, seed, tuple(topologies))
+    fig, ax = plt.subplots(figsize=SIZE_ONE)
+    for name, xi in curves.items():
+        ax.plot(np.arange(len(xi)), np.maximum(xi, 1e-300), lw=1.2, label=name.replace("_", " "))
+    ax.set_yscale("log")
+    ax.set_xlabel("number of gossip steps")
+    ax.set_ylabel(r"consensus distance $\Xi$")
+    ax.set_title(f"Gossip averaging, n={n}, " + r"$x_i \sim U[0, 10]$")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png, SIZE_ONE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tools/figures.py", description="The paper's figures from traces.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, hlp in (("fig1", "Figure 1: Xi over epochs with phase boundaries"),
+                      ("fig2", "Figure 2: training loss, training accuracy, test accuracy")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("traces", nargs="+", help="trace files or directories (searched for *.h5)")
+        p.add_argument("-o", "--out", required=True, help="output PNG")
+    p = sub.add_parser("theta-xi", help="measured Xi vs Theta with the Lemma A.1 line Xi = (2/p) Theta")
+    p.add_argument("trace", help="one trace file")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p = sub.add_parser("fig4", help="Figure 4: gossip-only consensus simulation per topology")
+    p.add_argument("--n", type=int, default=32, help="replicas (default 32)")
+    p.add_argument("--steps", type=int, default=50, help="gossip steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="initial values and matchings (default 0)")
+    p.add_argument("--d", type=int, default=1, help="dimension of each x_i (default 1)")
+    p.add_argument("--topologies", nargs="+", default=list(FIG4_TOPOLOGIES), help="topologies to simulate")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "fig1":
+            out = fig1_consensus(args.traces, args.out)
+        elif args.cmd == "fig2":
+            out = fig2_learning_curves(args.traces, args.out)
+        elif args.cmd == "theta-xi":
+            out = theta_vs_xi(args.trace, args.out)
+        else:
+            out = fig4_gossip(args.out, n=args.n, steps=args.steps, seed=args.seed, d=args.d,
+                              topologies=args.topologies)
+    except (TraceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

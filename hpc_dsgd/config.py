@@ -1,0 +1,203 @@
+"""Run description: one typed dataclass, TOML files, `--set key=value` overrides, validation.
+
+Validation happens on every rank, from the file alone plus the rank count, before the first
+collective: a bad value stops every rank with the same one-line message, and nothing hangs.
+Errors are ValueError (ConfigError) naming the key, the value and what would be right.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+POLICIES = ("allreduce", "gossip", "target", "adaptive")
+CONTROL_SIGNALS = ("xi", "theta")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what would be right."""
+
+
+@dataclass
+class Config:
+    # -- run ------------------------------------------------------------------------------
+    name: str = "run"  # run name; outputs go to out_dir/name/
+    out_dir: str = "runs"  # parent directory of run directories
+    seed: int = 0  # one seed for init, data order, augmentation, matchings
+    # -- world ----------------------------------------------------------------------------
+    n: int = 16  # replicas in total; replicas_per_rank = n / MPI ranks
+    device: str = "auto"  # auto | cpu | cuda (one GPU per rank, node-local rank modulo GPUs)
+    torch_threads: int = 1  # intra-op CPU threads per rank
+    # -- topology -------------------------------------------------------------------------
+    topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
+    torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
+    # -- data and model -------------------------------------------------------------------
+    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10
+    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/
+    model: str = "resnet20"  # model name (hpc_dsgd.models.MODELS)
+    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters)
+    # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
+    epochs: float = 300.0  # training length in epochs of the whole training set
+    batch_size: int = 32  # local mini-batch per replica
+    base_lr: float = 0.1  # learning rate at global batch base_batch (linear scaling rule)
+    base_batch: int = 128  # global batch at which base_lr applies: peak lr = base_lr * n * batch_size / base_batch
+    warmup_epochs: float = 5.0  # linear warm-up from warmup_lr to the peak lr (part of phase 1)
+    warmup_lr: float = 0.1  # learning rate at iteration 0
+    decay_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])  # lr /= decay_factor when these fractions of samples are seen
+    decay_factor: float = 10.0  # divisor at each decay
+    momentum: float = 0.9  # local momentum (stays on the replica, never gossiped); 0 = plain SGD
+    nesterov: bool = True  # Nesterov momentum, no dampening
+    weight_decay: float = 1e-4  # L2 on every parameter, added to the gradient
+    # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
+    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase
+    # -- evaluation and output ------------------------------------------------------------
+    eval_every: int = 1  # evaluate every this many epochs (and at the end)
+    local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
+    trace_flush_seconds: float = 30.0  # the trace is flushed every epoch and at least this often
+    max_iterations: int = 0  # stop after this many iterations (0 = run to the end); for smoke tests
+
+    # -- derived --------------------------------------------------------------------------
+    def replicas_per_rank(self, ranks: int) -> int:
+        return self.n // ranks
+
+    def peak_lr(self) -> float:
+        return self.base_lr * self.n * self.batch_size / self.base_batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        lines = []
+        for k, v in self.to_dict().items():
+            lines.append(f"{k} = {json.dumps(v)}")  # JSON scalars and arrays are valid TOML here
+        return "\n".join(lines) + "\n"
+
+
+_HINTS = typing.get_type_hints(Config)
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value):
+    """Check value against the field's annotation; ints are accepted for floats."""
+    hint = _HINTS[key]
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r}: expected a list of {item.__name__}")
+        return [_check_scalar(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    return _check_scalar(key, hint, value)
+
+
+def _check_scalar(key, typ, value):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'key=value' with value in TOML syntax (numbers, true/false, [lists], "strings");
+    a bare word is taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _read_toml(path: str, seen: tuple = ()) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    base = data.pop("base", None)  # `base = "other.toml"`: inherit, then override
+    if base is not None:
+        bpath = os.path.join(os.path.dirname(path), base)
+        if bpath in seen:
+            raise ConfigError(f"config {path!r}: base chain loops through {bpath!r}")
+        merged = _read_toml(bpath, seen + (path,))
+        merged.update(data)
+        return merged
+    return data
+
+
+def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1) -> Config:
+    """Read a TOML file (or defaults), apply overrides, validate for `ranks` MPI processes."""
+    data = _read_toml(path) if path else {}
+    for text in overrides:
+        k, v = parse_override(text)
+        data[k] = v
+    return from_dict(data, ranks)
+
+
+def from_dict(data: dict, ranks: int = 1) -> Config:
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+    cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
+    validate(cfg, ranks)
+    return cfg
+
+
+def validate(cfg: Config, ranks: int) -> None:
+    """Impossible values, refused before any work (no MPI collective here)."""
+    from .data import DATASETS, check_dataset
+    from .models import MODELS
+    from .topology import Topology
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.n >= 1, f"n={cfg.n}: need at least one replica")
+    need(cfg.n % ranks == 0, f"n={cfg.n} replicas cannot be split over {ranks} MPI ranks: n must be a multiple "
+         f"of the rank count (e.g. n={ranks * max(1, round(cfg.n / ranks))}), or use a rank count dividing {cfg.n}")
+    need(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: choose auto, cpu or cuda")
+    need(cfg.torch_threads >= 1, f"torch_threads={cfg.torch_threads}: need >= 1")
+    Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
+    need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+    need(cfg.model in MODELS, f"model={cfg.model!r}: choose one of {', '.join(MODELS)}")
+    need(cfg.width > 0, f"width={cfg.width}: need a positive width factor")
+    need(cfg.epochs > 0, f"epochs={cfg.epochs}: need a positive number of epochs")
+    need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: need >= 1")
+    need(cfg.base_lr > 0, f"base_lr={cfg.base_lr}: the learning rate must be positive")
+    need(cfg.warmup_lr > 0, f"warmup_lr={cfg.warmup_lr}: the learning rate must be positive")
+    need(cfg.base_batch >= 1, f"base_batch={cfg.base_batch}: need >= 1")
+    need(0 <= cfg.warmup_epochs < cfg.epochs, f"warmup_epochs={cfg.warmup_epochs}: need 0 <= warmup_epochs < epochs={cfg.epochs}")
+    fr = cfg.decay_fractions
+    need(all(0 < a < 1 for a in fr) and fr == sorted(set(fr)),
+         f"decay_fractions={fr}: need strictly increasing fractions inside (0, 1), e.g. [0.5, 0.75]")
+    need(cfg.warmup_epochs <= fr[0] * cfg.epochs if fr else True,
+         f"warmup_epochs={cfg.warmup_epochs}: warm-up belongs to phase 1 and must end by the first decay "
+         f"at epoch {fr[0] * cfg.epochs if fr else 0:g}")
+    need(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r}: need a non-empty run name without '/'")
+    need(not os.path.exists(cfg.out_dir) or os.path.isdir(cfg.out_dir),
+         f"out_dir={cfg.out_dir!r} exists and is not a directory")
+    need(cfg.decay_factor >= 1, f"decay_factor={cfg.decay_factor}: need >= 1")
+    need(0 <= cfg.momentum < 1, f"momentum={cfg.momentum}: need 0 <= momentum < 1")
+    need(not cfg.nesterov or cfg.momentum > 0, "nesterov=true needs momentum > 0 (set nesterov=false for plain SGD)")
+    need(cfg.weight_decay >= 0, f"weight_decay={cfg.weight_decay}: need >= 0")
+    need(len(cfg.policies) == len(fr) + 1, f"policies={cfg.policies}: need one policy per phase, "
+         f"{len(fr) + 1} for decay_fractions={fr}")
+    for i, pol in enumerate(cfg.policies):
+        need(pol in ("allreduce", "gossip"), f"policies[{i}]={pol!r}: choose one of allreduce, gossip")
+    need(cfg.eval_every >= 1, f"eval_every={cfg.eval_every}: need >= 1")
+    need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
+    need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
+    check_dataset(cfg.dataset, cfg.data_dir or None)

@@ -1,0 +1,146 @@
+"""`python -m hpc_dsgd topology`: what a topology looks like and how well it mixes (numpy only, no MPI).
+
+    python -m hpc_dsgd topology ring --n 16                 # neighbours, W (n <= 16), spectral gap, p
+    python -m hpc_dsgd topology torus --n 32 --shape 4 8
+    python -m hpc_dsgd topology random_matching --n 8 --seed 3 --steps 2
+    python -m hpc_dsgd topology --table --n 16 32 64        # rho and p of every topology (cf. paper Table 10)
+
+Also runnable as `python -m hpc_dsgd.topology_report ...`. p is the mixing parameter of Assumption 1:
+p = 1 - (1 - rho)^2 with rho the spectral gap (1 - |lambda_2| for a symmetric W). For time-varying
+graphs p is per gossip step in expectation (random matching: estimated from sampled matchings;
+one-peer exponential: from the product of one full cycle, also shown as p_cycle).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from .topology import TOPOLOGIES, Topology, TopologyError, exponential_hops
+
+W_PRINT_MAX_N = 16  # W is printed only up to this n
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _steps_to_show(topo: Topology, steps: int | None) -> list[int]:
+    if not topo.time_varying:
+        return [0]
+    if steps is not None:
+        return list(range(max(1, steps)))
+    return list(range(topo.period)) if topo.period else [0, 1, 2]
+
+
+def describe(topo: Topology, steps: int | None = None) -> str:
+    """Neighbours of every replica, W (n <= 16), spectral gap and p, as text."""
+    n = topo.n
+    out = [f"topology {topo.describe()}" + (f" (seed {topo.seed})" if topo.name == "random_matching" else "")]
+    if topo.time_varying:
+        per = f"cycles through {topo.period} matrices" if topo.period else "a new random matching every step"
+        out.append(f"time-varying: W_t changes with the gossip step t ({per})")
+    else:
+        out.append("fixed: the same W at every gossip step")
+    for t in _steps_to_show(topo, steps):
+        W = topo.W(t)
+        symmetric = bool(np.allclose(W, W.T))
+        if topo.time_varying:
+            extra = f" (hop 2^{t % topo.period} = {exponential_hops(n)[t % topo.period]})" \
+                if topo.name == "one_peer_exponential" and n > 1 else ""
+            out.append(f"step t={t}{extra}:")
+        out.append("neighbours (j != i with w_ij > 0)" + ("" if symmetric else ": receives from / sends to") + ":")
+        for i in range(n):
+            recv = [int(j) for j in np.flatnonzero(W[i]) if j != i]
+            if symmetric:
+                out.append(f"  {i}: {', '.join(map(str, recv)) or '(none)'}")
+            else:
+                send = [int(j) for j in np.flatnonzero(W[:, i]) if j != i]
+                out.append(f"  {i}: from {', '.join(map(str, recv)) or '(none)'}; to {', '.join(map(str, send)) or '(none)'}")
+        if n <= W_PRINT_MAX_N:
+            out.append(f"W{'_' + str(t) if topo.time_varying else ''} (rows: receiving replica i, columns: j; x_i <- sum_j w_ij x_j):")
+            out.append(np.array2string(W, precision=4, suppress_small=True, max_line_width=220))
+        else:
+            out.append(f"W not printed: n={n} > {W_PRINT_MAX_N} (doubly stochastic, "
+                       f"{int((W > 0).sum())} nonzeros)")
+    p = topo.p()
+    out.append(f"spectral gap rho = {_fmt(topo.spectral_gap())}")
+    out.append(f"p = {_fmt(p)}  (Assumption 1: p = 1 - (1 - rho)^2"
+               + ("; expected contraction per step, estimated from sampled matchings" if topo.name == "random_matching"
+                  else "; per step, from one full cycle" if topo.name == "one_peer_exponential" else "") + ")")
+    if topo.name == "one_peer_exponential":
+        out.append(f"p_cycle = {_fmt(topo.p_cycle())}  (product of the {topo.period} matrices of one cycle)")
+    return "\n".join(out)
+
+
+def table(ns: list[int], seed: int = 0, fmt: str = "md") -> str:
+    """Spectral gap rho and p of every topology at each n (cf. the paper's Table 10); an entry that
+    cannot be built says why below the table."""
+    head = ["topology"] + [f"{h} (n={n})" for n in ns for h in ("rho", "p")]
+    rows, notes = [], []
+    for name in TOPOLOGIES:
+        row = [name]
+        for n in ns:
+            try:
+                topo = Topology(name, n, seed=seed)
+                row += [_fmt(topo.spectral_gap()), _fmt(topo.p())]
+            except TopologyError as e:
+                notes.append(f"[{len(notes) + 1}] {name}, n={n}: {e}")
+                row += [f"n/a [{len(notes)}]", f"n/a [{len(notes)}]"]
+        rows.append(row)
+    if fmt == "csv":
+        lines = [",".join(head)] + [",".join(r) for r in rows]
+    else:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    lines.append("rho: spectral gap; p = 1 - (1 - rho)^2 (Assumption 1). Time-varying graphs: p per step in "
+                 f"expectation (random_matching estimated from sampled matchings, seed {seed}; "
+                 "one_peer_exponential from one full cycle).")
+    lines += notes
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hpc_dsgd topology",
+                                 description="Show a topology (neighbours, W, spectral gap, p) or a table of "
+                                             "spectral gaps and p for every topology.")
+    ap.add_argument("name", nargs="?", choices=TOPOLOGIES, help="topology to show")
+    ap.add_argument("--n", type=int, nargs="+", help="replicas (--table: several, default 16 32 64)")
+    ap.add_argument("--seed", type=int, default=0, help="random matching seed (default 0)")
+    ap.add_argument("--shape", type=int, nargs=2, metavar=("A", "B"), help="torus sides, A*B = n")
+    ap.add_argument("--steps", type=int, help="time-varying graphs: how many W_t to show")
+    ap.add_argument("--table", action="store_true", help="rho and p of every topology at each --n")
+    ap.add_argument("--format", choices=("md", "csv"), default="md", help="--table output format")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.table:
+        if args.name:
+            ap.error("give either a topology NAME or --table, not both")
+        print(table(args.n or [16, 32, 64], args.seed, args.format))
+        return 0
+    if not args.name:
+        ap.error("give a topology NAME (one of " + ", ".join(TOPOLOGIES) + ") or --table")
+    if not args.n:
+        ap.error(f"{args.name} needs --n N (the number of replicas)")
+    status = 0
+    for k, n in enumerate(args.n):
+        try:
+            topo = Topology(args.name, n, seed=args.seed, shape=tuple(args.shape) if args.shape else None)
+        except TopologyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if k:
+            print()
+        print(describe(topo, args.steps))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The training loop: config -> world -> data -> replicas -> iterations -> trace.
+
+One iteration (paper eq. D-SGD): every replica takes a local SGD step on its own mini-batch, then
+the phase's policy communicates (gossip X <- W X, or exact averaging); all scalars of the
+iteration travel in one small Allreduce; rank 0 appends them to the HDF5 trace.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from . import __version__
+from .comm import Gossiper, World, allreduce_scalars, global_mean, make_world
+from .consensus import GossipCounter, make_policies
+from .data import load_dataset
+from .replica import Replicas
+from .schedule import Schedule
+from .topology import Topology
+from .trace import TraceWriter
+
+
+def code_revision() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import h5py
+    import mpi4py
+
+    return {"hpc_dsgd": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+            "cuda": torch.version.cuda or "none"}
+
+
+def evaluate(world: World, reps: Replicas, data, local_idx: torch.Tensor) -> dict:
+    """Test accuracy (%) of the averaged model (test set split over ranks) and of every local model."""
+    reps.eval_x.copy_(global_mean(world, reps.X).to(reps.eval_x.dtype))  # xbar, BN buffers included
+    mine = torch.arange(world.rank, len(data.test_y), world.ranks)
+    c_avg, l_avg = reps.accuracy(reps.eval_model, data, mine)
+    accs = [100.0 * reps.accuracy(m, data, local_idx)[0] / len(local_idx) for m in reps.models]
+    s = allreduce_scalars(world.comm, [c_avg, l_avg, sum(accs), sum(a * a for a in accs)])
+    n, N = world.n, len(data.test_y)
+    mean = s[2] / n
+    return {"test_acc_avg": 100.0 * s[0] / N, "test_loss_avg": s[1] / N, "test_acc_local_mean": mean,
+            "test_acc_local_std": math.sqrt(max(s[3] / n - mean * mean, 0.0))}
+
+
+@dataclass
+class RunResult:
+    metrics: dict  # the last evaluation (identical on every rank)
+    X: torch.Tensor  # this rank's final (k, D) replica block, on the CPU
+    d: int  # parameters per replica (the first d columns of X)
+
+
+def _fault(rank: int, t: int) -> None:
+    """Fault injection for tests of failure handling: HPC_DSGD_INJECT_FAULT="rank=R,it=T"."""
+    spec = os.environ.get("HPC_DSGD_INJECT_FAULT")
+    if spec:
+        kv = dict(item.split("=") for item in spec.split(","))
+        if int(kv["rank"]) == rank and int(kv["it"]) == t:
+            raise RuntimeError(f"injected fault on rank {rank} at iteration {t} (HPC_DSGD_INJECT_FAULT)")
+
+
+def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
+    """Train as configured on `comm` (any communicator: COMM_WORLD, a split, COMM_SELF)."""
+    torch.set_num_threads(cfg.torch_threads)
+    world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
+    rank0 = world.rank == 0
+    data = load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device)
+    sched = Schedule.from_config(cfg, len(data.train_y))
+    topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    reps = Replicas(cfg, world, data.num_classes)
+    gossiper = Gossiper(world, topo, reps.D)
+    counter = GossipCounter()
+    policies = make_policies(cfg, gossiper, counter)
+    g = torch.Generator().manual_seed(cfg.seed + 17)
+    local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
+
+    run_dir = os.path.join(cfg.out_dir, cfg.name)
+    trace = None
+    if rank0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.toml"), "w") as f:
+            f.write(cfg.to_toml())
+        p = topo.p()
+        trace = TraceWriter(os.path.join(run_dir, "trace.h5"), {
+            "config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
+            "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
+            "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
+            "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
+            "versions_json": json.dumps(versions()), "code_revision": code_revision(),
+            "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
+            "parameters": reps.d, "row_length": reps.D})
+        log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
+            f"gossip via {gossiper.kind}), {cfg.model} d={reps.d}, {cfg.dataset}, device {world.device}"
+            f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
+            f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {run_dir}/trace.h5")
+
+    end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
+    ipe, imgs = sched.iters_per_epoch, cfg.n * cfg.batch_size
+    acc = np.zeros(3)  # epoch sums: loss, correct, samples
+    t_train, last = 0.0, {}
+    for t in range(end):
+        if t == 1:
+            reps.check_grad_views()
+        _fault(world.rank, t)
+        tic = time.perf_counter()
+        epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
+        loss, correct, grad_sq = reps.local_step(data, epoch, b, lr)
+        res = policies[phase - 1].communicate(reps.X, reps.d, t)
+        s = allreduce_scalars(comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq])
+        t_train += time.perf_counter() - tic
+        acc += (s[0], s[1], imgs)
+        if rank0:
+            trace.append("iter", it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s[0] / cfg.n,
+                         acc=100.0 * s[1] / imgs, gossip_steps=res.steps, bytes_sent=int(s[2]),
+                         theta=math.sqrt(max(s[3], 0.0) / cfg.n), phi=math.sqrt(s[4] / cfg.n), time=t_train)
+        done = t + 1 == end
+        if (t + 1) % ipe == 0 or done:
+            ep = (t + 1) / ipe
+            if (t + 1) % (ipe * cfg.eval_every) == 0 or done:
+                last = evaluate(world, reps, data, local_idx)
+                last.update(epoch=ep, it=t, train_loss=acc[0] / max(acc[2] / cfg.batch_size, 1),
+                            train_acc=100.0 * acc[1] / max(acc[2], 1), images_per_s=(t + 1) * imgs / t_train,
+                            elapsed=t_train)
+                if rank0:
+                    trace.append("epoch", **last)
+                    eta = t_train / (t + 1) * (end - t - 1)
+                    log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4f} loss {last['train_loss']:.4f} "
+                        f"train {last['train_acc']:5.1f}% test(avg) {last['test_acc_avg']:5.1f}% "
+                        f"test(local) {last['test_acc_local_mean']:5.1f}% {last['images_per_s']:7.0f} img/s "
+                        f"ETA {_hms(eta)}", flush=True)
+                acc[:] = 0
+            if rank0:
+                trace.flush()
+        elif rank0 and trace.due(cfg.trace_flush_seconds):
+            trace.flush()
+    if rank0:
+        trace.set_attrs(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    gossiper.free()
+    return RunResult(last, reps.X.detach().cpu().clone(), reps.d)
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
