@@ -731,9 +731,9 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
                                                    for r in range(len(cs))))
     elif fmt == "latex":
         spec = "l" + "".join("c" * len(cs) for _, cs in lay.groups)
-        out += [r"\begin{table}[t]", r"\centering",
-                rf"\caption{{{lay.caption.replace('Ξ', '$\\Xi$')} % {info}",
-                "}", rf"\label{{tab:{lay.name}}}", r"\begin{tabular}{" + spec + "}", r"\toprule"]
+        caption = "".join("\\" + ch if ch in "{}#%&_" else ch for ch in lay.caption).replace("Ξ", r"$\Xi$")
+        out += [f"% {info}", r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
+                rf"\label{{tab:{lay.name}}}", r"\begin{tabular}{" + spec + "}", r"\toprule"]
         grouped = any(g for g, _ in lay.groups)
         if grouped:
             parts, rules, start = [_tex(lay.corner)], [], 2

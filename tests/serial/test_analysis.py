@@ -187,7 +187,7 @@ def test_table2_preset_layout_and_cells(runs_dir, capsys):
 
     assert tables.main([str(runs_dir), "--preset", "table2", "--paper"]) == 0
     out = capsys.readouterr().out
-    assert "| # nodes \\\\ target Ξ | dec-phase-1: Ξ_max | dec-phase-1: 1/2 Ξ_max |" in out
+    assert "| # nodes \\ target Ξ | dec-phase-1: Ξ_max | dec-phase-1: 1/2 Ξ_max |" in out
     assert "| n=32 |" in out and "| n=64 | — [paper 90.31 ± 0.12] |" in out
     assert "[paper 91.78 ± 0.35]" in out and "(2/3 seeds, 1 unfinished)" in out
 
@@ -283,3 +283,16 @@ def test_topology_cli_prints_p_of_the_ring(capsys):
     ring_row = next(line for line in out.splitlines() if line.startswith("| ring |"))
     assert float(ring_row.split("|")[3]) == pytest.approx(p, rel=1e-5)
     assert "torus, n=31" in out and "no such factorisation" in out
+
+
+def test_ambiguous_cell_is_shown_and_where_resolves_it(tmp_path, capsys):
+    """Two experiments fit Table 1's All-Reduce n=32 cell (All-Reduce policy; gossip on the complete graph)."""
+    for seed in (0, 1):
+        write_trace(tmp_path / f"ar{seed}.h5", config(policies=["allreduce"] * 3, seed=seed), 92.0 + seed)
+        write_trace(tmp_path / f"cg{seed}.h5", config(topology="complete", seed=seed), 93.0 + seed)
+    assert tables.main([str(tmp_path), "--preset", "table1"]) == 0
+    out = capsys.readouterr().out
+    assert "| n=32 | ambiguous: 2 experiments |" in out and "differing in policies, topology" in out
+    assert tables.main([str(tmp_path), "--preset", "table1", "--where", "topology=complete"]) == 0
+    out = capsys.readouterr().out
+    assert f"| n=32 | {93.5:.2f} ± {np.std([93.0, 94.0], ddof=1):.2f} |" in out
