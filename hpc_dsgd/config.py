@@ -52,7 +52,13 @@ class Config:
     nesterov: bool = True  # Nesterov momentum, no dampening
     weight_decay: float = 1e-4  # L2 on every parameter, added to the gradient
     # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
-    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase
+    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive
+    target_factors: list[float] = field(default_factory=list)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
+    reference_trace: str = ""  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
+    control_signal: str = "xi"  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
+    max_gossip_steps: int = 50  # cap on gossip steps per iteration under control; iterations that hit it are counted
+    measure_every: int = 1  # measure the exact Xi (before and after communication) every this many iterations; 0 = never
+    phi_ema_beta: float = 0.9  # EMA(phi) = beta EMA + (1 - beta) phi, restarted at each phase
     # -- evaluation and output ------------------------------------------------------------
     eval_every: int = 1  # evaluate every this many epochs (and at the end)
     local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
@@ -196,7 +202,23 @@ def validate(cfg: Config, ranks: int) -> None:
     need(len(cfg.policies) == len(fr) + 1, f"policies={cfg.policies}: need one policy per phase, "
          f"{len(fr) + 1} for decay_fractions={fr}")
     for i, pol in enumerate(cfg.policies):
-        need(pol in ("allreduce", "gossip"), f"policies[{i}]={pol!r}: choose one of allreduce, gossip")
+        need(pol in POLICIES, f"policies[{i}]={pol!r}: choose one of {', '.join(POLICIES)}")
+    need(not cfg.target_factors or len(cfg.target_factors) == len(cfg.policies),
+         f"target_factors={cfg.target_factors}: need one factor per phase ({len(cfg.policies)}) or none")
+    need(all(f >= 0 for f in cfg.target_factors), f"target_factors={cfg.target_factors}: factors must be >= 0")
+    need(cfg.control_signal in CONTROL_SIGNALS, f"control_signal={cfg.control_signal!r}: choose xi or theta")
+    need(cfg.max_gossip_steps >= 1, f"max_gossip_steps={cfg.max_gossip_steps}: need >= 1")
+    need(cfg.measure_every >= 0, f"measure_every={cfg.measure_every}: need >= 0 (0 = never)")
+    need(0 <= cfg.phi_ema_beta < 1, f"phi_ema_beta={cfg.phi_ema_beta}: need 0 <= beta < 1")
+    targets = [k for k, pol in enumerate(cfg.policies, 1) if pol == "target"]
+    if targets:
+        need(bool(cfg.reference_trace), f"policies={cfg.policies} use 'target' but reference_trace is empty: "
+             "name the trace of the uncontrolled (gossip) reference run")
+        from .consensus import reference_xi_max
+        xi_max = reference_xi_max(cfg.reference_trace, cfg)
+        missing = [k for k in targets if k not in xi_max]
+        need(not missing, f"reference_trace {cfg.reference_trace!r} has no Xi_max for phase(s) {missing}: "
+             "its run must have gossiped and measured Xi (measure_every > 0) through those phases")
     need(cfg.eval_every >= 1, f"eval_every={cfg.eval_every}: need >= 1")
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")

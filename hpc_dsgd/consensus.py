@@ -1,14 +1,24 @@
 """Consensus quantities and the per-phase communication policies.
 
-Definitions (paper Sec. 3.2 and 5), X = this rank's (k, d) parameter rows of the n x d matrix:
+Definitions (paper Sec. 3.2 and 5), P = this rank's (k, d) parameter rows of the n x d matrix:
   Xi_t^2    = (1/n) sum_i ||xbar - x_i||^2                (consensus distance; Allreduce of d numbers)
   Theta_t^2 = (1/n) sum_i ||(W X)_i - x_i||^2             (estimator; from the gossip step, one scalar)
   phi_t^2   = (1/n) sum_i ||g_i||^2                       (mean squared local gradient norm, Prop. 3.3)
   Xi_t <= (2/p) Theta_t                                   (Lemma A.1)
 
-A policy is an object the training loop asks to communicate once per iteration (STYLE.md 3):
-`communicate(X, d, t)` mixes X in place and returns what it did (gossip steps, bytes, Theta of
-the first step). Policies: allreduce (exact averaging), gossip (one step: plain D-SGD).
+A policy is an object the training loop asks, once per iteration, to communicate (STYLE.md 3):
+  allreduce  exact averaging (W = 11^T/n), Xi = 0 afterwards;
+  gossip     one gossip step (plain D-SGD);
+  target     repeat gossip until the controlled distance <= factor x Xi_max (Xi_max: the reference
+             run's maximum Xi in this phase, read from its trace);
+  adaptive   repeat gossip until the controlled distance <= factor x EMA(phi) (EMA over the phase).
+The controlled distance is the exact Xi of the current iterate (control_signal = "xi", research
+mode, one Allreduce of d numbers per gossip step), or the Theta bound (control_signal = "theta",
+practical mode of Sec. 5, one scalar Allreduce per gossip step): after a step from X to W X,
+Xi(W X) <= sqrt(1-p) Xi(X) <= sqrt(1-p) (2/p) Theta(X) for a fixed W (Assumption 1 + Lemma A.1);
+for time-varying W it holds in expectation. Control always does the one D-SGD step, then repeats
+while above target, at most max_gossip_steps in all; an iteration that stops at the cap above
+target is counted (hit_cap).
 """
 from __future__ import annotations
 
@@ -18,6 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from .comm import Gossiper, World, allreduce_scalars, global_mean
+from .topology import gossip_steps_needed
+
+NAN = float("nan")
 
 
 def xi_sq_local(world: World, P: torch.Tensor) -> float:
@@ -27,51 +40,120 @@ def xi_sq_local(world: World, P: torch.Tensor) -> float:
 
 
 def consensus_distance(world: World, P: torch.Tensor) -> float:
-    """Xi_t (not squared) of the parameters P (k, d) on every rank."""
+    """Xi_t (not squared) of the parameters P (k, d), the same value on every rank."""
     (s,) = allreduce_scalars(world.comm, [xi_sq_local(world, P)])
     return math.sqrt(max(s, 0.0) / world.n)
 
 
 @dataclass
 class CommResult:
-    """What one iteration's communication did on this rank."""
+    """What one iteration's communication did (bytes and theta: this rank's share)."""
 
-    steps: int  # gossip steps (0 for none, 1 for an Allreduce average)
+    steps: int  # gossip steps (an Allreduce average counts as 1)
     bytes_sent: int  # payload bytes this rank sent
-    theta_sq_local: float  # sum over local rows of theta_i^2 of the first step (NaN if none)
+    theta_sq_local: float  # sum over local rows of theta_i^2 of the first step (pre-communication X)
+    target: float = NAN  # the distance the policy aimed for
+    controlled: float = NAN  # the controlled distance after communication (Xi or the Theta bound)
+    xi: float = NAN  # exact Xi after communication, when the policy measured it
+    planned: int = -1  # gossip steps Lemma 3.4 predicts for the target (-1: not applicable)
+    hit_cap: bool = False
+
+
+@dataclass
+class Context:
+    """What a policy may use: the world, the gossiper, the step counter, p and this iteration's phi."""
+
+    world: World
+    gossiper: Gossiper
+    counter: "GossipCounter"
+    p: float
+    phi: float = NAN  # sqrt(mean ||g_i||^2) of this iteration (only computed when a policy needs it)
+    phi_ema: float = NAN
+    ema_phase: int = 0  # the phase the EMA belongs to
 
 
 class Policy:
     name = "policy"
+    needs_phi = False
 
-    def communicate(self, X: torch.Tensor, d: int, t: int) -> CommResult:  # pragma: no cover
+    def communicate(self, X: torch.Tensor, d: int, ctx: Context) -> CommResult:  # pragma: no cover
         raise NotImplementedError
 
 
 class AllreducePolicy(Policy):
-    """Exact averaging of every replica (W = 11^T/n) each iteration: Xi = 0 afterwards."""
-
     name = "allreduce"
 
-    def __init__(self, gossiper: Gossiper):
-        self.g = gossiper
-
-    def communicate(self, X, d, t):
-        sent, theta = self.g.allreduce_average(X, theta_cols=d)
+    def communicate(self, X, d, ctx):
+        sent, theta = ctx.gossiper.allreduce_average(X, theta_cols=d)
         return CommResult(1, sent, float(theta.sum()))
 
 
 class GossipPolicy(Policy):
-    """Plain D-SGD: one gossip step X <- W_s X per iteration (s counts gossip steps)."""
-
     name = "gossip"
 
-    def __init__(self, gossiper: Gossiper, counter: "GossipCounter"):
-        self.g, self.counter = gossiper, counter
-
-    def communicate(self, X, d, t):
-        sent, theta = self.g.step(X, self.counter.next(), theta_cols=d)
+    def communicate(self, X, d, ctx):
+        sent, theta = ctx.gossiper.step(X, ctx.counter.next(), theta_cols=d)
         return CommResult(1, sent, float(theta.sum()))
+
+
+class ControlPolicy(Policy):
+    """Repeated gossip until the controlled distance is at or under the target (Sec. 3.3, 4.2)."""
+
+    def __init__(self, factor: float, signal: str, max_steps: int):
+        self.factor, self.signal, self.max_steps = factor, signal, max_steps
+
+    def target(self, ctx: Context) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def communicate(self, X, d, ctx):
+        world, g = ctx.world, ctx.gossiper
+        target = self.target(ctx)
+        P = X[:, :d]
+        if self.signal == "xi":
+            xi0 = consensus_distance(world, P)
+            planned = gossip_steps_needed(ctx.p, xi0, target)
+        sent, theta = g.step(X, ctx.counter.next(), theta_cols=d)
+        theta_first = float(theta.sum())
+        steps, total = 1, sent
+        while True:
+            if self.signal == "xi":
+                controlled = consensus_distance(world, P)
+            else:  # only scalars cross the network to decide
+                (th,) = allreduce_scalars(world.comm, [float(theta.sum())])
+                controlled = math.sqrt(max(1.0 - ctx.p, 0.0)) * (2.0 / ctx.p) * math.sqrt(max(th, 0.0) / world.n)
+                if steps == 1:
+                    planned = 1 + gossip_steps_needed(ctx.p, controlled, target)
+            if controlled <= target or steps >= self.max_steps:
+                break
+            sent, theta = g.step(X, ctx.counter.next(), theta_cols=d)
+            steps, total = steps + 1, total + sent
+        return CommResult(steps, total, theta_first, target=target, controlled=controlled,
+                          xi=controlled if self.signal == "xi" else NAN,
+                          planned=max(int(planned), 1) if math.isfinite(planned) else -1,
+                          hit_cap=controlled > target)
+
+
+class TargetPolicy(ControlPolicy):
+    """target = factor x Xi_max of this phase in the reference (uncontrolled) run."""
+
+    name = "target"
+
+    def __init__(self, factor: float, xi_max: float, signal: str, max_steps: int):
+        super().__init__(factor, signal, max_steps)
+        self.xi_max = xi_max
+
+    def target(self, ctx):
+        return self.factor * self.xi_max
+
+
+class AdaptivePolicy(ControlPolicy):
+    """target = factor x EMA(phi), the EMA accumulated during the current phase (App. E.3.1)."""
+
+    name = "adaptive"
+    needs_phi = True
+
+    def target(self, ctx):
+        return self.factor * ctx.phi_ema
 
 
 class GossipCounter:
@@ -87,8 +169,35 @@ class GossipCounter:
         return s
 
 
-def make_policies(cfg, gossiper: Gossiper, counter: GossipCounter) -> list[Policy]:
+def reference_xi_max(path: str, cfg) -> dict[int, float]:
+    """Xi_max per phase from a reference run's trace, refusing a trace that does not match cfg."""
+    from .trace import TraceError, read_trace
+
+    tr = read_trace(path)
+    ref = tr.config
+    diffs = [f"{k}: reference={ref.get(k)!r} this run={getattr(cfg, k)!r}"
+             for k in ("n", "topology", "dataset", "model", "width", "batch_size", "epochs", "decay_fractions")
+             if ref.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise TraceError(f"reference_trace {path!r} is from a different experiment: " + "; ".join(diffs))
+    ph, xm = tr.phase.get("phase"), tr.phase.get("xi_max")
+    if ph is None or xm is None:
+        raise TraceError(f"reference_trace {path!r} has no per-phase xi_max (was it run with measure_every > 0?)")
+    complete = tr.phase.get("complete", [1] * len(ph))
+    return {int(a): float(b) for a, b, c in zip(ph, xm, complete) if math.isfinite(b) and c}
+
+
+def make_policies(cfg, xi_max: dict[int, float] | None = None) -> list[Policy]:
+    """One policy object per phase, from cfg.policies / cfg.target_factors."""
     out: list[Policy] = []
-    for name in cfg.policies:
-        out.append(AllreducePolicy(gossiper) if name == "allreduce" else GossipPolicy(gossiper, counter))
+    for k, name in enumerate(cfg.policies, start=1):
+        factor = cfg.target_factors[k - 1] if cfg.target_factors else 1.0
+        if name == "allreduce":
+            out.append(AllreducePolicy())
+        elif name == "gossip":
+            out.append(GossipPolicy())
+        elif name == "target":
+            out.append(TargetPolicy(factor, (xi_max or {})[k], cfg.control_signal, cfg.max_gossip_steps))
+        else:
+            out.append(AdaptivePolicy(factor, cfg.control_signal, cfg.max_gossip_steps))
     return out

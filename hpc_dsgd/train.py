@@ -21,7 +21,7 @@ from mpi4py import MPI
 
 from . import __version__
 from .comm import Gossiper, World, allreduce_scalars, global_mean, make_world
-from .consensus import GossipCounter, make_policies
+from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .data import load_dataset
 from .replica import Replicas
 from .schedule import Schedule
@@ -78,6 +78,27 @@ def _fault(rank: int, t: int) -> None:
             raise RuntimeError(f"injected fault on rank {rank} at iteration {t} (HPC_DSGD_INJECT_FAULT)")
 
 
+class PhaseStats:
+    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits."""
+
+    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
+
+    def __init__(self):
+        self.v = dict.fromkeys(self.COLS, 0.0)
+        self.v["xi_max"] = self.v["xi_pre_max"] = NAN
+
+    def add(self, row: dict) -> None:
+        v = self.v
+        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre")):
+            if math.isfinite(row[src]):
+                v[k] = row[src] if not math.isfinite(v[k]) else max(v[k], row[src])
+        v["theta_max"] = max(v["theta_max"], row["theta"])
+        v["gossip_steps"] += row["gossip_steps"]
+        v["bytes_sent"] += row["bytes_sent"]
+        v["cap_hits"] += row["hit_cap"]
+        v["iterations"] += 1
+
+
 def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
     """Train as configured on `comm` (any communicator: COMM_WORLD, a split, COMM_SELF)."""
     torch.set_num_threads(cfg.torch_threads)
@@ -86,10 +107,12 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
     data = load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device)
     sched = Schedule.from_config(cfg, len(data.train_y))
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    p = topo.p()
     reps = Replicas(cfg, world, data.num_classes)
     gossiper = Gossiper(world, topo, reps.D)
-    counter = GossipCounter()
-    policies = make_policies(cfg, gossiper, counter)
+    xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
+    policies = make_policies(cfg, xi_max)
+    ctx = Context(world, gossiper, GossipCounter(), p)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
 
@@ -99,12 +122,12 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.toml"), "w") as f:
             f.write(cfg.to_toml())
-        p = topo.p()
         trace = TraceWriter(os.path.join(run_dir, "trace.h5"), {
             "config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
             "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
             "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
             "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
+            "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
             "versions_json": json.dumps(versions()), "code_revision": code_revision(),
             "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
             "parameters": reps.d, "row_length": reps.D})
@@ -116,23 +139,25 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
     ipe, imgs = sched.iters_per_epoch, cfg.n * cfg.batch_size
     acc = np.zeros(3)  # epoch sums: loss, correct, samples
-    t_train, last = 0.0, {}
+    t_train, last, stats = 0.0, {}, PhaseStats()
     for t in range(end):
         if t == 1:
             reps.check_grad_views()
         _fault(world.rank, t)
         tic = time.perf_counter()
         epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
-        loss, correct, grad_sq = reps.local_step(data, epoch, b, lr)
-        res = policies[phase - 1].communicate(reps.X, reps.d, t)
-        s = allreduce_scalars(comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq])
+        row = iteration(cfg, world, reps, ctx, policies[phase - 1], data, t, epoch, b, lr, phase, sched)
         t_train += time.perf_counter() - tic
-        acc += (s[0], s[1], imgs)
+        acc += (row["loss"] * cfg.n, row["acc"] * imgs / 100.0, imgs)
+        stats.add(row)
         if rank0:
-            trace.append("iter", it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s[0] / cfg.n,
-                         acc=100.0 * s[1] / imgs, gossip_steps=res.steps, bytes_sent=int(s[2]),
-                         theta=math.sqrt(max(s[3], 0.0) / cfg.n), phi=math.sqrt(s[4] / cfg.n), time=t_train)
+            trace.append("iter", **row, time=t_train)
         done = t + 1 == end
+        if t + 1 in sched.decay_iters or done:  # phase summary
+            if rank0:
+                first = sched.phase_bounds()[phase - 1][0]
+                trace.append("phase", phase=phase, first_it=first, last_it=t, complete=int(t + 1 in sched.decay_iters or t + 1 == sched.total_iters), **stats.v)
+            stats = PhaseStats()
         if (t + 1) % ipe == 0 or done:
             ep = (t + 1) / ipe
             if (t + 1) % (ipe * cfg.eval_every) == 0 or done:
@@ -156,6 +181,40 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
         trace.set_attrs(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     gossiper.free()
     return RunResult(last, reps.X.detach().cpu().clone(), reps.d)
+
+
+def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, epoch, b, lr, phase, sched) -> dict:
+    """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce.
+
+    Returns the trace row (global values, identical on every rank)."""
+    n = cfg.n
+    loss, correct, grad_sq = reps.local_step(data, epoch, b, lr)
+    if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
+        ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
+        ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
+    measure = cfg.measure_every > 0 and t % cfg.measure_every == 0
+    xi_pre = xi_sq_local(world, reps.P) if measure else 0.0  # Xi of x^(t+1/2), for Lemma A.1
+    res = policy.communicate(reps.X, reps.d, ctx)
+    xi_post = xi_sq_local(world, reps.P) if measure and not math.isfinite(res.xi) else 0.0
+    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post])
+    if not policy.needs_phi:
+        ctx.phi = math.sqrt(s[4] / n)
+        ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
+    xi = res.xi if math.isfinite(res.xi) else (math.sqrt(max(s[6], 0.0) / n) if measure else NAN)
+    return dict(it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s[0] / n,
+                acc=100.0 * s[1] / (n * cfg.batch_size), gossip_steps=res.steps, bytes_sent=int(s[2]),
+                theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
+                xi=xi if measure or math.isfinite(res.xi) else NAN,
+                xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
+                target=res.target, controlled=res.controlled, planned_steps=res.planned, hit_cap=int(res.hit_cap))
+
+
+def _ema(ctx: Context, phase: int, beta: float) -> float:
+    """EMA(phi) over the current phase (restarted at each phase's first iteration)."""
+    if ctx.ema_phase != phase or not math.isfinite(ctx.phi_ema):
+        ctx.ema_phase = phase
+        return ctx.phi
+    return beta * ctx.phi_ema + (1.0 - beta) * ctx.phi
 
 
 def _hms(s: float) -> str:

@@ -1,0 +1,253 @@
+"""Claims about checkpoints on one process (COMM_SELF): a checkpoint of n replicas loads row for row
+on any split; damage (truncation, a flipped byte, a missing or garbled manifest) is caught and the
+message names the file; "auto" resume falls back to the newest intact checkpoint; leftovers of an
+interrupted save are ignored and cleaned; retention keeps phase checkpoints and the newest K
+periodic ones; a failed save leaves the previous checkpoints untouched; config differences are
+listed key by key."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from hpc_dsgd.checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError,
+                                 capture_rank_state, check_compatible, checkpoint_path, list_checkpoints,
+                                 load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
+                                 verify_checkpoint)
+from hpc_dsgd.config import Config
+from hpc_dsgd.replica import replica_generator
+
+N, D = 4, 37
+SELF = MPI.COMM_SELF
+
+
+def row(i: int) -> torch.Tensor:
+    return torch.arange(D, dtype=torch.float32) + 1000.0 * i
+
+
+def rstate(i: int) -> dict:
+    g = replica_generator(0, i)
+    torch.rand(i + 1, generator=g)  # each replica's stream at a different position
+    return {"gen": g.get_state(), "i": i}
+
+
+def save(run_dir, it, kind="periodic", phase=1, ids=range(N), keep_last=3, meta=None, comm=SELF):
+    ids = list(ids)
+    tensors = {"X": torch.stack([row(i) for i in ids]), "M": -torch.stack([row(i)[:5] for i in ids])}
+    meta = meta if meta is not None else {"config_json": Config(n=N).to_json(), "trace_rows": it + 1}
+    return save_checkpoint(comm, str(run_dir), it, kind, phase, tensors, ids, [rstate(i) for i in ids], meta,
+                           keep_last=keep_last)
+
+
+def flip_byte(path, offset=None):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 2 if offset is None else offset)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_roundtrip_on_every_split(tmp_path):
+    path = save(tmp_path, 12, kind="phase", phase=2)
+    assert path == checkpoint_path(str(tmp_path), 12) and path.endswith("checkpoints/ckpt-000000012")
+    m = verify_checkpoint(path)
+    assert (m["iteration"], m["kind"], m["phase"], m["n"], m["ranks"]) == (12, "phase", 2, N, 1)
+    assert m["meta"]["trace_rows"] == 13 and json.loads(m["meta"]["config_json"])["n"] == N
+    assert m["tensors"] == {"X": {"shape": [D], "dtype": "float32"}, "M": {"shape": [5], "dtype": "float32"}}
+    assert m["files"]["rank00000.pt"]["size"] == os.path.getsize(os.path.join(path, "rank00000.pt"))
+    for ranks in (1, 2, 4):  # load as ranks x (N / ranks)
+        k = N // ranks
+        for r in range(ranks):
+            ids = list(range(r * k, (r + 1) * k))
+            _, t, rs, rank_state = load_checkpoint(path, ids)
+            assert torch.equal(t["X"], torch.stack([row(i) for i in ids]))
+            assert torch.equal(t["M"], -torch.stack([row(i)[:5] for i in ids]))
+            assert [s["i"] for s in rs] == ids
+            for s, i in zip(rs, ids):  # each replica's augmentation stream continues where it was
+                assert torch.equal(torch.rand(3, generator=_gen(s["gen"])), torch.rand(3, generator=_gen(rstate(i)["gen"])))
+            assert (rank_state is not None) == (ranks == 1)  # RNG of the process only for the same layout
+
+
+def _gen(state):
+    g = torch.Generator()
+    g.set_state(state)
+    return g
+
+
+def test_load_any_order_and_unknown_ids(tmp_path):
+    path = save(tmp_path, 3)
+    _, t, rs, rank_state = load_checkpoint(path, [3, 0])
+    assert torch.equal(t["X"], torch.stack([row(3), row(0)])) and [s["i"] for s in rs] == [3, 0]
+    assert rank_state is None
+    with pytest.raises(CheckpointError, match=r"not \[4\]"):
+        load_checkpoint(path, [0, 4])
+
+
+def test_views_are_saved_compactly(tmp_path):
+    big = torch.randn(N, 100_000)
+    save_checkpoint(SELF, str(tmp_path), 0, "periodic", 1, {"P": big[:, :3]}, list(range(N)),
+                    [{}] * N, {})
+    path = checkpoint_path(str(tmp_path), 0)
+    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 20_000  # not the 1.6 MB storage
+    _, t, _, _ = load_checkpoint(path, range(N))
+    assert torch.equal(t["P"], big[:, :3])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_rank_file_is_named(tmp_path, damage):
+    path = save(tmp_path, 5)
+    f = os.path.join(path, "rank00000.pt")
+    if damage == "truncate":
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) - 10)
+        reason = "truncated"
+    elif damage == "flip":
+        flip_byte(f)
+        reason = "sha256"
+    else:
+        os.remove(f)
+        reason = "missing"
+    with pytest.raises(CheckpointError, match=reason) as e:
+        verify_checkpoint(path)
+    assert path in str(e.value) and "rank00000.pt" in str(e.value)
+    with pytest.raises(CheckpointError, match="rank00000.pt"):
+        load_checkpoint(path, [0])
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "other_format"])
+def test_bad_manifest_is_named(tmp_path, damage):
+    path = save(tmp_path, 5)
+    mf = os.path.join(path, "manifest.json")
+    if damage == "missing":
+        os.remove(mf)
+    elif damage == "garbled":
+        with open(mf, "r+b") as fh:
+            fh.truncate(os.path.getsize(mf) // 2)
+    else:
+        m = json.load(open(mf))
+        m["format"] = 99
+        json.dump(m, open(mf, "w"))
+    with pytest.raises(CheckpointError, match="manifest.json") as e:
+        verify_checkpoint(path)
+    assert path in str(e.value)
+
+
+def test_auto_resume_falls_back_and_reports(tmp_path):
+    assert resolve_resume(str(tmp_path), "auto") == (None, [])  # nothing yet: a fresh start
+    p10 = save(tmp_path, 10)
+    p20 = save(tmp_path, 20)
+    assert list_checkpoints(str(tmp_path)) == [p20, p10]
+    assert resolve_resume(str(tmp_path), "auto") == (p20, [])
+    flip_byte(os.path.join(p20, "rank00000.pt"))
+    path, skipped = resolve_resume(str(tmp_path), "auto")
+    assert path == p10
+    assert [p for p, _ in skipped] == [p20] and "rank00000.pt" in skipped[0][1]
+    os.remove(os.path.join(p10, "manifest.json"))
+    with pytest.raises(CheckpointError, match="none of its 2 checkpoint") as e:
+        resolve_resume(str(tmp_path), "auto")
+    assert p10 in str(e.value) and p20 in str(e.value)
+
+
+def test_explicit_resume_path(tmp_path):
+    p7 = save(tmp_path, 7)
+    save(tmp_path, 8)
+    assert resolve_resume(str(tmp_path), p7) == (p7, [])
+    assert resolve_resume(str(tmp_path), "ckpt-000000007") == (p7, [])  # a name inside the run
+    with pytest.raises(CheckpointError, match="no such directory"):
+        resolve_resume(str(tmp_path), str(tmp_path / "nope"))
+    flip_byte(os.path.join(p7, "rank00000.pt"))
+    with pytest.raises(CheckpointError, match="rank00000.pt"):
+        resolve_resume(str(tmp_path), p7)  # an explicit choice never falls back
+
+
+def test_leftover_tmp_is_ignored_then_cleaned(tmp_path):
+    p1 = save(tmp_path, 1)
+    ckdir = os.path.dirname(p1)
+    for leftover in ("ckpt-000000009.tmp", "ckpt-000000004.trash"):
+        os.makedirs(os.path.join(ckdir, leftover))
+        open(os.path.join(ckdir, leftover, "rank00000.pt"), "wb").write(b"half")
+    assert list_checkpoints(str(tmp_path)) == [p1]
+    assert resolve_resume(str(tmp_path), "auto") == (p1, [])
+    p2 = save(tmp_path, 2)
+    assert sorted(os.listdir(ckdir)) == ["ckpt-000000001", "ckpt-000000002"]
+    verify_checkpoint(p1)
+    verify_checkpoint(p2)
+
+
+def test_retention_keeps_phase_and_last_k_periodic(tmp_path):
+    kinds = {1: "periodic", 2: "periodic", 3: "phase", 4: "periodic", 5: "periodic", 6: "phase", 7: "periodic"}
+    for it, kind in kinds.items():
+        save(tmp_path, it, kind=kind, keep_last=2)
+    names = sorted(os.listdir(os.path.join(tmp_path, "checkpoints")))
+    assert names == ["ckpt-000000003", "ckpt-000000005", "ckpt-000000006", "ckpt-000000007"]
+    save(tmp_path, 8, keep_last=0)  # 0 keeps every periodic one
+    assert len(list_checkpoints(str(tmp_path))) == 5
+
+
+def test_same_iteration_replaces(tmp_path):
+    save(tmp_path, 4, meta={"v": 1})
+    path = save(tmp_path, 4, kind="phase", meta={"v": 2})
+    assert verify_checkpoint(path)["meta"] == {"v": 2} and verify_checkpoint(path)["kind"] == "phase"
+    assert os.listdir(os.path.join(tmp_path, "checkpoints")) == ["ckpt-000000004"]
+
+
+def test_failed_save_leaves_previous_intact(tmp_path):
+    p1 = save(tmp_path, 1)
+    with pytest.raises(CheckpointError, match="rank 0.*JSON"):
+        save(tmp_path, 2, meta={"bad": object()})
+    with pytest.raises(CheckpointError, match="replica_state|pickle|lambda"):
+        save_checkpoint(SELF, str(tmp_path), 3, "periodic", 1, {"X": torch.zeros(1, 2)}, [0], [{"f": lambda: 0}], {})
+    with pytest.raises(CheckpointError, match="shape"):
+        save_checkpoint(SELF, str(tmp_path), 3, "periodic", 1, {"X": torch.zeros(2, 2)}, [0], [{}], {})
+    with pytest.raises(CheckpointError, match="kind"):
+        save(tmp_path, 3, kind="weekly")
+    assert list_checkpoints(str(tmp_path)) == [p1]
+    assert resolve_resume(str(tmp_path), "auto") == (p1, [])
+
+
+def test_rank_state_roundtrip():
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    s = capture_rank_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rank_state(s)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_rank_state_restored_from_checkpoint(tmp_path):
+    torch.manual_seed(11)
+    path = save(tmp_path, 0)
+    expected = torch.rand(4)
+    torch.manual_seed(999)
+    *_, rank_state = load_checkpoint(path, range(N))
+    restore_rank_state(rank_state)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_check_compatible_lists_exactly_the_differing_keys():
+    saved = Config(n=16, seed=1, topology="ring", name="a", max_iterations=0)
+    meta = {"config_json": saved.to_json(), "ranks": 4}
+    same = Config(n=16, seed=1, topology="ring", name="b", out_dir="elsewhere", max_iterations=50,
+                  trace_flush_seconds=5.0, device="cpu")
+    assert check_compatible(meta, same.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT) == []
+    other = Config(n=16, seed=2, topology="ring", name="a", base_lr=0.2, policies=["allreduce", "gossip", "gossip"])
+    diffs = check_compatible(meta, other.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT)
+    assert diffs == ["base_lr: checkpoint=0.1 config=0.2",
+                     'policies: checkpoint=["gossip", "gossip", "gossip"] config=["allreduce", "gossip", "gossip"]',
+                     "seed: checkpoint=1 config=2"]
+    # a branch may change the policies, not the optimisation or the data
+    assert check_compatible(meta, other.to_dict(), keys=BRANCH_MUST_MATCH) == ["seed: checkpoint=1 config=2",
+                                                                                "base_lr: checkpoint=0.1 config=0.2"]
+    # keys only one side knows are differences too; a config dict works as meta directly
+    d = same.to_dict() | {"checkpoint_minutes": 30.0, "new_key": 1}
+    assert check_compatible(saved.to_dict(), d, exclude=RESUME_MUST_MATCH_EXCEPT) == ["new_key: checkpoint=<absent> config=1"]
+
+
+def test_list_checkpoints_of_missing_run(tmp_path):
+    assert list_checkpoints(str(tmp_path / "none")) == []
