@@ -17,6 +17,9 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("config", help="TOML config file (see configs/)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (TOML value syntax), repeatable: --set n=32 --set topology=ring")
+    ap.add_argument("--resume", metavar="PATH|auto", default=None,
+                    help="continue from a checkpoint: 'auto' = the newest valid one of this run (a fresh start if "
+                         "none), or a checkpoint directory RUN_DIR/checkpoints/ckpt-<iteration>")
     args = ap.parse_args(argv)
 
     from mpi4py import MPI
@@ -39,10 +42,20 @@ def _train(argv: list[str]) -> int:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
             print(f"hpc_dsgd: error{where}: {msg}", file=sys.stderr, flush=True)
         return 2
+    from .checkpoint import CheckpointError
+    from .signals import REQUEUE_EXIT_CODE, StopRequest
+    from .trace import TraceError
     from .train import run
 
     try:
-        run(cfg, comm)
+        with StopRequest() as stop:
+            result = run(cfg, comm, resume=args.resume, stop=stop)
+        if result.stopped:
+            return REQUEUE_EXIT_CODE  # checkpointed on SIGUSR1/SIGTERM: the batch script requeues
+    except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {e}", file=sys.stderr, flush=True)
+        return 2
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()

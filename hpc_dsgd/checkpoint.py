@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from .faults import fault_point
+
 FORMAT_VERSION = 1
 KINDS = ("phase", "periodic")
 CKPT_SUBDIR = "checkpoints"
@@ -244,6 +246,7 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
 
     # 3. rank 0: manifest last, then the rename that makes the checkpoint exist
     error = None
+    fault_point("checkpoint", rank, it)
     if rank == 0:
         try:
             files = {rank_file(r): {k: v for k, v in inf.items() if k != "tensors"} for r, inf in enumerate(infos)}

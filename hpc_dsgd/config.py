@@ -64,6 +64,10 @@ class Config:
     local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
     trace_flush_seconds: float = 30.0  # the trace is flushed every epoch and at least this often
     max_iterations: int = 0  # stop after this many iterations (0 = run to the end); for smoke tests
+    # -- checkpoints ----------------------------------------------------------------------
+    checkpoint_minutes: float = 30.0  # periodic checkpoint at least this often (0 = only at phase ends and stops)
+    keep_checkpoints: int = 3  # periodic checkpoints kept (phase-end checkpoints are kept always)
+    branch_from: str = ""  # start from another run's phase checkpoint (e.g. a centralized run's phase 1)
 
     # -- derived --------------------------------------------------------------------------
     def replicas_per_rank(self, ranks: int) -> int:
@@ -142,26 +146,27 @@ def _read_toml(path: str, seen: tuple = ()) -> dict:
     return data
 
 
-def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1) -> Config:
+def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1, check_files: bool = True) -> Config:
     """Read a TOML file (or defaults), apply overrides, validate for `ranks` MPI processes."""
     data = _read_toml(path) if path else {}
     for text in overrides:
         k, v = parse_override(text)
         data[k] = v
-    return from_dict(data, ranks)
+    return from_dict(data, ranks, check_files)
 
 
-def from_dict(data: dict, ranks: int = 1) -> Config:
+def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
     cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
-    validate(cfg, ranks)
+    validate(cfg, ranks, check_files)
     return cfg
 
 
-def validate(cfg: Config, ranks: int) -> None:
-    """Impossible values, refused before any work (no MPI collective here)."""
+def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
+    """Impossible values, refused before any work (no MPI collective here). check_files=False skips
+    what lives outside the config (data directory, reference trace), e.g. to lint config files."""
     from .data import DATASETS, check_dataset
     from .models import MODELS
     from .topology import Topology
@@ -211,7 +216,7 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.measure_every >= 0, f"measure_every={cfg.measure_every}: need >= 0 (0 = never)")
     need(0 <= cfg.phi_ema_beta < 1, f"phi_ema_beta={cfg.phi_ema_beta}: need 0 <= beta < 1")
     targets = [k for k, pol in enumerate(cfg.policies, 1) if pol == "target"]
-    if targets:
+    if targets and check_files:
         need(bool(cfg.reference_trace), f"policies={cfg.policies} use 'target' but reference_trace is empty: "
              "name the trace of the uncontrolled (gossip) reference run")
         from .consensus import reference_xi_max
@@ -221,5 +226,10 @@ def validate(cfg: Config, ranks: int) -> None:
              "its run must have gossiped and measured Xi (measure_every > 0) through those phases")
     need(cfg.eval_every >= 1, f"eval_every={cfg.eval_every}: need >= 1")
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
+    need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
+    need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
+    need(not cfg.branch_from or not check_files or os.path.isdir(cfg.branch_from),
+         f"branch_from={cfg.branch_from!r} is not a checkpoint directory (RUN_DIR/checkpoints/ckpt-<iteration>)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
-    check_dataset(cfg.dataset, cfg.data_dir or None)
+    if check_files:
+        check_dataset(cfg.dataset, cfg.data_dir or None)

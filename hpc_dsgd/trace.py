@@ -111,6 +111,11 @@ class TraceWriter:
             for k, v in attrs.items():
                 f.attrs[k] = v
 
+    def rows(self) -> dict[str, int]:
+        """Rows on disk per group (call after flush): the trace position a checkpoint records."""
+        with h5py.File(self.path, "r") as f:
+            return {g: _group_len(f[g]) for g in GROUPS}
+
     def truncate(self, group: str, length: int) -> None:
         """Drop rows past `length` (a resumed run continues from its checkpoint's position)."""
         with h5py.File(self.path, "a") as f:

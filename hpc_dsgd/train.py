@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ from .data import load_dataset
 from .replica import Replicas
 from .schedule import Schedule
 from .topology import Topology
-from .trace import TraceWriter
+from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
+                         load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint, verify_checkpoint)
+from .faults import fault_point
+from .signals import StopRequest
+from .trace import TraceWriter, read_trace
 
 
 def code_revision() -> str:
@@ -64,18 +68,11 @@ def evaluate(world: World, reps: Replicas, data, local_idx: torch.Tensor) -> dic
 
 @dataclass
 class RunResult:
-    metrics: dict  # the last evaluation (identical on every rank)
+    metrics: dict  # the last evaluation (identical on every rank; {} if none yet)
     X: torch.Tensor  # this rank's final (k, D) replica block, on the CPU
     d: int  # parameters per replica (the first d columns of X)
-
-
-def _fault(rank: int, t: int) -> None:
-    """Fault injection for tests of failure handling: HPC_DSGD_INJECT_FAULT="rank=R,it=T"."""
-    spec = os.environ.get("HPC_DSGD_INJECT_FAULT")
-    if spec:
-        kv = dict(item.split("=") for item in spec.split(","))
-        if int(kv["rank"]) == rank and int(kv["it"]) == t:
-            raise RuntimeError(f"injected fault on rank {rank} at iteration {t} (HPC_DSGD_INJECT_FAULT)")
+    stopped: bool = False  # stopped on a signal after writing a checkpoint (exit REQUEUE_EXIT_CODE)
+    checkpoint: str = ""  # the last checkpoint written
 
 
 class PhaseStats:
@@ -83,9 +80,10 @@ class PhaseStats:
 
     COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
 
-    def __init__(self):
-        self.v = dict.fromkeys(self.COLS, 0.0)
-        self.v["xi_max"] = self.v["xi_pre_max"] = NAN
+    def __init__(self, v: dict | None = None):
+        self.v = dict(v) if v else dict.fromkeys(self.COLS, 0.0)
+        if not v:
+            self.v["xi_max"] = self.v["xi_pre_max"] = NAN
 
     def add(self, row: dict) -> None:
         v = self.v
@@ -99,8 +97,72 @@ class PhaseStats:
         v["iterations"] += 1
 
 
-def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
-    """Train as configured on `comm` (any communicator: COMM_WORLD, a split, COMM_SELF)."""
+@dataclass
+class LoopState:
+    """Everything besides the replica block that the trajectory and the trace depend on (checkpointed)."""
+
+    it: int = 0  # next iteration
+    gossip_s: int = 0  # next gossip step index (time-varying W_s)
+    phi_ema: float = NAN
+    ema_phase: int = 0
+    stats: dict | None = None  # PhaseStats.v of the current phase
+    acc: tuple = (0.0, 0.0, 0.0)  # epoch sums: loss, correct, samples
+    t_train: float = 0.0
+    last: dict | None = None
+    trace_pos: dict | None = None  # rows per trace group at this point
+
+
+def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
+    """Resume this run (--resume), branch from another run's phase checkpoint (branch_from), or start fresh.
+
+    Rank 0 picks and verifies the checkpoint and checks the config against it; the verdict is
+    broadcast, so every rank raises the same CheckpointError or loads the same checkpoint."""
+    path, how, err = None, "fresh", None
+    if world.rank == 0:
+        try:
+            if resume:
+                path, skipped = resolve_resume(run_dir, resume)
+                for bad, why in skipped:
+                    log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
+                how = "resume" if path else how
+            if path is None and cfg.branch_from:
+                path, how = cfg.branch_from, "branch"
+            if path:
+                man = verify_checkpoint(path)
+                if how == "resume":
+                    diffs = check_compatible(man["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT + ("branch_from",))
+                else:
+                    diffs = check_compatible(man["meta"], cfg.to_dict(), keys=BRANCH_MUST_MATCH)
+                    if man["kind"] != "phase":
+                        diffs.append(f"checkpoint kind is {man['kind']!r}: branch from a phase checkpoint")
+                if diffs:
+                    raise CheckpointError(f"cannot {how} from {path}: the config differs in " + "; ".join(diffs))
+        except (CheckpointError, OSError) as e:
+            err = str(e)
+    path, how, err = world.comm.bcast((path, how, err), root=0)
+    if err:
+        raise CheckpointError(err)
+    if not path:
+        return LoopState(), how, None
+    man, tensors, rstate, rank_state = load_checkpoint(path, list(world.replica_ids), world.device)
+    reps.X.copy_(tensors["X"])
+    reps.M.copy_(tensors["M"])
+    for gen, st in zip(reps.gens, rstate):
+        gen.set_state(st["gen"])
+    if rank_state is not None:
+        restore_rank_state(rank_state)
+    st = LoopState(**man["meta"]["loop"])
+    if how == "branch":  # a new run: its own trace, its own gossip-step and control history
+        st.trace_pos = None
+    return st, how, path
+
+
+def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = None,
+        stop: StopRequest | None = None) -> RunResult:
+    """Train as configured on `comm` (any communicator: COMM_WORLD, a split, COMM_SELF).
+
+    resume: None (start fresh), "auto" (newest valid checkpoint of this run, fresh if none) or a path.
+    stop: a StopRequest whose signal makes every rank checkpoint and return with stopped=True."""
     torch.set_num_threads(cfg.torch_threads)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     rank0 = world.rank == 0
@@ -112,55 +174,70 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
     gossiper = Gossiper(world, topo, reps.D)
     xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
-    ctx = Context(world, gossiper, GossipCounter(), p)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
-
     run_dir = os.path.join(cfg.out_dir, cfg.name)
+    st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
+    ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase)
+    stats = PhaseStats(st.stats)
+
     trace = None
     if rank0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.toml"), "w") as f:
             f.write(cfg.to_toml())
-        trace = TraceWriter(os.path.join(run_dir, "trace.h5"), {
-            "config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
-            "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
-            "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
-            "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
-            "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
-            "versions_json": json.dumps(versions()), "code_revision": code_revision(),
-            "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
-            "parameters": reps.d, "row_length": reps.D})
+        tpath = os.path.join(run_dir, "trace.h5")
+        attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
+                 "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
+                 "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
+                 "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
+                 "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
+                 "versions_json": json.dumps(versions()), "code_revision": code_revision(),
+                 "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
+                 "parameters": reps.d, "row_length": reps.D}
+        if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
+            trace = TraceWriter(tpath, {}, mode="a")
+            for grp, rows in st.trace_pos.items():
+                trace.truncate(grp, rows)  # rows flushed after the checkpoint are redone, never duplicated
+            trace.set_attrs(status="running", resumed_from=ckpt_from, ranks=world.ranks, replicas_per_rank=world.k)
+        else:
+            trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=st.it))
+            if how == "branch":
+                copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)
         log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
             f"gossip via {gossiper.kind}), {cfg.model} d={reps.d}, {cfg.dataset}, device {world.device}"
             f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
-            f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {run_dir}/trace.h5")
+            f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
+            + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
 
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
     ipe, imgs = sched.iters_per_epoch, cfg.n * cfg.batch_size
-    acc = np.zeros(3)  # epoch sums: loss, correct, samples
-    t_train, last, stats = 0.0, {}, PhaseStats()
-    for t in range(end):
-        if t == 1:
+    acc, t_train, last = np.array(st.acc), st.t_train, dict(st.last or {})
+    last_ckpt, ckpt_path, stopped = time.monotonic(), "", False
+    for t in range(st.it, end):
+        if t == st.it + 1:
             reps.check_grad_views()
-        _fault(world.rank, t)
+        fault_point("iteration", world.rank, t)
         tic = time.perf_counter()
         epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
-        row = iteration(cfg, world, reps, ctx, policies[phase - 1], data, t, epoch, b, lr, phase, sched)
+        periodic_due = rank0 and cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes
+        flags = [float(stop is not None and stop.requested()), float(periodic_due)]
+        row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], data, t, epoch, b, lr,
+                                             phase, sched, flags)
         t_train += time.perf_counter() - tic
         acc += (row["loss"] * cfg.n, row["acc"] * imgs / 100.0, imgs)
         stats.add(row)
         if rank0:
             trace.append("iter", **row, time=t_train)
-        done = t + 1 == end
-        if t + 1 in sched.decay_iters or done:  # phase summary
+        phase_end = t + 1 in sched.decay_iters or t + 1 == sched.total_iters
+        if phase_end:
             if rank0:
-                first = sched.phase_bounds()[phase - 1][0]
-                trace.append("phase", phase=phase, first_it=first, last_it=t, complete=int(t + 1 in sched.decay_iters or t + 1 == sched.total_iters), **stats.v)
+                trace.append("phase", phase=phase, first_it=sched.phase_bounds()[phase - 1][0], last_it=t,
+                             complete=1, **stats.v)
             stats = PhaseStats()
-        if (t + 1) % ipe == 0 or done:
+        if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:
             ep = (t + 1) / ipe
-            if (t + 1) % (ipe * cfg.eval_every) == 0 or done:
+            if (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters:
                 last = evaluate(world, reps, data, local_idx)
                 last.update(epoch=ep, it=t, train_loss=acc[0] / max(acc[2] / cfg.batch_size, 1),
                             train_acc=100.0 * acc[1] / max(acc[2], 1), images_per_s=(t + 1) * imgs / t_train,
@@ -177,16 +254,51 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print) -> RunResult:
                 trace.flush()
         elif rank0 and trace.due(cfg.trace_flush_seconds):
             trace.flush()
+        stopped = stop_all > 0 and t + 1 < end
+        if phase_end or due_all > 0 or stopped or t + 1 == end:  # checkpoint the state after iteration t
+            if rank0:
+                trace.flush()
+            state = LoopState(t + 1, ctx.counter.s, ctx.phi_ema, ctx.ema_phase, stats.v, tuple(acc), t_train, last,
+                              world.comm.bcast(trace.rows() if rank0 else None, root=0))
+            ckpt_path = save_checkpoint(
+                world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
+                {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{"gen": gen.get_state()} for gen in reps.gens],
+                {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": code_revision() if rank0 else "",
+                 "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
+            last_ckpt = time.monotonic()
+        if stopped:
+            if rank0:
+                log(f"hpc_dsgd: stop requested by signal{' ' + stop.name if stop and stop.name else ''}: "
+                    f"checkpoint {ckpt_path} written after iteration {t}; exiting for requeue", flush=True)
+            break
     if rank0:
-        trace.set_attrs(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        status = "finished" if end == sched.total_iters and not stopped else "stopped"
+        trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     gossiper.free()
-    return RunResult(last, reps.X.detach().cpu().clone(), reps.d)
+    return RunResult(last, reps.X.detach().cpu().clone(), reps.d, stopped, ckpt_path)
 
 
-def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, epoch, b, lr, phase, sched) -> dict:
-    """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce.
+def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
+    """A branch's trace starts with its parent's rows before the branch point (if the parent trace is there)."""
+    if not os.path.isfile(parent):
+        return
+    tr = read_trace(parent)
+    for grp, key in (("iter", "it"), ("epoch", "it"), ("phase", "last_it")):
+        cols = getattr(tr, grp)
+        if key not in cols:
+            continue
+        keep = cols[key] < it
+        for j in np.flatnonzero(keep):
+            trace.append(grp, **{c: v[j].item() for c, v in cols.items()})
+    trace.flush()
 
-    Returns the trace row (global values, identical on every rank)."""
+
+def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, epoch, b, lr, phase, sched,
+              flags: list[float]) -> tuple[dict, np.ndarray]:
+    """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce
+    (which also carries the ranks' stop/checkpoint flags, summed).
+
+    Returns the trace row (global values, identical on every rank) and the summed flags."""
     n = cfg.n
     loss, correct, grad_sq = reps.local_step(data, epoch, b, lr)
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
@@ -196,7 +308,8 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
     xi_pre = xi_sq_local(world, reps.P) if measure else 0.0  # Xi of x^(t+1/2), for Lemma A.1
     res = policy.communicate(reps.X, reps.d, ctx)
     xi_post = xi_sq_local(world, reps.P) if measure and not math.isfinite(res.xi) else 0.0
-    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post])
+    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post]
+                          + list(flags))
     if not policy.needs_phi:
         ctx.phi = math.sqrt(s[4] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
@@ -206,7 +319,8 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
                 theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
                 xi=xi if measure or math.isfinite(res.xi) else NAN,
                 xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
-                target=res.target, controlled=res.controlled, planned_steps=res.planned, hit_cap=int(res.hit_cap))
+                target=res.target, controlled=res.controlled, planned_steps=res.planned,
+                hit_cap=int(res.hit_cap)), s[7:]
 
 
 def _ema(ctx: Context, phase: int, beta: float) -> float:

@@ -1,0 +1,23 @@
+"""Fault injection for the failure-handling tests: HPC_DSGD_INJECT_FAULT="rank=R,it=T[,at=POINT][,kind=K]".
+
+POINT: "iteration" (default; start of iteration T) or "checkpoint" (inside the checkpoint of
+iteration T, after the rank files and before the manifest). K: "raise" (default; a RuntimeError on
+rank R) or "kill" (SIGKILL to the whole process group: kill -9 of the whole job, as a node failure
+or the scheduler would). Unset in production: the check is one dictionary lookup.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def fault_point(point: str, rank: int, it: int) -> None:
+    spec = os.environ.get("HPC_DSGD_INJECT_FAULT")
+    if not spec:
+        return
+    kv = dict(item.split("=", 1) for item in spec.split(","))
+    if kv.get("at", "iteration") != point or int(kv["rank"]) != rank or int(kv["it"]) != it:
+        return
+    if kv.get("kind", "raise") == "kill":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault on rank {rank} at iteration {it} (HPC_DSGD_INJECT_FAULT)")
