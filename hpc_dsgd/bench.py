@@ -11,8 +11,9 @@ Times, in one run and interleaved round by round (so drift hits every mode alike
   allreduce   local + exact averaging of the parameters (Allreduce of D numbers)
   xi          gossip + the exact consensus distance Xi (Allreduce of d numbers) every iteration
 Data: random CIFAR-shaped images (3 x 32 x 32), so no data set is needed. Ratios are to `local`.
-Theta's extra cost is also timed directly (gossip steps with and without it, no local step) and
-reported as a percentage of a gossip iteration.
+The communication parts are also timed alone (no local step, many repetitions), since on a CPU
+their cost is smaller than the noise of the step; Theta's extra cost (gossip step with Theta and its
+scalar Allreduce, minus the plain gossip step) is reported as a percentage of a gossip iteration.
 """
 from __future__ import annotations
 
@@ -91,38 +92,48 @@ def main(argv: list[str] | None = None) -> int:
                 times[m].append(dt)
     med = {m: statistics.median(v) for m, v in times.items()}
 
-    # Theta's own cost, timed directly: gossip steps with and without computing theta (no local step).
-    reps_direct = []
+    # The communication parts alone, timed directly (no local step, so CPU noise of the step does not
+    # hide them): one gossip step, the same computing Theta, the Allreduce average, the exact Xi.
+    parts = {"gossip step": [], "gossip step + theta": [], "allreduce average": [], "xi measurement": []}
     for r in range(args.rounds * 5 + 5):
-        for want in (False, True):
+        for name in parts:
             comm.Barrier()
             t0 = time.perf_counter()
-            _, th = gossiper.step(reps.X, s, theta_cols=d if want else None)
-            if want:
-                float(th.sum())
+            if name == "allreduce average":
+                gossiper.allreduce_average(reps.X)
+            elif name == "xi measurement":
+                allreduce_scalars(comm, [xi_sq_local(world, reps.P)])
+            else:
+                _, th = gossiper.step(reps.X, s, theta_cols=d if name.endswith("theta") else None)
+                s += 1
+                if th is not None:
+                    allreduce_scalars(comm, [float(th.sum())])  # Theta's one scalar Allreduce
             sync()
-            s += 1
             dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
             if r >= 5:
-                reps_direct.append((want, dt))
-    plain = statistics.median([t for w, t in reps_direct if not w])
-    with_theta = statistics.median([t for w, t in reps_direct if w])
-    theta_extra = max(with_theta - plain, 0.0)
+                parts[name].append(dt)
+    part = {k: statistics.median(v) for k, v in parts.items()}
+    theta_extra = max(part["gossip step + theta"] - part["gossip step"], 0.0)
+    kind = gossiper.kind
     gossiper.free()
 
     if world.rank == 0:
         print(f"bench: resnet20 width {args.width} (d={d}), local batch {args.batch_size}, {world.ranks} ranks x {k} "
-              f"replicas, {args.topology} (gossip via {gossiper.kind}), device {world.device}, "
+              f"replicas, {args.topology} (gossip via {kind}), device {world.device}, "
               f"{args.rounds} rounds, median per iteration")
         print(f"{'mode':<11}{'ms/iter':>10}{'x local':>10}")
         for m in MODES:
             print(f"{m:<11}{1e3 * med[m]:>10.2f}{med[m] / med['local']:>10.3f}")
+        print("communication parts alone (median ms; % of the local step):")
+        for k, v in part.items():
+            print(f"  {k:<22}{1e3 * v:>9.3f} ms {100.0 * v / med['local']:>8.3f} %")
         pct = 100.0 * theta_extra / med["gossip"]
-        print(f"Theta extra cost (direct): {1e3 * theta_extra:.3f} ms per iteration = {pct:.3f} % of a gossip "
-              f"iteration (requirement: < 2 %)")
+        print(f"Theta extra cost: {1e3 * theta_extra:.3f} ms per iteration = {pct:.3f} % of a gossip iteration "
+              f"(requirement: < 2 %)")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"ms": {m: 1e3 * v for m, v in med.items()}, "theta_extra_ms": 1e3 * theta_extra,
+                json.dump({"ms": {m: 1e3 * v for m, v in med.items()},
+                           "parts_ms": {k: 1e3 * v for k, v in part.items()}, "theta_extra_ms": 1e3 * theta_extra,
                            "theta_pct_of_gossip_iteration": pct, "ranks": world.ranks, "replicas_per_rank": k,
                            "device": str(world.device), "topology": args.topology, "d": d}, f, indent=1)
     return 0

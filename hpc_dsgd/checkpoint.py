@@ -66,10 +66,11 @@ RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "tr
                             "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume")
 # Config keys a branch (a new run started from another run's phase checkpoint) must share with it:
 # the model, the data, the optimisation schedule and the trajectory's randomness; the consensus
-# policies (and their targets) are what a branch changes.
+# policies, their targets and the topology they gossip over are what a branch changes (a dec-phase-2
+# ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
 BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
                      "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "topology")
+                     "momentum", "nesterov", "weight_decay")
 
 
 class CheckpointError(ValueError):

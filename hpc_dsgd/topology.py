@@ -8,9 +8,11 @@ Mixing parameter (Assumption 1, eq. 2): the largest p with ||W X - Xbar||_F^2 <=
 for all X, i.e. 1 - p = sigma_max(W - J)^2 with J = 11^T/n. For symmetric W with spectral gap
 rho = 1 - max_{i>=2} |lambda_i(W)| this is the paper's p = 1 - (1 - rho)^2. For a non-symmetric
 (directed, circulant) W we report rho := 1 - sigma_max(W - J), so p = 1 - (1 - rho)^2 holds for both.
-For time-varying topologies p is the expected contraction E||W_t X - Xbar||^2 <= (1-p)||X - Xbar||^2:
-exact for random matching (averaged over the matching distribution, estimated by sampling), and for
-the one-peer exponential graph reported per full cycle of its log2(n) matrices (`p_cycle`).
+For time-varying topologies p is the expected one-step contraction E||W_t X - Xbar||^2 <= (1-p)||X - Xbar||^2:
+for random matching over the matching distribution (estimated by sampling); for the one-peer
+exponential graph over a step drawn uniformly from its cycle of m = ceil(log2 n) matrices (exact).
+A single one-peer step can contract far less (a hop of n/2 leaves half the disagreement), while a
+full cycle averages exactly when n is a power of two: `p_cycle` reports that.
 """
 from __future__ import annotations
 
@@ -186,21 +188,17 @@ class Topology:
     def p(self, samples: int = 200) -> float:
         """Mixing parameter p (Assumption 1).
 
-        Fixed graph: exact. One-peer exponential: per step, from the product of one full cycle,
-        p_step = 1 - (1 - p_cycle)^(1/m). Random matching: E_W ||W - J||-contraction, estimated from
-        `samples` matchings as 1 - lambda_max(E[(W-J)^T (W-J)])."""
+        Fixed graph: exact. Time-varying: 1 - lambda_max(E[(W-J)^T (W-J)]), the expectation over a
+        uniformly drawn step of the one-peer cycle (exact), or over `samples` random matchings."""
         n = self.n
         if n == 1:
             return 1.0
-        if self.name == "one_peer_exponential":
-            return 1.0 - (1.0 - self.p_cycle()) ** (1.0 / self.period)
-        if self.name == "random_matching":
+        if self.time_varying:
             J = np.full((n, n), 1.0 / n)
-            M = np.zeros((n, n))
-            for t in range(samples):
-                D = random_matching_matrix(n, t, self.seed + 7919) - J
-                M += D.T @ D
-            return float(max(0.0, 1.0 - np.linalg.eigvalsh(M / samples).max()))
+            Ws = ([self.W(t) for t in range(self.period)] if self.name == "one_peer_exponential"
+                  else [random_matching_matrix(n, t, self.seed + 7919) for t in range(samples)])
+            M = sum((W - J).T @ (W - J) for W in Ws) / len(Ws)
+            return float(max(0.0, 1.0 - np.linalg.eigvalsh(M).max()))
         return mixing_parameter(self.W(0))
 
     def p_cycle(self) -> float:

@@ -68,7 +68,7 @@ def describe(topo: Topology, steps: int | None = None) -> str:
     out.append(f"spectral gap rho = {_fmt(topo.spectral_gap())}")
     out.append(f"p = {_fmt(p)}  (Assumption 1: p = 1 - (1 - rho)^2"
                + ("; expected contraction per step, estimated from sampled matchings" if topo.name == "random_matching"
-                  else "; per step, from one full cycle" if topo.name == "one_peer_exponential" else "") + ")")
+                  else "; per step, expected over a uniformly drawn step of its cycle" if topo.name == "one_peer_exponential" else "") + ")")
     if topo.name == "one_peer_exponential":
         out.append(f"p_cycle = {_fmt(topo.p_cycle())}  (product of the {topo.period} matrices of one cycle)")
     return "\n".join(out)
@@ -97,7 +97,7 @@ def table(ns: list[int], seed: int = 0, fmt: str = "md") -> str:
     lines.append("")
     lines.append("rho: spectral gap; p = 1 - (1 - rho)^2 (Assumption 1). Time-varying graphs: p per step in "
                  f"expectation (random_matching estimated from sampled matchings, seed {seed}; "
-                 "one_peer_exponential from one full cycle).")
+                 "one_peer_exponential expected over a uniformly drawn step of its cycle; a full cycle averages exactly for n a power of two).")
     lines += notes
     return "\n".join(lines)
 

@@ -235,22 +235,23 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 trace.append("phase", phase=phase, first_it=sched.phase_bounds()[phase - 1][0], last_it=t,
                              complete=1, **stats.v)
             stats = PhaseStats()
-        if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:
+        if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:  # end of an epoch: progress line, evaluation
             ep = (t + 1) / ipe
-            if (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters:
-                last = evaluate(world, reps, data, local_idx)
-                last.update(epoch=ep, it=t, train_loss=acc[0] / max(acc[2] / cfg.batch_size, 1),
-                            train_acc=100.0 * acc[1] / max(acc[2], 1), images_per_s=(t + 1) * imgs / t_train,
-                            elapsed=t_train)
-                if rank0:
-                    trace.append("epoch", **last)
-                    eta = t_train / (t + 1) * (end - t - 1)
-                    log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4f} loss {last['train_loss']:.4f} "
-                        f"train {last['train_acc']:5.1f}% test(avg) {last['test_acc_avg']:5.1f}% "
-                        f"test(local) {last['test_acc_local_mean']:5.1f}% {last['images_per_s']:7.0f} img/s "
-                        f"ETA {_hms(eta)}", flush=True)
-                acc[:] = 0
+            train = dict(epoch=ep, it=t, train_loss=acc[0] / max(acc[2] / cfg.batch_size, 1),
+                         train_acc=100.0 * acc[1] / max(acc[2], 1), images_per_s=(t + 1) * imgs / t_train,
+                         elapsed=t_train)
+            acc[:] = 0
+            evaluated = (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters
+            if evaluated:
+                last = {**evaluate(world, reps, data, local_idx), **train}
             if rank0:
+                if evaluated:
+                    trace.append("epoch", **last)
+                test = (f"test(avg) {last['test_acc_avg']:5.1f}% test(local) {last['test_acc_local_mean']:5.1f}%"
+                        if evaluated else "test(avg)     -  test(local)     - ")
+                log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4f} loss {train['train_loss']:.4f} "
+                    f"train {train['train_acc']:5.1f}% {test} {train['images_per_s']:7.0f} img/s "
+                    f"ETA {_hms(t_train / (t + 1) * (end - t - 1))}", flush=True)
                 trace.flush()
         elif rank0 and trace.due(cfg.trace_flush_seconds):
             trace.flush()
