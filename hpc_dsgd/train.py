@@ -110,6 +110,7 @@ class LoopState:
     t_train: float = 0.0
     last: dict | None = None
     trace_pos: dict | None = None  # rows per trace group at this point
+    xi_max: dict | None = None  # the reference Xi_max per phase the targets were computed from
 
 
 def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
@@ -178,6 +179,9 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
     run_dir = os.path.join(cfg.out_dir, cfg.name)
     st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
+    if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
+        raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
+                              f"Xi_max {xi_max}, the run was controlled against {st.xi_max}")
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase)
     stats = PhaseStats(st.stats)
 
@@ -260,7 +264,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             if rank0:
                 trace.flush()
             state = LoopState(t + 1, ctx.counter.s, ctx.phi_ema, ctx.ema_phase, stats.v, tuple(acc), t_train, last,
-                              world.comm.bcast(trace.rows() if rank0 else None, root=0))
+                              world.comm.bcast(trace.rows() if rank0 else None, root=0), xi_max)
             ckpt_path = save_checkpoint(
                 world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
                 {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{"gen": gen.get_state()} for gen in reps.gens],

@@ -147,9 +147,11 @@ def fig2_learning_curves(traces, out_png: str) -> str:
 
 def theta_vs_xi(trace, out_png: str) -> str:
     """Measured Xi against the estimator Theta on the same iterations, with the Lemma A.1 bound
-    Xi = (2/p) Theta (p from the trace's attributes): every point should lie below the line."""
+    Xi = (2/p) Theta (p from the trace's attributes): every point should lie below the line.
+    Theta is computed from the gossip step at the iterate before communication, so the Xi of that same
+    iterate (`xi_pre`) is plotted; traces without it fall back to `xi` (after communication)."""
     (tr,) = _load(trace)[:1]
-    xi = np.asarray(tr.iter.get("xi", []), dtype=float)
+    xi = np.asarray(tr.iter.get("xi_pre", tr.iter.get("xi", [])), dtype=float)
     th = np.asarray(tr.iter.get("theta", []), dtype=float)
     m = min(len(xi), len(th))
     xi, th = xi[:m], th[:m]

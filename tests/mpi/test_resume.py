@@ -47,16 +47,26 @@ def check_trace_same(tmp, a, b):
         assert tb.attrs["status"] == "finished"
 
 
-@pytest.mark.parametrize("where", ["phase_end", "mid_phase"])
+CONTROLLED = dict(policies=["adaptive", "gossip", "gossip"], target_factors=[0.05, 1.0, 1.0], control_signal="theta",
+                  topology="one_peer_exponential")
+
+
+@pytest.mark.parametrize("where", ["phase_end", "mid_phase", "controlled_mid_phase"])
 def test_stop_resume_is_bitwise_identical(tmp_path_factory, where):
+    """The controlled case also carries the control state (EMA(phi), the gossip-step counter of a
+    time-varying graph) through the checkpoint."""
     comm = MPI.COMM_WORLD
     tmp = shared_tmp(tmp_path_factory, "res")
-    full = run(cfg(tmp, "full"), comm, **QUIET)
+    extra = CONTROLLED if where.startswith("controlled") else {}
+    full = run(cfg(tmp, "full", **extra), comm, **QUIET)
     sched = Schedule.from_config(cfg(tmp, "x"), 1437)
-    stop_at = sched.decay_iters[0] if where == "phase_end" else sched.decay_iters[0] + 5
-    part = run(cfg(tmp, "cut", max_iterations=stop_at), comm, **QUIET)
+    stop_at = sched.decay_iters[0] if where == "phase_end" else sched.decay_iters[0] - 7 if extra else sched.decay_iters[0] + 5
+    part = run(cfg(tmp, "cut", max_iterations=stop_at, **extra), comm, **QUIET)
     assert part.checkpoint.endswith(f"ckpt-{stop_at:09d}")
-    rest = run(cfg(tmp, "cut"), comm, resume="auto", **QUIET)
+    rest = run(cfg(tmp, "cut", **extra), comm, resume="auto", **QUIET)
+    if extra and comm.Get_rank() == 0:
+        steps = read_trace(f"{tmp}/cut/trace.h5").iter["gossip_steps"]
+        assert steps[:stop_at].max() > 1 and steps[stop_at:sched.decay_iters[0]].max() > 1  # control acted on both sides
     A, B = gathered(comm, full.X), gathered(comm, rest.X)
     if comm.Get_rank() == 0:
         np.testing.assert_array_equal(A, B)
