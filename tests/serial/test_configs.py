@@ -1,0 +1,50 @@
+"""Claims about the shipped configs: every file in configs/ is a valid run description, and the
+paper-table files land in the cells of the table tool's presets that the paper puts them in."""
+import glob
+import os
+
+import pytest
+
+from hpc_dsgd.analysis.tables import PRESETS
+from hpc_dsgd.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.toml"), recursive=True))
+
+
+def rel(path):
+    return os.path.relpath(path, os.path.join(ROOT, "configs"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=rel)
+def test_every_config_is_valid(path):
+    cfg = load_config(path, ranks=1, check_files=False)  # data dir and reference traces live elsewhere
+    assert cfg.n % 1 == 0 and len(cfg.policies) == len(cfg.decay_fractions) + 1
+
+
+def _cells(preset, cfg):
+    pre = PRESETS[preset]
+    return [(r, c) for r in range(len(pre.layout.rows)) for c in range(len(pre.layout.columns))
+            if pre.cell(cfg, r, c, {})]
+
+
+@pytest.mark.parametrize("table, pattern, expect", [
+    ("table1", "table1/ring_n32.toml", ("n=32", "D-SGD (ring)")),
+    ("table1", "table1/complete_n64.toml", ("n=64", "AllReduce (complete)")),
+    ("table2", "table2/n32_dec1_quarter.toml", ("n=32", ("dec-phase-1", "1/4 Ξ_max"))),
+    ("table2", "table2/n64_dec3_xi_max.toml", ("n=64", ("dec-phase-3", "Ξ_max"))),
+    ("table4", "table4/n32_dec2_half.toml", ("n=32", ("dec-phase-2", "1/2 Ξ_max"))),
+    ("table5", "table5/p1_eighth_p2_half.toml", ("1/8 Ξ_max", "1/2 Ξ_max")),
+    ("table6", "table6/e200_quarter.toml", ("1/4 Ξ_max", ("training epochs at phase-1", "200"))),
+    ("table7", "table7/e250_zero.toml", ("250", "0 Ξ_max")),
+])
+def test_paper_configs_fill_the_papers_cells(table, pattern, expect):
+    cfg = load_config(os.path.join(ROOT, "configs", pattern), ranks=1, check_files=False).to_dict()
+    lay = PRESETS[table].layout
+    cells = _cells(table, cfg)
+    assert len(cells) == 1, cells
+    r, c = cells[0]
+    row, col = expect
+    assert lay.rows[r] == row
+    group, label = lay.columns[c]
+    assert (label if isinstance(col, str) else (group, label)) == col
