@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -27,7 +26,8 @@ from .replica import Replicas
 from .schedule import Schedule
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint, verify_checkpoint)
+                         list_checkpoints, load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
+                         verify_checkpoint)
 from .faults import fault_point
 from .signals import StopRequest
 from .trace import TraceWriter, read_trace
@@ -158,6 +158,20 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     return st, how, path
 
 
+def _refuse_overwrite(run_dir: str, resume: str | None) -> str | None:
+    """A fresh start never overwrites a run: an existing trace or checkpoints need --resume."""
+    if resume:
+        return None
+    found = [f for f in ("trace.h5",) if os.path.isfile(os.path.join(run_dir, f))]
+    ckpts = list_checkpoints(run_dir) if os.path.isdir(run_dir) else []
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint(s)")
+    if found:
+        return (f"run directory {run_dir!r} already holds a run ({', '.join(found)}): continue it with "
+                f"--resume auto, or start a new one with another name (--set name=...) or out_dir")
+    return None
+
+
 def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = None,
         stop: StopRequest | None = None) -> RunResult:
     """Train as configured on `comm` (any communicator: COMM_WORLD, a split, COMM_SELF).
@@ -165,6 +179,11 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     resume: None (start fresh), "auto" (newest valid checkpoint of this run, fresh if none) or a path.
     stop: a StopRequest whose signal makes every rank checkpoint and return with stopped=True."""
     torch.set_num_threads(cfg.torch_threads)
+    run_dir = os.path.join(cfg.out_dir, cfg.name)
+    err = _refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None
+    err = comm.bcast(err, root=0)
+    if err:
+        raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     rank0 = world.rank == 0
     data = load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device)
@@ -177,7 +196,6 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     policies = make_policies(cfg, xi_max)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
-    run_dir = os.path.join(cfg.out_dir, cfg.name)
     st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
     if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
         raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
@@ -205,6 +223,10 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 trace.truncate(grp, rows)  # rows flushed after the checkpoint are redone, never duplicated
             trace.set_attrs(status="running", resumed_from=ckpt_from, ranks=world.ranks, replicas_per_rank=world.k)
         else:
+            if os.path.isfile(tpath):  # --resume auto found no checkpoint: keep the old trace, start a new one
+                kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
+                os.replace(tpath, kept)
+                log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
             trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=st.it))
             if how == "branch":
                 copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)

@@ -77,3 +77,15 @@ def test_config_loader_refusals_name_the_key(tmp_path):
         load_config(str(bad))
     cfg = load_config(QUICK, ["n=16", "topology=exponential"], ranks=4)
     assert cfg.n == 16 and cfg.replicas_per_rank(4) == 4
+
+
+def test_fresh_start_never_overwrites_a_run(tmp_path):
+    args = ["train", QUICK, "--set", f"out_dir={tmp_path}", "--set", "width=0.25", "--set", "max_iterations=3"]
+    p, _ = launch(args, ranks=2)
+    assert p.returncode == 0, p.stderr
+    trace = tmp_path / "quickstart" / "trace.h5"
+    before = trace.read_bytes()
+    p, _ = launch(args, ranks=2)  # the same run again without --resume
+    assert p.returncode == 2
+    assert "already holds a run" in p.stderr and "--resume auto" in p.stderr
+    assert trace.read_bytes() == before  # nothing already written is lost
