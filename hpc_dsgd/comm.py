@@ -103,6 +103,14 @@ class _Plan:
     comm: MPI.Comm | None  # neighbourhood communicator (None: point-to-point or purely local)
     kind: str  # "cart", "graph", "p2p", "local"
 
+    def __post_init__(self) -> None:
+        # message sizes and offsets in rows, fixed per plan: computed once, not every gossip step
+        self.scounts = [len(r) for r in self.send_rows]
+        self.rcounts = [len(r) for r in self.recv_rows]
+        self.sdispl = [int(x) for x in np.cumsum([0] + self.scounts[:-1])] if self.scounts else []
+        self.rdispl = [int(x) for x in np.cumsum([0] + self.rcounts[:-1])] if self.rcounts else []
+        self.nsend, self.nrecv = sum(self.scounts), sum(self.rcounts)
+
 
 def _rows_needed(W: np.ndarray, dst_rows: range, src_rows: range) -> np.ndarray:
     """Global indices j in src_rows with w_ij != 0 for some i in dst_rows (sorted)."""
@@ -224,12 +232,12 @@ class Gossiper:
         plan = self.plan(t)
         dev = X.device
         stage = dev.type == "cuda" and not self.world.cuda_aware
-        nsend = int(sum(len(r) for r in plan.send_rows))
-        nrecv = int(sum(len(r) for r in plan.recv_rows))
+        nsend, nrecv = plan.nsend, plan.nrecv
         send = self._buf("send", nsend, dev)
         recv = self._buf("recv", nrecv, dev)
         if nsend:
-            torch.index_select(X, 0, plan.send_index.to(dev), out=send)
+            plan.send_index = plan.send_index.to(dev)  # once per plan (a no-op on the CPU)
+            torch.index_select(X, 0, plan.send_index, out=send)
         if plan.kind != "local":
             s_mpi, r_mpi = send, recv
             if stage:  # device -> pinned host -> MPI -> pinned host -> device
@@ -255,10 +263,7 @@ class Gossiper:
         return nsend * self.D * X.element_size(), theta
 
     def _exchange(self, plan: _Plan, send: torch.Tensor, recv: torch.Tensor) -> None:
-        scounts = [len(r) for r in plan.send_rows]
-        rcounts = [len(r) for r in plan.recv_rows]
-        sdispl = np.concatenate([[0], np.cumsum(scounts)[:-1]]).astype(int).tolist() if scounts else []
-        rdispl = np.concatenate([[0], np.cumsum(rcounts)[:-1]]).astype(int).tolist() if rcounts else []
+        scounts, rcounts, sdispl, rdispl = plan.scounts, plan.rcounts, plan.sdispl, plan.rdispl
         sb, rb = self._mpi(send), self._mpi(recv)
         if plan.comm is not None:
             plan.comm.Neighbor_alltoallv([sb, (scounts, sdispl), self.rowtype], [rb, (rcounts, rdispl), self.rowtype])

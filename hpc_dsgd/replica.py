@@ -92,7 +92,8 @@ class Replicas:
         Returns (sum of mini-batch losses, sum of correct predictions, sum of ||g_i||^2) over the
         k replicas; g_i is the mini-batch loss gradient before weight decay (for phi, Prop. 3.3)."""
         self.G.zero_()
-        loss_sum, correct = 0.0, 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.X.device)  # summed on the device:
+        correct = torch.zeros((), dtype=torch.int64, device=self.X.device)  # one host sync per step, not 2k
         for j, model in enumerate(self.models):
             idx = self.batch_indices(data, epoch, b, j).to(data.train_x.device)
             x = augment_batch(data.train_x[idx], self.gens[j], data.mean, data.std, train=True)
@@ -101,11 +102,11 @@ class Replicas:
             out = model(x)
             loss = F.cross_entropy(out, y)
             loss.backward()  # accumulates in place into G[j] (p.grad are views)
-            loss_sum += loss.item()
-            correct += (out.argmax(1) == y).sum().item()
-        grad_sq = float(self.G.pow(2).sum(dtype=torch.float64))
+            loss_sum += loss.detach()
+            correct += (out.argmax(1) == y).sum()
+        grad_sq = self.G.pow(2).sum(dtype=torch.float64)
         self.sgd_step(lr)
-        return loss_sum, correct, grad_sq
+        return float(loss_sum), float(correct), float(grad_sq)
 
     def sgd_step(self, lr: float) -> None:
         """torch.optim.SGD(momentum, dampening=0, nesterov, weight_decay) on all k rows at once."""

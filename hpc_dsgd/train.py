@@ -204,6 +204,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     stats = PhaseStats(st.stats)
 
     trace = None
+    revision = code_revision() if rank0 else ""  # once per run, not per checkpoint (it runs git)
     if rank0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.toml"), "w") as f:
@@ -214,7 +215,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                  "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
                  "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
                  "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
-                 "versions_json": json.dumps(versions()), "code_revision": code_revision(),
+                 "versions_json": json.dumps(versions()), "code_revision": revision,
                  "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
                  "parameters": reps.d, "row_length": reps.D}
         if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
@@ -290,7 +291,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             ckpt_path = save_checkpoint(
                 world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
                 {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{"gen": gen.get_state()} for gen in reps.gens],
-                {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": code_revision() if rank0 else "",
+                {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
                  "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
             last_ckpt = time.monotonic()
         if stopped:

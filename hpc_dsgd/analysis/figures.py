@@ -91,6 +91,18 @@ def _save(fig, out_png: str, size) -> str:
     return out_png
 
 
+def _finish_one(fig, ax, out_png: str, xlabel: str, ylabel: str, title: str | None, legend_size: int) -> str:
+    """Labels, legend, grid and save of a one-panel figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png, SIZE_ONE)
+
+
 def fig1_consensus(traces, out_png: str) -> str:
     """Figure 1: consensus distance Xi over epochs (iterations where Xi was measured), one line per run,
     with the learning-rate decays (phase boundaries) as dashed vertical lines."""
@@ -112,13 +124,8 @@ def fig1_consensus(traces, out_png: str) -> str:
         ax.axvline(b, color="grey", ls="--", lw=0.8, label="lr decay (phase boundary)" if k == 0 else None)
     if positive and has_data:
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(r"consensus distance $\Xi_t$")
-    ax.set_title(r"Evolution of the consensus distance $\Xi$")
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, out_png, SIZE_ONE)
+    return _finish_one(fig, ax, out_png, "epoch", r"consensus distance $\Xi_t$",
+                       r"Evolution of the consensus distance $\Xi$", 6)
 
 
 def fig2_learning_curves(traces, out_png: str) -> str:
@@ -171,12 +178,7 @@ def theta_vs_xi(trace, out_png: str) -> str:
             ax.set_yscale("log")
     else:
         ax.set_title("Xi vs Theta" + ("" if ok.any() else ": no iteration with both measured"))
-    ax.set_xlabel(r"$\Theta_t$")
-    ax.set_ylabel(r"$\Xi_t$")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, out_png, SIZE_ONE)
+    return _finish_one(fig, ax, out_png, r"$\Theta_t$", r"$\Xi_t$", None, 7)
 
 
 def fig4_gossip(out_png: str, n: int = 32, steps: int = 50, seed: int = 0, d: int = 1,
@@ -191,13 +193,8 @@ def fig4_gossip(out_png: str, n: int = 32, steps: int = 50, seed: int = 0, d: in
                 label=name.replace("_", " ") + (" (exact consensus, clipped)" if exact else ""))
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 2)
-    ax.set_xlabel("number of gossip steps")
-    ax.set_ylabel(r"consensus distance $\Xi$")
-    ax.set_title(f"Gossip averaging, n={n}, " + r"$x_i \sim U[0, 10]$")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, out_png, SIZE_ONE)
+    return _finish_one(fig, ax, out_png, "number of gossip steps", r"consensus distance $\Xi$",
+                       f"Gossip averaging, n={n}, " + r"$x_i \sim U[0, 10]$", 8)
 
 
 def build_parser() -> argparse.ArgumentParser:

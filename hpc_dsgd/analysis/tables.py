@@ -450,6 +450,11 @@ def _prolonged(cfg, e1, opt) -> bool:
     return len(ep) == 3 and ep[0] == e1 and ep[1] == ep[2] == round(later / 2)
 
 
+def _prolonged_n32(cfg, e1, levels, opt) -> bool:
+    """Tables 6-7 cell: CIFAR recipe, n = 32, phase 1 prolonged to e1 epochs, these phase levels."""
+    return _base(cfg, fractions=False) and cfg.get("n") == 32 and _prolonged(cfg, e1, opt) and _levels_are(cfg, levels)
+
+
 def _make_presets() -> dict[str, Preset]:
     P = {}
     # Table 1: All-Reduce vs D-SGD on a ring, n = 16, 32, 64.
@@ -496,8 +501,7 @@ def _make_presets() -> dict[str, Preset]:
 
     def t6(cfg, r, c, opt):
         e1 = opt.get("phase1_epochs", (150, 200, 250))[c]
-        return _base(cfg, fractions=False) and cfg.get("n") == 32 and _prolonged(cfg, e1, opt) \
-            and _levels_are(cfg, [f6[r], 0.0, 0.0])
+        return _prolonged_n32(cfg, e1, [f6[r], 0.0, 0.0], opt)
 
     P["table6"] = Preset(Layout("table6", "Table 6",
                                 "The impact of different numbers of training epochs (at phase-1) on generalization, "
@@ -512,8 +516,7 @@ def _make_presets() -> dict[str, Preset]:
 
     def t7(cfg, r, c, opt):
         e1 = opt.get("phase1_epochs", (150, 200, 250))[r]
-        return _base(cfg, fractions=False) and cfg.get("n") == 32 and _prolonged(cfg, e1, opt) \
-            and _levels_are(cfg, [f7[c], 1.0, 1.0])
+        return _prolonged_n32(cfg, e1, [f7[c], 1.0, 1.0], opt)
 
     P["table7"] = Preset(Layout("table7", "Table 7",
                                 "The importance of phase-1 for training ResNet-20 on CIFAR-10 (n=32), in terms of "
