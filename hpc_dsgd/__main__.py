@@ -1,4 +1,4 @@
-"""Command line: python -m hpc_dsgd {train,topology,bench} ...
+"""Command line: python -m hpc_dsgd {train,topology,bench,sharpness} ...
 
 Under mpiexec every rank parses and validates the same arguments independently (no collective),
 so a bad config stops every rank with the same message and exit code 2. An exception raised on
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train": "train n replicas with D-SGD",
                 "topology": "show a topology (neighbours, W, spectral gap, p) or the spectral-gap table",
-                "bench": "time the local step, gossip, allreduce and consensus measurement"}
+                "bench": "time the local step, gossip, allreduce and consensus measurement",
+                "sharpness": "lambda_max (and trace) of the training-loss Hessian at a checkpoint's averaged model"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: python -m hpc_dsgd {" + ",".join(commands) + "} ...\n")
         for k, v in commands.items():
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from .topology_report import main as topo_main
 
         return topo_main(rest)
+    if cmd == "sharpness":
+        from .sharpness import main as sharpness_main
+
+        return sharpness_main(rest)
     from .bench import main as bench_main
 
     return bench_main(rest)

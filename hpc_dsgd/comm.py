@@ -307,6 +307,13 @@ def global_mean(world: World, X: torch.Tensor) -> torch.Tensor:
     return s / world.n
 
 
+def average_rows(world: World, G: torch.Tensor) -> torch.Tensor:
+    """Every row of G (k, d) <- the mean of all n rows over all ranks (float64 sum of the local rows,
+    one Allreduce of d numbers): the gradient average of data-parallel (centralized) SGD. In place."""
+    G.copy_(global_mean(world, G).to(G.dtype).expand_as(G))
+    return G
+
+
 def allreduce_scalars(comm: MPI.Comm, values: list[float] | np.ndarray) -> np.ndarray:
     """All per-iteration scalars (loss, counts, theta, phi, ...) in ONE small float64 Allreduce."""
     buf = np.asarray(values, dtype=np.float64).copy()

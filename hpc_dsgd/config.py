@@ -13,7 +13,8 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
-POLICIES = ("allreduce", "gossip", "target", "adaptive")
+POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
+SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
 
 
@@ -52,7 +53,7 @@ class Config:
     nesterov: bool = True  # Nesterov momentum, no dampening
     weight_decay: float = 1e-4  # L2 on every parameter, added to the gradient
     # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
-    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive
+    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive | csgd (centralized SGD: gradients averaged)
     target_factors: list[float] = field(default_factory=list)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
     reference_trace: str = ""  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
     control_signal: str = "xi"  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
@@ -64,6 +65,14 @@ class Config:
     local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
     trace_flush_seconds: float = 30.0  # the trace is flushed every epoch and at least this often
     max_iterations: int = 0  # stop after this many iterations (0 = run to the end); for smoke tests
+    # -- sharpness (top Hessian eigenvalue of the training loss, Zhu et al.) -----------------
+    sharpness_every: int = 0  # measure lambda_max every this many epochs and at the end (0 = never)
+    sharpness_samples: int = 1000  # training images in the fixed, seeded subset (no augmentation, BN in eval mode)
+    sharpness_method: str = "lanczos"  # lanczos | power: iteration on Hessian-vector products
+    sharpness_tol: float = 1e-3  # relative tolerance at which lambda_max counts as converged
+    sharpness_max_hvps: int = 100  # cap on Hessian-vector products per lambda_max
+    sharpness_trace_probes: int = 0  # Hutchinson probes for the Hessian trace (0 = no trace estimate)
+    sharpness_replica: int = 0  # global id of the local model measured besides the averaged one (-1 = none)
     # -- checkpoints ----------------------------------------------------------------------
     checkpoint_minutes: float = 30.0  # periodic checkpoint at least this often (0 = only at phase ends and stops)
     keep_checkpoints: int = 3  # periodic checkpoints kept (phase-end checkpoints are kept always)
@@ -224,6 +233,15 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
         missing = [k for k in targets if k not in xi_max]
         need(not missing, f"reference_trace {cfg.reference_trace!r} has no Xi_max for phase(s) {missing}: "
              "its run must have gossiped and measured Xi (measure_every > 0) through those phases")
+    need(cfg.sharpness_every >= 0, f"sharpness_every={cfg.sharpness_every}: need >= 0 epochs (0 = never)")
+    need(cfg.sharpness_samples >= 1, f"sharpness_samples={cfg.sharpness_samples}: need >= 1 training image")
+    need(cfg.sharpness_method in SHARPNESS_METHODS,
+         f"sharpness_method={cfg.sharpness_method!r}: choose {' or '.join(SHARPNESS_METHODS)}")
+    need(0 < cfg.sharpness_tol < 1, f"sharpness_tol={cfg.sharpness_tol}: need a relative tolerance in (0, 1), e.g. 1e-3")
+    need(cfg.sharpness_max_hvps >= 2, f"sharpness_max_hvps={cfg.sharpness_max_hvps}: need >= 2")
+    need(cfg.sharpness_trace_probes >= 0, f"sharpness_trace_probes={cfg.sharpness_trace_probes}: need >= 0 (0 = none)")
+    need(-1 <= cfg.sharpness_replica < cfg.n,
+         f"sharpness_replica={cfg.sharpness_replica}: need a replica id in 0..{cfg.n - 1}, or -1 for none")
     need(cfg.eval_every >= 1, f"eval_every={cfg.eval_every}: need >= 1")
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")

@@ -11,7 +11,12 @@ A policy is an object the training loop asks, once per iteration, to communicate
   gossip     one gossip step (plain D-SGD);
   target     repeat gossip until the controlled distance <= factor x Xi_max (Xi_max: the reference
              run's maximum Xi in this phase, read from its trace);
-  adaptive   repeat gossip until the controlled distance <= factor x EMA(phi) (EMA over the phase).
+  adaptive   repeat gossip until the controlled distance <= factor x EMA(phi) (EMA over the phase);
+  csgd       centralized (data-parallel) mini-batch SGD: the loop asks `policy.grad_hook(ctx)` for a
+             callable that replaces every replica's gradient by the average over all n replicas (one
+             Allreduce of d numbers, before weight decay and momentum), so parameters and momenta
+             stay identical; communicate() then only averages the BN running statistics. Unlike
+             `allreduce` (parameter averaging after local momentum steps, Kong et al.), no state drifts.
 The controlled distance is the exact Xi of the current iterate (control_signal = "xi", research
 mode, one Allreduce of d numbers per gossip step), or the Theta bound (control_signal = "theta",
 practical mode of Sec. 5, one scalar Allreduce per gossip step): after a step from X to W X,
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .comm import Gossiper, World, allreduce_scalars, global_mean
+from .comm import Gossiper, World, allreduce_scalars, average_rows, global_mean
 from .topology import gossip_steps_needed
 
 NAN = float("nan")
@@ -70,11 +75,16 @@ class Context:
     phi: float = NAN  # sqrt(mean ||g_i||^2) of this iteration (only computed when a policy needs it)
     phi_ema: float = NAN
     ema_phase: int = 0  # the phase the EMA belongs to
+    opt_state: list = None  # the local optimizer state blocks (k, d) (momentum); csgd averages them on entry
 
 
 class Policy:
     name = "policy"
     needs_phi = False
+
+    def grad_hook(self, ctx: Context):
+        """A callable modifying the (k, d) gradient block in place before the optimizer update, or None."""
+        return None
 
     def communicate(self, X: torch.Tensor, d: int, ctx: Context) -> CommResult:  # pragma: no cover
         raise NotImplementedError
@@ -94,6 +104,37 @@ class GossipPolicy(Policy):
     def communicate(self, X, d, ctx):
         sent, theta = ctx.gossiper.step(X, ctx.counter.next(), theta_cols=d)
         return CommResult(1, sent, float(theta.sum()))
+
+
+class CsgdPolicy(Policy):
+    """Centralized SGD (C-SGD, data-parallel): gradients averaged by one Allreduce before the update.
+
+    Entering the phase (its first iteration, and after a resume, where it is a no-op) the parameters,
+    BN buffers and optimizer state are averaged once, so a csgd phase that follows a gossip phase
+    starts from the averaged model and momentum; from then on the replicas stay bitwise identical.
+    The first iteration's gradients are those of the replicas' own points (as in every policy here:
+    local step, then communication)."""
+
+    name = "csgd"
+
+    def __init__(self):
+        self.entered = False
+
+    def grad_hook(self, ctx):
+        return lambda G: average_rows(ctx.world, G)
+
+    def communicate(self, X, d, ctx):
+        D = X.shape[1]
+        if not self.entered:  # make replicas and their optimizer state identical (exact mean)
+            for S in [X] + list(ctx.opt_state or []):
+                S.copy_(global_mean(ctx.world, S).to(S.dtype).expand_as(S))
+            self.entered = True
+            extra = sum(S.shape[1] for S in ctx.opt_state or []) + d
+        else:  # parameters are identical already; average the BN running statistics
+            if D > d:
+                X[:, d:].copy_(global_mean(ctx.world, X[:, d:]).to(X.dtype).expand_as(X[:, d:]))
+            extra = 0
+        return CommResult(1, (d + D - d + extra) * 8, 0.0)
 
 
 class ControlPolicy(Policy):
@@ -196,6 +237,8 @@ def make_policies(cfg, xi_max: dict[int, float] | None = None) -> list[Policy]:
             out.append(AllreducePolicy())
         elif name == "gossip":
             out.append(GossipPolicy())
+        elif name == "csgd":
+            out.append(CsgdPolicy())
         elif name == "target":
             out.append(TargetPolicy(factor, (xi_max or {})[k], cfg.control_signal, cfg.max_gossip_steps))
         else:

@@ -86,9 +86,11 @@ class Replicas:
         B = self.cfg.batch_size
         return shard[b * B:(b + 1) * B]
 
-    def local_step(self, data: ImageData, epoch: int, b: int, lr: float) -> tuple[float, float, float]:
+    def local_step(self, data: ImageData, epoch: int, b: int, lr: float, grad_hook=None) -> tuple[float, float, float]:
         """Forward/backward on every local replica, then one SGD step on X.
 
+        grad_hook: None, or a callable that modifies the (k, d) gradient block G in place after the
+        backward pass and phi's norm, before weight decay and momentum (csgd: the gradient Allreduce).
         Returns (sum of mini-batch losses, sum of correct predictions, sum of ||g_i||^2) over the
         k replicas; g_i is the mini-batch loss gradient before weight decay (for phi, Prop. 3.3)."""
         self.G.zero_()
@@ -105,6 +107,8 @@ class Replicas:
             loss_sum += loss.detach()
             correct += (out.argmax(1) == y).sum()
         grad_sq = self.G.pow(2).sum(dtype=torch.float64)
+        if grad_hook is not None:
+            grad_hook(self.G)
         self.sgd_step(lr)
         return float(loss_sum), float(correct), float(grad_sq)
 

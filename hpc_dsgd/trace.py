@@ -9,6 +9,10 @@ Schema (SCHEMA_VERSION 1):
   /epoch/<col>     one row per evaluation: epoch, it, train_loss, train_acc, test_acc_avg,
                    test_loss_avg, test_acc_local_mean, test_acc_local_std, images_per_s, elapsed
   /phase/<col>     one row per finished phase: phase, first_it, last_it, gossip_steps, bytes_sent, ...
+  /sharpness/<col> one row per model per measurement (sharpness_every): epoch, it, replica (-1 = the
+                   averaged model), lambda_max, converged, tol_reached, tol, hvps, method (0 lanczos,
+                   1 power), trace, trace_stderr, trace_probes, samples, loss, acc, seconds
+                   (absent from traces written before it existed: read back as an empty group)
 
 A column that first appears after rows exist is back-filled with NaN (floats) or -1 (ints), so
 writers of later issues add columns without a schema change. Rows are buffered and appended by
@@ -26,7 +30,7 @@ import h5py
 import numpy as np
 
 SCHEMA_VERSION = 1
-GROUPS = ("iter", "epoch", "phase")
+GROUPS = ("iter", "epoch", "phase", "sharpness")
 
 
 class TraceError(ValueError):
@@ -79,7 +83,7 @@ class TraceWriter:
                 buf = self._rows[g]
                 if not buf:
                     continue
-                grp = f[g]
+                grp = f.require_group(g)  # an older trace resumed by this version gains the group
                 old = _group_len(grp)
                 add = len(next(iter(buf.values())))
                 for k, col in buf.items():
@@ -114,12 +118,12 @@ class TraceWriter:
     def rows(self) -> dict[str, int]:
         """Rows on disk per group (call after flush): the trace position a checkpoint records."""
         with h5py.File(self.path, "r") as f:
-            return {g: _group_len(f[g]) for g in GROUPS}
+            return {g: _group_len(f[g]) if g in f else 0 for g in GROUPS}
 
     def truncate(self, group: str, length: int) -> None:
         """Drop rows past `length` (a resumed run continues from its checkpoint's position)."""
         with h5py.File(self.path, "a") as f:
-            for ds in f[group].values():
+            for ds in (f[group].values() if group in f else ()):
                 if ds.shape[0] > length:
                     ds.resize((length,))
 
@@ -137,6 +141,7 @@ class Trace:
     iter: dict
     epoch: dict
     phase: dict
+    sharpness: dict = None  # {} for traces written before /sharpness existed
 
     @property
     def config(self) -> dict:

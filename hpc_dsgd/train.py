@@ -30,6 +30,7 @@ from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, Checkpoint
                          verify_checkpoint)
 from .faults import fault_point
 from .signals import StopRequest
+from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
 from .trace import TraceWriter, read_trace
 
 
@@ -200,7 +201,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
         raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
                               f"Xi_max {xi_max}, the run was controlled against {st.xi_max}")
-    ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase)
+    ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,
+                  opt_state=[reps.M])
     stats = PhaseStats(st.stats)
 
     trace = None
@@ -271,6 +273,11 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             evaluated = (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters
             if evaluated:
                 last = {**evaluate(world, reps, data, local_idx), **train}
+            if cfg.sharpness_every and ((t + 1) % (ipe * cfg.sharpness_every) == 0 or t + 1 == sched.total_iters):
+                for srow in measure_sharpness(cfg, world, reps, data, ep, t):  # collective: every rank
+                    if rank0:
+                        trace.append("sharpness", **srow)
+                        log(f"epoch {ep:6.2f} {describe_sharpness(srow)}", flush=True)
             if rank0:
                 if evaluated:
                     trace.append("epoch", **last)
@@ -311,7 +318,7 @@ def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
     if not os.path.isfile(parent):
         return
     tr = read_trace(parent)
-    for grp, key in (("iter", "it"), ("epoch", "it"), ("phase", "last_it")):
+    for grp, key in (("iter", "it"), ("epoch", "it"), ("phase", "last_it"), ("sharpness", "it")):
         cols = getattr(tr, grp)
         if key not in cols:
             continue
@@ -328,7 +335,7 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
 
     Returns the trace row (global values, identical on every rank) and the summed flags."""
     n = cfg.n
-    loss, correct, grad_sq = reps.local_step(data, epoch, b, lr)
+    loss, correct, grad_sq = reps.local_step(data, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
         ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
