@@ -310,6 +310,8 @@ def main(argv: list[str]) -> int:
                     "sharpness_replica": -1 if args.replica is None else args.replica, "device": "cpu",
                     "data_dir": args.data_dir}
             cfg_d.update({k: v for k, v in over.items() if v is not None})
+            if args.replica is not None and not 0 <= args.replica < int(cfg_d.get("n", 0)):
+                raise ConfigError(f"--replica {args.replica}: the checkpoint holds replicas 0..{int(cfg_d.get('n', 0)) - 1}")
             cfg = from_dict(cfg_d, ranks=1, check_files=True)
             from .data import load_dataset
 

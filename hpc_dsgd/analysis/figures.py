@@ -4,6 +4,7 @@
     python tools/figures.py fig2 runs/dec1/ runs/ring/ -o fig2.png  # training loss / train acc / test acc
     python tools/figures.py theta-xi runs/x/trace.h5 -o thxi.png    # measured Xi vs Theta, Xi = (2/p) Theta
     python tools/figures.py fig4 --n 32 --steps 60 -o fig4.png      # gossip-only simulation (Sec. 5)
+    python tools/figures.py surface CKPT [CKPT ...] -o s1d.png --contour s2d.png   # loss-surface slices
 
 Every figure is written at a fixed pixel size (figsize x dpi, no tight bbox), so scripts and tests can
 rely on it. Arguments that take traces accept trace files and directories (searched for *.h5).
@@ -215,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=int, default=1, help="dimension of each x_i (default 1)")
     p.add_argument("--topologies", nargs="+", default=list(FIG4_TOPOLOGIES), help="topologies to simulate")
     p.add_argument("-o", "--out", required=True, help="output PNG")
+    p = sub.add_parser("surface", help="loss-surface slices (Li et al. 2018) around checkpoints' averaged models")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories (one curve / contour panel each)")
+    p.add_argument("--samples", type=int, default=500, help="training images (fixed, seeded subset; default 500)")
+    p.add_argument("--steps", type=int, default=21, help="points per axis (default 21)")
+    p.add_argument("--span", type=float, default=1.0, help="alpha from -span to span (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="direction and subset seed (default 0)")
+    p.add_argument("--data-dir", default=None, help="override the runs' data_dir")
+    p.add_argument("--contour", default=None, help="also write the 2-D contour PNG here")
+    p.add_argument("-o", "--out", required=True, help="output PNG of the 1-D curves")
     return ap
 
 
@@ -227,11 +237,20 @@ def main(argv=None) -> int:
             out = fig2_learning_curves(args.traces, args.out)
         elif args.cmd == "theta-xi":
             out = theta_vs_xi(args.trace, args.out)
+        elif args.cmd == "surface":
+            from ..checkpoint import CheckpointError
+            from .surface import surface_figures
+
+            try:
+                out = " and ".join(surface_figures(args.checkpoints, args.out, args.contour, args.samples, args.steps,
+                                                   args.span, args.seed, args.data_dir))
+            except CheckpointError as e:
+                raise ValueError(str(e)) from None
         else:
             out = fig4_gossip(args.out, n=args.n, steps=args.steps, seed=args.seed, d=args.d,
                               topologies=args.topologies)
     except (TraceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"hpc_dsgd: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

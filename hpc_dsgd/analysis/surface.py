@@ -1,0 +1,185 @@
+"""Loss-surface slices around a checkpoint's averaged model (Li et al. 2018, "Visualizing the Loss
+Landscape of Neural Nets"), as in Zhu et al.'s Figure 4 (D-SGD against C-SGD).
+
+    python tools/figures.py surface runs/csgd/checkpoints/ckpt-X runs/ring/checkpoints/ckpt-Y \
+        --samples 500 --steps 21 --span 1.0 -o surface1d.png --contour surface2d.png
+
+f(a)    = L(theta + a d)            one direction  (training loss and accuracy, 1-D curve per run)
+f(a, b) = L(theta + a d1 + b d2)    two directions (contour, one panel per run)
+
+Directions are Gaussian, seeded, and FILTER-NORMALISED: for every weight tensor with more than one
+dimension, each filter d[i] (slice along the output dimension) is rescaled to the norm of the
+model's filter theta[i]; one-dimensional parameters (biases, BN scale and shift) get direction 0,
+as in Li et al.'s `ignore='biasbn'`. BN runs in evaluation mode with the checkpoint's averaged
+running statistics, on a fixed, seeded subset of training images without augmentation.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def filter_normalized_direction(model: torch.nn.Module, seed: int) -> torch.Tensor:
+    """A flat (d,) direction over model.parameters(), filter-normalised to the model's filter norms."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for p in model.parameters():
+        w = p.detach().to(torch.float64).cpu()
+        if w.dim() <= 1:
+            parts.append(torch.zeros_like(w).reshape(-1))
+            continue
+        d = torch.randn(w.shape, generator=g, dtype=torch.float64)
+        wn = w.reshape(w.shape[0], -1).norm(dim=1)
+        dn = d.reshape(d.shape[0], -1).norm(dim=1)
+        d = d * (wn / dn.clamp_min(1e-30)).view(-1, *([1] * (w.dim() - 1)))
+        parts.append(d.reshape(-1))
+    return torch.cat(parts)
+
+
+def _params_vector(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).to(torch.float64).cpu() for p in model.parameters()])
+
+
+def _set_params(model, v: torch.Tensor) -> None:
+    off = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(v[off:off + p.numel()].view_as(p).to(p.dtype))
+            off += p.numel()
+
+
+@torch.no_grad()
+def loss_acc(model, batches) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy %) of `model` (evaluation mode) over the (x, y) batches."""
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        out = model(x)
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return loss / n, 100.0 * correct / n
+
+
+def slice_1d(model, direction: torch.Tensor, alphas, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy at theta + a d for every a; the model's parameters are restored afterwards."""
+    theta = _params_vector(model)
+    loss, acc = [], []
+    try:
+        for a in alphas:
+            _set_params(model, theta + float(a) * direction)
+            lv, av = loss_acc(model, batches)
+            loss.append(lv)
+            acc.append(av)
+    finally:
+        _set_params(model, theta)
+    return np.asarray(loss), np.asarray(acc)
+
+
+def slice_2d(model, d1: torch.Tensor, d2: torch.Tensor, alphas, betas, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy on the grid theta + a d1 + b d2, shape (len(betas), len(alphas))."""
+    theta = _params_vector(model)
+    loss = np.empty((len(betas), len(alphas)))
+    acc = np.empty_like(loss)
+    try:
+        for i, b in enumerate(betas):
+            for j, a in enumerate(alphas):
+                _set_params(model, theta + float(a) * d1 + float(b) * d2)
+                loss[i, j], acc[i, j] = loss_acc(model, batches)
+    finally:
+        _set_params(model, theta)
+    return loss, acc
+
+
+def averaged_model(checkpoint: str, data_dir: str | None = None):
+    """(config, model holding the checkpoint's averaged row, data) in one process, on the CPU."""
+    from ..checkpoint import load_checkpoint, saved_config, verify_checkpoint
+    from ..config import FIELDS, from_dict
+    from ..data import load_dataset
+    from ..models import build_model
+    from ..sharpness import load_row
+
+    man = verify_checkpoint(checkpoint)
+    cfg_d = {k: v for k, v in saved_config(man["meta"]).items() if k in FIELDS}
+    if data_dir:
+        cfg_d["data_dir"] = data_dir
+    cfg = from_dict(cfg_d, ranks=1, check_files=True)
+    data = load_dataset(cfg.dataset, cfg.data_dir or None)
+    _, tensors, _, _ = load_checkpoint(checkpoint, list(range(cfg.n)), "cpu", verify=False)
+    row = tensors["X"].to(torch.float64).mean(0)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, cfg.width)
+    return cfg, load_row(model, row.to(torch.float32)), data
+
+
+def _label(cfg) -> str:
+    pols = sorted(set(cfg.policies))
+    how = "C-SGD" if pols == ["csgd"] else f"D-SGD {cfg.topology}" if pols == ["gossip"] else \
+        f"{cfg.topology} {'/'.join(cfg.policies)}"
+    return f"{how}, n={cfg.n} x b={cfg.batch_size}, seed {cfg.seed}"
+
+
+def surface_figures(checkpoints: list[str], out_png: str, contour_png: str | None = None, samples: int = 500,
+                    steps: int = 21, span: float = 1.0, seed: int = 0, data_dir: str | None = None) -> list[str]:
+    """1-D slices of every checkpoint on one figure (loss and accuracy panels), optionally a 2-D contour
+    per checkpoint; the same direction seed for every run (each direction normalised to its own model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..sharpness import CHUNK, sharpness_subset
+
+    if steps < 2:
+        raise ValueError(f"--steps {steps}: need >= 2 points per axis")
+    if span <= 0:
+        raise ValueError(f"--span {span}: need a positive half-width")
+    alphas = np.linspace(-span, span, steps)
+    runs = []
+    for ck in checkpoints:
+        cfg, model, data = averaged_model(ck, data_dir)
+        if not 1 <= samples <= len(data.train_y):
+            raise ValueError(f"--samples {samples}: need 1..{len(data.train_y)} (the training set size)")
+        from ..data import augment_batch
+
+        idx = sharpness_subset(seed, len(data.train_y), samples)
+        batches = [(augment_batch(data.train_x[idx[s:s + CHUNK]], None, data.mean, data.std, train=False),
+                    data.train_y[idx[s:s + CHUNK]]) for s in range(0, len(idx), CHUNK)]
+        d1 = filter_normalized_direction(model, seed)
+        loss, acc = slice_1d(model, d1, alphas, batches)
+        grid = None
+        if contour_png:
+            d2 = filter_normalized_direction(model, seed + 1)
+            grid = slice_2d(model, d1, d2, alphas, alphas, batches)[0]
+        runs.append((f"{cfg.name} {os.path.basename(os.path.normpath(ck))}: {_label(cfg)}", loss, acc, grid))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 4.5))
+    for lab, loss, acc, _ in runs:
+        a1.plot(alphas, loss, lw=1.3, label=lab)
+        a2.plot(alphas, acc, lw=1.3, label=lab)
+    a1.set_xlabel(r"$\alpha$ (filter-normalised direction)")
+    a1.set_ylabel(f"training loss ({samples} images)")
+    a2.set_xlabel(r"$\alpha$")
+    a2.set_ylabel("training accuracy (%)")
+    a1.legend(fontsize=7)
+    fig.suptitle(f"Loss along one random direction around the averaged model (seed {seed})")
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    written = [out_png]
+    if contour_png:
+        fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.5), squeeze=False)
+        levels = np.linspace(min(float(r[3].min()) for r in runs), max(float(r[3].max()) for r in runs), 25)
+        for ax, (lab, _, _, grid) in zip(axes[0], runs):
+            cs = ax.contour(alphas, alphas, grid, levels=levels)
+            ax.clabel(cs, fontsize=6)
+            ax.set_title(lab, fontsize=8)
+            ax.set_xlabel(r"$\alpha$")
+            ax.set_ylabel(r"$\beta$")
+        fig.suptitle("Training loss on a 2-D slice (shared contour levels)")
+        fig.savefig(contour_png, dpi=100)
+        plt.close(fig)
+        written.append(contour_png)
+    return written
