@@ -1,0 +1,212 @@
+"""Claims about centralized SGD (policy csgd) and the sharpness measurement on any rank count:
+- csgd equals a single-process data-parallel reference: one model and one torch.optim.SGD, whose
+  gradient is the average of the n replicas' gradients, each computed on the replica's own
+  mini-batch in training mode with its own batch-norm batch statistics (same data order and
+  augmentation), the BN running statistics averaged over the replicas; replicas and momenta stay
+  bitwise identical;
+- entering a csgd phase makes parameters, BN buffers and momenta the exact average;
+- the sharpness measured with the subset split over the ranks equals the single-process value;
+- a run writes /sharpness rows that equal an offline measurement of its final checkpoint."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+
+from hpc_dsgd.checkpoint import load_checkpoint
+from hpc_dsgd.comm import make_world
+from hpc_dsgd.config import from_dict
+from hpc_dsgd.consensus import Context, CsgdPolicy, GossipCounter
+from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replica_shard
+from hpc_dsgd.models import build_model
+from hpc_dsgd.replica import replica_generator
+from hpc_dsgd.schedule import Schedule
+from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, measure, rank_batches, sharpness_subset
+from hpc_dsgd.trace import read_trace
+from hpc_dsgd.train import run
+
+ITERS = 4
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def small_cfg(tmp, n, **kw):
+    base = dict(name="t", out_dir=str(tmp), n=n, dataset="digits", width=0.25, batch_size=8, epochs=2.0,
+                warmup_epochs=0.5, base_lr=0.2, base_batch=32, max_iterations=ITERS, eval_every=100,
+                local_eval_samples=50, device="cpu", decay_fractions=[0.5, 0.75], policies=["csgd"] * 3)
+    base.update(kw)
+    return base
+
+
+def gather_rows(comm, X):
+    rows = comm.gather(X.numpy(), root=0)
+    return np.concatenate(rows) if comm.Get_rank() == 0 else None
+
+
+def _bn_buffers(m):
+    return [b for b in m.buffers() if b.is_floating_point()]
+
+
+def data_parallel_reference(cfg):
+    """One model, torch.optim.SGD; per iteration every replica i copies the model, runs its own
+    mini-batch in training mode (its own BN batch statistics), and the mean of the n gradients is
+    the step's gradient; the BN running statistics become the mean of the replicas' updated ones."""
+    data = load_dataset("digits", None)
+    sched = Schedule.from_config(cfg, len(data.train_y))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, 10, cfg.width)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    gens = [replica_generator(cfg.seed, i) for i in range(cfg.n)]
+    for t in range(cfg.max_iterations):
+        ep, b = divmod(t, sched.iters_per_epoch)
+        perm = epoch_permutation(len(data.train_y), ep, cfg.seed)
+        grads = [torch.zeros_like(p) for p in model.parameters()]
+        bufs = [torch.zeros_like(bf, dtype=torch.float64) for bf in _bn_buffers(model)]
+        for i in range(cfg.n):
+            worker = copy.deepcopy(model)
+            idx = replica_shard(perm, cfg.n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = augment_batch(data.train_x[idx], gens[i], data.mean, data.std, train=True)
+            worker.train()
+            F.cross_entropy(worker(x), data.train_y[idx]).backward()
+            for g, p in zip(grads, worker.parameters()):
+                g += p.grad / cfg.n
+            for acc, bf in zip(bufs, _bn_buffers(worker)):
+                acc += bf.double() / cfg.n
+        for gr in opt.param_groups:
+            gr["lr"] = sched.lr(t)
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        opt.step()
+        with torch.no_grad():
+            for bf, acc in zip(_bn_buffers(model), bufs):
+                bf.copy_(acc)
+    row = torch.cat([p.detach().reshape(-1) for p in model.parameters()] + [bf.reshape(-1) for bf in _bn_buffers(model)])
+    mom = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters()])
+    return row.numpy(), mom.numpy()
+
+
+def test_csgd_equals_the_data_parallel_reference_and_keeps_replicas_identical(tmp_path_factory):
+    comm = MPI.COMM_WORLD
+    n = math.lcm(4, comm.Get_size())
+    tmp = comm.bcast(str(tmp_path_factory.mktemp("csgd")) if comm.Get_rank() == 0 else None)
+    cfg = from_dict(small_cfg(tmp, n), ranks=comm.Get_size())
+    res = run(cfg, comm, log=quiet)
+    X = gather_rows(comm, res.X)
+    if comm.Get_rank() == 0:
+        assert (X == X[0]).all()  # parameters AND BN buffers, bitwise, on every rank
+        _, tensors, _, _ = load_checkpoint(res.checkpoint, list(range(n)))
+        M = tensors["M"].numpy()
+        assert (M == M[0]).all() and np.abs(M).max() > 1e-3  # one momentum, as in C-SGD
+        ref, ref_m = data_parallel_reference(cfg)
+        assert np.abs(X[0, :res.d] - X[0, :res.d].mean()).max() > 0.01
+        np.testing.assert_allclose(X[0], ref, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(M[0], ref_m, rtol=2e-4, atol=2e-5)
+    comm.Barrier()
+
+
+def test_allreduce_reaches_the_same_parameters_with_local_momenta(tmp_path_factory):
+    """`allreduce` stays Kong et al.'s parameter averaging after local momentum steps. As the update is
+    linear in the momentum, averaging every iteration gives C-SGD's parameters (to rounding), but the
+    replicas' momenta differ; their mean is C-SGD's momentum."""
+    comm = MPI.COMM_WORLD
+    n = math.lcm(4, comm.Get_size())
+    tmp = comm.bcast(str(tmp_path_factory.mktemp("ar")) if comm.Get_rank() == 0 else None)
+    cfg = from_dict(small_cfg(tmp, n, policies=["allreduce"] * 3), ranks=comm.Get_size())
+    res = run(cfg, comm, log=quiet)
+    X = gather_rows(comm, res.X)
+    if comm.Get_rank() == 0:
+        ref, ref_m = data_parallel_reference(cfg)
+        np.testing.assert_allclose(X[0], ref, rtol=2e-4, atol=2e-5)
+        M = load_checkpoint(res.checkpoint, list(range(n)))[1]["M"].numpy()
+        assert np.abs(M[0] - M[1]).max() > 1e-3
+        np.testing.assert_allclose(M.astype(np.float64).mean(0), ref_m, rtol=2e-4, atol=2e-5)
+    comm.Barrier()
+
+
+def test_entering_csgd_averages_parameters_buffers_and_momenta():
+    comm = MPI.COMM_WORLD
+    k, D, d = 2, 9, 6
+    world = make_world(comm, k, "cpu")
+    g = torch.Generator().manual_seed(11)
+    Xall = torch.randn(world.n, D, generator=g)
+    Mall = torch.randn(world.n, d, generator=g)
+    X, M = Xall[world.first:world.first + k].clone(), Mall[world.first:world.first + k].clone()
+    pol = CsgdPolicy()
+    ctx = Context(world, None, GossipCounter(), 1.0, opt_state=[M])
+    pol.communicate(X, d, ctx)
+    torch.testing.assert_close(X, Xall.double().mean(0).float().expand(k, D), rtol=0, atol=1e-6)
+    torch.testing.assert_close(M, Mall.double().mean(0).float().expand(k, d), rtol=0, atol=1e-6)
+    # afterwards only the BN columns are averaged (the parameters are identical already)
+    X[:, d:] = torch.arange(float(k * (D - d))).view(k, D - d) + world.rank
+    before = X[:, :d].clone()
+    pol.communicate(X, d, ctx)
+    assert torch.equal(X[:, :d], before)
+    assert (X[:, d:] == X[0, d:]).all()
+    G = torch.randn(k, d, generator=torch.Generator().manual_seed(world.rank))
+    want = torch.cat(comm.allgather(G)).double().mean(0).float()
+    pol.grad_hook(ctx)(G)
+    assert torch.equal(G, want.expand(k, d))
+
+
+def _model_and_data(seed=0):
+    data = load_dataset("digits", None)
+    torch.manual_seed(seed)
+    model = build_model("resnet20", 10, 0.25)
+    with torch.no_grad():
+        model.train()
+        model(augment_batch(data.train_x[:64], None, data.mean, data.std, train=False))
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model, data
+
+
+def test_sharpness_over_the_ranks_equals_the_single_process_value():
+    comm = MPI.COMM_WORLD
+    model, data = _model_and_data()
+    idx = sharpness_subset(0, len(data.train_y), 60)
+    split = HessianOperator(model, rank_batches(data, idx, comm.Get_rank(), comm.Get_size(), "cpu"), len(idx), comm)
+    single = HessianOperator(model, rank_batches(data, idx, 0, 1, "cpu"), len(idx), None)
+    v = torch.randn(split.d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(split(v), single(v), rtol=1e-5, atol=1e-6 * float(single(v).abs().max()))
+    a, b = lanczos(split, split.d, 1e-4, 60), lanczos(single, single.d, 1e-4, 60)
+    assert a.converged and b.converged
+    assert a.value == pytest.approx(b.value, rel=2e-4)
+    ta, tb = hutchinson(split, split.d, 4, seed=2), hutchinson(single, single.d, 4, seed=2)
+    assert ta.value == pytest.approx(tb.value, rel=1e-5)
+    la, _, ga = split.loss_grad()
+    lb, _, gb = single.loss_grad()
+    assert la == pytest.approx(lb, rel=1e-6)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_factory):
+    comm = MPI.COMM_WORLD
+    n = math.lcm(4, comm.Get_size())
+    tmp = comm.bcast(str(tmp_path_factory.mktemp("sh")) if comm.Get_rank() == 0 else None)
+    # batch 64 x n=4: 5 iterations per epoch on the digits; one epoch, sharpness at its end
+    cfg = from_dict(small_cfg(tmp, n, batch_size=64, epochs=1.0, warmup_epochs=0.0, max_iterations=0,
+                              policies=["gossip"] * 3, sharpness_every=1, sharpness_samples=48,
+                              sharpness_replica=n - 1, sharpness_tol=1e-3), ranks=comm.Get_size())
+    res = run(cfg, comm, log=quiet)
+    if comm.Get_rank() == 0:
+        sh = read_trace(f"{tmp}/t/trace.h5").sharpness
+        assert list(sh["replica"]) == [-1, n - 1] and list(sh["it"]) == [4, 4]
+        assert (sh["samples"] == 48).all() and (sh["hvps"] >= 2).all()
+        _, tensors, _, _ = load_checkpoint(res.checkpoint, list(range(n)))
+        X = tensors["X"]
+        data = load_dataset("digits", None)
+        torch.manual_seed(0)
+        model = build_model("resnet20", 10, 0.25)
+        idx = sharpness_subset(cfg.seed, len(data.train_y), 48)
+        batches = rank_batches(data, idx, 0, 1, "cpu")
+        for r, row in ((0, X.double().mean(0).float()), (1, X[n - 1])):
+            load_row(model, row)
+            off = measure(model, batches, 48, None, "lanczos", 1e-3, 100, 0, cfg.seed)
+            assert bool(sh["converged"][r]) and off["converged"]
+            assert sh["lambda_max"][r] == pytest.approx(off["lambda_max"], rel=2e-3)
+            assert sh["loss"][r] == pytest.approx(off["loss"], rel=1e-5)
+        assert sh["lambda_max"][0] != pytest.approx(sh["lambda_max"][1], rel=1e-6)  # D-SGD: replicas differ
+    comm.Barrier()
