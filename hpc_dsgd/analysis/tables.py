@@ -39,6 +39,8 @@ from ..trace import SCHEMA_VERSION, TraceError, read_trace
 NON_IDENTIFYING = frozenset({
     "seed", "name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
     "reference", "reference_trace", "reference_run", "resume", "resume_from", "branch_from",
+    "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
+    "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
 })
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
 # Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
@@ -822,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mean ± std over seeds of a final metric for every experiment found in a directory of "
                     "traces, or laid out as one of the paper's Tables 1-7.")
     ap.add_argument("paths", nargs="+", help="directories searched recursively for *.h5 traces (or trace files)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), help="lay out the paper's table (rows, columns, headers)")
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch"],
+                    help="lay out the paper's table (rows, columns, headers); large_batch: C-SGD vs D-SGD, "
+                         "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py)")
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="output format (default md)")
     ap.add_argument("--metric", default="test_acc_avg",
                     help="/epoch/ column taken at the last evaluation row (default test_acc_avg)")
@@ -843,8 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.paper and not args.preset:
-        print("--paper needs --preset tableN: the paper's values belong to its tables", file=sys.stderr)
+    if args.paper and (not args.preset or args.preset == "large_batch"):
+        print("hpc_dsgd: error: --paper needs --preset tableN: the paper's values belong to Kong et al.'s tables "
+              "(Zhu et al. give their large-batch results as a figure)", file=sys.stderr)
         return 2
     try:
         where = parse_where(args.where)
@@ -858,7 +863,11 @@ def main(argv=None) -> int:
         print(f"no readable trace under {' '.join(args.paths)} ({len(runset.skipped)} skipped)", file=sys.stderr)
         return 1
     groups = filter_groups(group_runs(runset.runs, frozenset(args.ignore_key)), where)
-    if args.preset:
+    if args.preset == "large_batch":
+        from . import large_batch
+
+        text = large_batch.render(large_batch.build(groups, args.seeds), args.format, args.digits, runset)
+    elif args.preset:
         opt = {"later_epochs": args.later_epochs}
         if args.phase1_epochs:
             opt["phase1_epochs"] = tuple(args.phase1_epochs)
