@@ -63,7 +63,8 @@ _CHUNK = 1 << 20
 # Config keys that may change when a run resumes (run control, paths, local resources); every
 # other key must agree with the checkpoint. Entries are fnmatch patterns.
 RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "trace_flush_seconds",
-                            "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume")
+                            "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume",
+                            "sharpness_*")  # sharpness: measurements only, the trajectory is the same
 # Config keys a branch (a new run started from another run's phase checkpoint) must share with it:
 # the model, the data, the optimisation schedule and the trajectory's randomness; the consensus
 # policies, their targets and the topology they gossip over are what a branch changes (a dec-phase-2

@@ -9,6 +9,8 @@
 - a run writes /sharpness rows that equal an offline measurement of its final checkpoint."""
 import copy
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replic
 from hpc_dsgd.models import build_model
 from hpc_dsgd.replica import replica_generator
 from hpc_dsgd.schedule import Schedule
+from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, measure, rank_batches, sharpness_subset
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
@@ -166,7 +169,7 @@ def _model_and_data(seed=0):
 def test_sharpness_over_the_ranks_equals_the_single_process_value():
     comm = MPI.COMM_WORLD
     model, data = _model_and_data()
-    idx = sharpness_subset(0, len(data.train_y), 60)
+    idx = sharpness_subset(0, len(data.train_y), 40)
     split = HessianOperator(model, rank_batches(data, idx, comm.Get_rank(), comm.Get_size(), "cpu"), len(idx), comm)
     single = HessianOperator(model, rank_batches(data, idx, 0, 1, "cpu"), len(idx), None)
     v = torch.randn(split.d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -182,18 +185,19 @@ def test_sharpness_over_the_ranks_equals_the_single_process_value():
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
 
 
-def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_factory):
+def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_factory, capsys):
     comm = MPI.COMM_WORLD
     n = math.lcm(4, comm.Get_size())
     tmp = comm.bcast(str(tmp_path_factory.mktemp("sh")) if comm.Get_rank() == 0 else None)
-    # batch 64 x n=4: 5 iterations per epoch on the digits; one epoch, sharpness at its end
-    cfg = from_dict(small_cfg(tmp, n, batch_size=64, epochs=1.0, warmup_epochs=0.0, max_iterations=0,
+    # batch 64 x n=4: 5 iterations per epoch on the digits; two epochs, sharpness at each epoch's end
+    cfg = from_dict(small_cfg(tmp, n, batch_size=64, epochs=2.0, warmup_epochs=0.0, max_iterations=0,
                               policies=["gossip"] * 3, sharpness_every=1, sharpness_samples=48,
                               sharpness_replica=n - 1, sharpness_tol=1e-3), ranks=comm.Get_size())
     res = run(cfg, comm, log=quiet)
     if comm.Get_rank() == 0:
         sh = read_trace(f"{tmp}/t/trace.h5").sharpness
-        assert list(sh["replica"]) == [-1, n - 1] and list(sh["it"]) == [4, 4]
+        assert list(sh["replica"]) == [-1, n - 1] * 2 and list(sh["it"]) == [4, 4, 9, 9]
+        sh = {k: v[2:] for k, v in sh.items()}  # the last measurement, at the final checkpoint
         assert (sh["samples"] == 48).all() and (sh["hvps"] >= 2).all()
         _, tensors, _, _ = load_checkpoint(res.checkpoint, list(range(n)))
         X = tensors["X"]
@@ -209,4 +213,22 @@ def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_fact
             assert sh["lambda_max"][r] == pytest.approx(off["lambda_max"], rel=2e-3)
             assert sh["loss"][r] == pytest.approx(off["loss"], rel=1e-5)
         assert sh["lambda_max"][0] != pytest.approx(sh["lambda_max"][1], rel=1e-6)  # D-SGD: replicas differ
+    # measuring changes nothing in the trajectory: the same run without sharpness ends bitwise equal
+    plain = run(from_dict(dict(cfg.to_dict(), out_dir=f"{tmp}/plain", sharpness_every=0), ranks=comm.Get_size()),
+                comm, log=quiet)
+    assert torch.equal(plain.X, res.X)
+    # the offline command on the same ranks, from the run's last checkpoint
+    capsys.readouterr()
+    assert sharpness_main([res.checkpoint, "--samples", "48", "--replica", str(n - 1)]) == 0
+    if comm.Get_rank() == 0:
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 2 and "averaged model" in out[0] and f"replica {n - 1}" in out[1]
+        got = [float(re.search(r"lambda_max (\S+)", ln).group(1)) for ln in out]
+        np.testing.assert_allclose(got, sh["lambda_max"], rtol=1e-5)
+        # loss-surface slices (1-D and 2-D) of the same averaged model, written as PNG
+        from hpc_dsgd.analysis.surface import surface_figures
+
+        files = surface_figures([res.checkpoint], f"{tmp}/s1.png", f"{tmp}/s2.png", samples=48, steps=3, span=0.5,
+                                seed=cfg.seed)
+        assert all(os.path.getsize(f) > 1000 for f in files)
     comm.Barrier()
