@@ -27,7 +27,7 @@ from hpc_dsgd.models import build_model
 from hpc_dsgd.replica import replica_generator
 from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.sharpness import main as sharpness_main
-from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, measure, rank_batches, sharpness_subset
+from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, rank_batches, sharpness_subset
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 
@@ -169,7 +169,7 @@ def _model_and_data(seed=0):
 def test_sharpness_over_the_ranks_equals_the_single_process_value():
     comm = MPI.COMM_WORLD
     model, data = _model_and_data()
-    idx = sharpness_subset(0, len(data.train_y), 40)
+    idx = sharpness_subset(0, len(data.train_y), 24)
     split = HessianOperator(model, rank_batches(data, idx, comm.Get_rank(), comm.Get_size(), "cpu"), len(idx), comm)
     single = HessianOperator(model, rank_batches(data, idx, 0, 1, "cpu"), len(idx), None)
     v = torch.randn(split.d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -177,7 +177,7 @@ def test_sharpness_over_the_ranks_equals_the_single_process_value():
     a, b = lanczos(split, split.d, 1e-4, 60), lanczos(single, single.d, 1e-4, 60)
     assert a.converged and b.converged
     assert a.value == pytest.approx(b.value, rel=2e-4)
-    ta, tb = hutchinson(split, split.d, 4, seed=2), hutchinson(single, single.d, 4, seed=2)
+    ta, tb = hutchinson(split, split.d, 2, seed=2), hutchinson(single, single.d, 2, seed=2)
     assert ta.value == pytest.approx(tb.value, rel=1e-5)
     la, _, ga = split.loss_grad()
     lb, _, gb = single.loss_grad()
@@ -191,27 +191,24 @@ def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_fact
     tmp = comm.bcast(str(tmp_path_factory.mktemp("sh")) if comm.Get_rank() == 0 else None)
     # batch 64 x n=4: 5 iterations per epoch on the digits; two epochs, sharpness at each epoch's end
     cfg = from_dict(small_cfg(tmp, n, batch_size=64, epochs=2.0, warmup_epochs=0.0, max_iterations=0,
-                              policies=["gossip"] * 3, sharpness_every=1, sharpness_samples=48,
+                              policies=["gossip"] * 3, sharpness_every=1, sharpness_samples=24,
                               sharpness_replica=n - 1, sharpness_tol=1e-3), ranks=comm.Get_size())
     res = run(cfg, comm, log=quiet)
     if comm.Get_rank() == 0:
         sh = read_trace(f"{tmp}/t/trace.h5").sharpness
         assert list(sh["replica"]) == [-1, n - 1] * 2 and list(sh["it"]) == [4, 4, 9, 9]
         sh = {k: v[2:] for k, v in sh.items()}  # the last measurement, at the final checkpoint
-        assert (sh["samples"] == 48).all() and (sh["hvps"] >= 2).all()
-        _, tensors, _, _ = load_checkpoint(res.checkpoint, list(range(n)))
-        X = tensors["X"]
+        assert (sh["samples"] == 24).all() and (sh["hvps"] >= 2).all()
+        # the rows describe the checkpointed models: their loss, recomputed in one process
+        X = load_checkpoint(res.checkpoint, list(range(n)))[1]["X"]
         data = load_dataset("digits", None)
         torch.manual_seed(0)
         model = build_model("resnet20", 10, 0.25)
-        idx = sharpness_subset(cfg.seed, len(data.train_y), 48)
-        batches = rank_batches(data, idx, 0, 1, "cpu")
+        batches = rank_batches(data, sharpness_subset(cfg.seed, len(data.train_y), 24), 0, 1, "cpu")
         for r, row in ((0, X.double().mean(0).float()), (1, X[n - 1])):
             load_row(model, row)
-            off = measure(model, batches, 48, None, "lanczos", 1e-3, 100, 0, cfg.seed)
-            assert bool(sh["converged"][r]) and off["converged"]
-            assert sh["lambda_max"][r] == pytest.approx(off["lambda_max"], rel=2e-3)
-            assert sh["loss"][r] == pytest.approx(off["loss"], rel=1e-5)
+            assert sh["loss"][r] == pytest.approx(HessianOperator(model, batches, 24).loss_grad()[0], rel=1e-5)
+            assert bool(sh["converged"][r]) and sh["tol_reached"][r] <= 1e-3
         assert sh["lambda_max"][0] != pytest.approx(sh["lambda_max"][1], rel=1e-6)  # D-SGD: replicas differ
     # measuring changes nothing in the trajectory: the same run without sharpness ends bitwise equal
     plain = run(from_dict(dict(cfg.to_dict(), out_dir=f"{tmp}/plain", sharpness_every=0), ranks=comm.Get_size()),
@@ -219,16 +216,16 @@ def test_run_writes_sharpness_rows_equal_to_an_offline_measurement(tmp_path_fact
     assert torch.equal(plain.X, res.X)
     # the offline command on the same ranks, from the run's last checkpoint
     capsys.readouterr()
-    assert sharpness_main([res.checkpoint, "--samples", "48", "--replica", str(n - 1)]) == 0
+    assert sharpness_main([res.checkpoint, "--samples", "24", "--replica", str(n - 1)]) == 0
     if comm.Get_rank() == 0:
         out = capsys.readouterr().out.strip().splitlines()
         assert len(out) == 2 and "averaged model" in out[0] and f"replica {n - 1}" in out[1]
         got = [float(re.search(r"lambda_max (\S+)", ln).group(1)) for ln in out]
-        np.testing.assert_allclose(got, sh["lambda_max"], rtol=1e-5)
+        np.testing.assert_allclose(got, sh["lambda_max"], rtol=2e-5)  # printed to 6 digits
         # loss-surface slices (1-D and 2-D) of the same averaged model, written as PNG
         from hpc_dsgd.analysis.surface import surface_figures
 
-        files = surface_figures([res.checkpoint], f"{tmp}/s1.png", f"{tmp}/s2.png", samples=48, steps=3, span=0.5,
+        files = surface_figures([res.checkpoint], f"{tmp}/s1.png", f"{tmp}/s2.png", samples=24, steps=3, span=0.5,
                                 seed=cfg.seed)
         assert all(os.path.getsize(f) > 1000 for f in files)
     comm.Barrier()
