@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
 SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,11 @@ class Config:
     n: int = 16  # replicas in total; replicas_per_rank = n / MPI ranks
     device: str = "auto"  # auto | cpu | cuda (one GPU per rank, node-local rank modulo GPUs)
     torch_threads: int = 1  # intra-op CPU threads per rank
+    # -- execution: how a rank computes its k replicas (same function, any choice) --------
+    replica_exec: str = "batched"  # batched: all k replicas as one network (grouped ResNet; vmap for other models) | loop: one after another (the reference)
+    precision: str = "fp32"  # fp32 (the paper) | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
+    deterministic: bool = True  # CUDA: deterministic kernels, so a run and its resume are bitwise reproducible; false allows faster kernels
+    cuda_graph: bool = True  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
     # -- topology -------------------------------------------------------------------------
     topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
@@ -177,6 +183,7 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     """Impossible values, refused before any work (no MPI collective here). check_files=False skips
     what lives outside the config (data directory, reference trace), e.g. to lint config files."""
     from .data import DATASETS, check_dataset
+    from .execution import EXECS
     from .models import MODELS
     from .topology import Topology
 
@@ -189,6 +196,8 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
          f"of the rank count (e.g. n={ranks * max(1, round(cfg.n / ranks))}), or use a rank count dividing {cfg.n}")
     need(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: choose auto, cpu or cuda")
     need(cfg.torch_threads >= 1, f"torch_threads={cfg.torch_threads}: need >= 1")
+    need(cfg.replica_exec in EXECS, f"replica_exec={cfg.replica_exec!r}: choose one of {', '.join(EXECS)}")
+    need(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
     need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")

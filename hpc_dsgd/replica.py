@@ -1,74 +1,92 @@
-"""A rank's k replicas as one flat (k, D) block.
+"""A rank's k replicas: one flat (k, D) block for storage, an executor for the computation.
 
 Row j of X is replica (first + j): its D = d + b numbers are the d trainable parameters followed by
-the b floating-point batch-norm buffers (running mean and variance). Every module's parameters and
-BN buffers are views into X, so the local optimizer step, gossip and checkpoints all act on X.
+the b floating-point batch-norm buffers (running mean and variance). Every executor (execution.py)
+reads the weights as views of X and updates the BN buffers in X, so the local optimizer step, gossip
+and checkpoints all act on X, the one storage.
 
 Batch-norm buffers are GOSSIPED WITH THE PARAMETERS (they ride in the same flat row, so no extra
 message): a replica's running statistics stay consistent with its mixed weights, `allreduce` makes
 replicas fully identical, and the averaged model's statistics are the average of the replicas'.
 Consensus quantities (Xi, Theta, phi) are computed over the d parameters only, as in the paper.
-num_batches_tracked (an integer counter, unused with a fixed BN momentum) stays local.
+num_batches_tracked (an integer counter, unused with a fixed BN momentum) is not stored.
 
-The optimizer is SGD with (Nesterov) momentum, no dampening, and weight decay, vectorised over the
-k replicas with exactly torch.optim.SGD's arithmetic; the momentum M (k, d) stays local.
+One local step (all on the data's device, no host synchronisation until the caller reads the scalars):
+  1. the k mini-batches: indices from the epoch's permutation (data-centre i.i.d. shards), images
+     gathered from the device-resident uint8 training set, cropped and flipped with counter-based
+     random numbers of (seed, global replica id, iteration) (data/augment.py), normalised;
+  2. forward and backward of all k replicas by the executor (loop | grouped | vmap), gradients into G;
+  3. SGD with (Nesterov) momentum, no dampening, weight decay, vectorised over the k rows with
+     torch.optim.SGD's arithmetic; the momentum M (k, d) stays local; the learning rate is a device
+     tensor.
+On CUDA (cuda_graph = true) steps 1-3 are captured once as a CUDA graph and replayed every iteration:
+the iteration, batch index and learning rate live in static device tensors, the epoch permutation in
+a static device buffer, so one capture serves the whole run.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .comm import World
-from .data import ImageData, augment_batch, epoch_permutation, replica_shard
+from .data import ImageData, epoch_permutation
+from .data.augment import augment_replicas, normalise
+from .execution import Layout, float_buffers, make_executor
 from .models import build_model
 
-
-def _float_buffers(module: torch.nn.Module):
-    return [(m, name, b) for m in module.modules() for name, b in m._buffers.items()
-            if b is not None and b.is_floating_point()]
-
-
-def replica_generator(seed: int, i: int) -> torch.Generator:
-    """Augmentation RNG of global replica i: depends on (seed, i) only, never on the rank split."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + i)
+GradHook = Callable[[torch.Tensor], None]
 
 
 class Replicas:
-    def __init__(self, cfg, world: World, num_classes: int):
+    def __init__(self, cfg, world: World, data: ImageData, batched_kind: str = "auto"):
         self.cfg, self.world, self.k = cfg, world, world.k
-        dev = world.device
+        dev = self.device = world.device
         torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
-        proto = build_model(cfg.model, num_classes, cfg.width)
-        params = list(proto.parameters())
-        bufs = _float_buffers(proto)
-        self.d = sum(p.numel() for p in params)
-        self.D = self.d + sum(b.numel() for _, _, b in bufs)
-        flat0 = torch.cat([p.detach().reshape(-1) for p in params] + [b.reshape(-1) for _, _, b in bufs])
-        self.X = flat0.to(dev).repeat(self.k, 1)  # (k, D)
-        self.G = torch.zeros(self.k, self.d, device=dev)  # (k, d) gradients
+        proto = build_model(cfg.model, data.num_classes, cfg.width).to(dev)
+        self.layout = Layout(proto)
+        self.d, self.D = self.layout.d, self.layout.d + self.layout.b
+        flat0 = torch.cat([p.detach().reshape(-1) for p in proto.parameters()]
+                          + [b.reshape(-1) for _, b in float_buffers(proto)])
+        self.X = flat0.repeat(self.k, 1).contiguous()  # (k, D)
+        self.G = torch.zeros(self.k, self.d, device=dev)  # (k, d) gradients (before weight decay)
         self.M = torch.zeros(self.k, self.d, device=dev)  # (k, d) local momentum
-        self.models = [self._bind(copy.deepcopy(proto).to(dev), self.X[j], self.G[j]) for j in range(self.k)]
+        self.exec = make_executor(cfg.replica_exec, proto, self.layout, batched_kind)
         self.eval_x = torch.empty(self.D, device=dev)  # the averaged model's row
-        self.eval_model = self._bind(copy.deepcopy(proto).to(dev), self.eval_x, None)
-        # one augmentation generator per replica, seeded by its global index: split-independent
-        self.gens = [replica_generator(cfg.seed, i) for i in world.replica_ids]
-        self._perm_epoch, self._perm = -1, None
+        self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)
+        self.data = data
+        self.ids = torch.arange(world.first, world.first + self.k, device=dev)  # global replica ids
+        B = cfg.batch_size
+        self.shard = len(data.train_y) // world.n  # every replica's shard of the epoch permutation
+        # static inputs of a step (device tensors, so a captured graph reads their current values)
+        self.perm = torch.empty(len(data.train_y), dtype=torch.int64, device=dev)
+        self.t_dev = torch.zeros((), dtype=torch.int64, device=dev)  # iteration (augmentation counter)
+        self.b_dev = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
+        self.neg_lr = torch.zeros((), dtype=torch.float32, device=dev)  # -learning rate
+        self.stats = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, sum ||g_i||^2
+        self._slots = torch.arange(B, device=dev)
+        self._perm_epoch = -1
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture = dev.type == "cuda" and cfg.cuda_graph
+        bf16 = cfg.precision == "bf16"
+        self._autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
-    def _bind(self, model: torch.nn.Module, row: torch.Tensor, grad_row: torch.Tensor | None) -> torch.nn.Module:
-        """Make the model's parameters (and grads) and float buffers views into one flat row."""
+    @staticmethod
+    def _bind(model: torch.nn.Module, row: torch.Tensor) -> torch.nn.Module:
+        """Make the model's parameters and float buffers views into one flat row (the averaged model)."""
         off = 0
         for p in model.parameters():
-            n = p.numel()
-            p.data = row[off:off + n].view_as(p)
-            if grad_row is not None:
-                p.grad = grad_row[off:off + n].view_as(p)
-            off += n
-        for m, name, b in _float_buffers(model):
-            n = b.numel()
-            m._buffers[name] = row[off:off + n].view_as(b)
-            off += n
+            p.requires_grad_(False)
+            p.data = row[off:off + p.numel()].view_as(p)
+            off += p.numel()
+        for m in model.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.is_floating_point():
+                    m._buffers[name] = row[off:off + b.numel()].view_as(b)
+                    off += b.numel()
         return model
 
     @property
@@ -76,43 +94,44 @@ class Replicas:
         """(k, d) parameter part of X."""
         return self.X[:, :self.d]
 
+    @property
+    def Bf(self) -> torch.Tensor:
+        """(k, b) batch-norm buffer part of X."""
+        return self.X[:, self.d:]
+
     # -- one local step ----------------------------------------------------------------------
-    def batch_indices(self, data: ImageData, epoch: int, b: int, j: int) -> torch.Tensor:
-        """Training indices of local replica j at batch b of `epoch` (data-center i.i.d. partition)."""
-        if epoch != self._perm_epoch:
-            self._perm = epoch_permutation(len(data.train_y), epoch, self.cfg.seed)
-            self._perm_epoch = epoch
-        shard = replica_shard(self._perm, self.world.n, self.world.first + j)
+    def batch_indices(self, b: torch.Tensor | int) -> torch.Tensor:
+        """(k, B) training indices of the local replicas at batch b of the current epoch permutation:
+        replica i reads perm[i*shard + b*B : i*shard + (b+1)*B] (data-centre i.i.d. partition)."""
         B = self.cfg.batch_size
-        return shard[b * B:(b + 1) * B]
+        start = self.ids * self.shard + b * B  # (k,)
+        return self.perm[start.view(-1, 1) + self._slots]
 
-    def local_step(self, data: ImageData, epoch: int, b: int, lr: float, grad_hook=None) -> tuple[float, float, float]:
-        """Forward/backward on every local replica, then one SGD step on X.
+    def _body(self, grad_hook: GradHook | None = None) -> torch.Tensor:
+        """Data, forward/backward and SGD for all k replicas from the static inputs; returns stats."""
+        data, cfg, B, k = self.data, self.cfg, self.cfg.batch_size, self.k
+        with torch.no_grad():
+            idx = self.batch_indices(self.b_dev)
+            x = augment_replicas(data.train_x[idx], cfg.seed, self.ids, self.t_dev, data.mean, data.std)
+            y = data.train_y[idx]  # (k, B)
+        P = self.P.detach().requires_grad_(True)
+        with self._autocast():
+            logits = self.exec.forward(P, self.Bf, x, train=True)  # (k, B, classes)
+        logits = logits.float()
+        loss = F.cross_entropy(logits.reshape(k * B, -1), y.reshape(-1), reduction="sum") / B  # sum of k means
+        (grad,) = torch.autograd.grad(loss, P)
+        self.exec.finish()
+        with torch.no_grad():
+            self.G.copy_(grad)
+            grad_sq = self.G.pow(2).sum(dtype=torch.float64)  # sum_i ||g_i||^2 (phi, Prop. 3.3)
+            if grad_hook is not None:
+                grad_hook(self.G)
+            self.sgd_step()
+            correct = (logits.argmax(-1) == y).sum()
+            self.stats.copy_(torch.stack([loss.detach().double(), correct.double(), grad_sq]))
+        return self.stats
 
-        grad_hook: None, or a callable that modifies the (k, d) gradient block G in place after the
-        backward pass and phi's norm, before weight decay and momentum (csgd: the gradient Allreduce).
-        Returns (sum of mini-batch losses, sum of correct predictions, sum of ||g_i||^2) over the
-        k replicas; g_i is the mini-batch loss gradient before weight decay (for phi, Prop. 3.3)."""
-        self.G.zero_()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.X.device)  # summed on the device:
-        correct = torch.zeros((), dtype=torch.int64, device=self.X.device)  # one host sync per step, not 2k
-        for j, model in enumerate(self.models):
-            idx = self.batch_indices(data, epoch, b, j).to(data.train_x.device)
-            x = augment_batch(data.train_x[idx], self.gens[j], data.mean, data.std, train=True)
-            y = data.train_y[idx]
-            model.train()
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()  # accumulates in place into G[j] (p.grad are views)
-            loss_sum += loss.detach()
-            correct += (out.argmax(1) == y).sum()
-        grad_sq = self.G.pow(2).sum(dtype=torch.float64)
-        if grad_hook is not None:
-            grad_hook(self.G)
-        self.sgd_step(lr)
-        return float(loss_sum), float(correct), float(grad_sq)
-
-    def sgd_step(self, lr: float) -> None:
+    def sgd_step(self) -> None:
         """torch.optim.SGD(momentum, dampening=0, nesterov, weight_decay) on all k rows at once."""
         c, P, G, M = self.cfg, self.P, self.G, self.M
         if c.weight_decay:
@@ -123,28 +142,79 @@ class Replicas:
                 G.add_(M, alpha=c.momentum)  # g + mu buf
             else:
                 G.copy_(M)
-        P.add_(G, alpha=-lr)
+        P.addcmul_(G, self.neg_lr)  # x - lr * update, lr from the device (one capture for all lrs)
 
-    def check_grad_views(self) -> None:
-        """The in-place gradient accumulation into G is what phi and the optimizer rely on."""
-        for j, model in enumerate(self.models):
-            off = 0
-            for p in model.parameters():
-                if p.grad is None or p.grad.data_ptr() != self.G[j, off:off + 1].data_ptr():
-                    raise RuntimeError("autograd replaced a gradient view: flat gradient buffer broken")
-                off += p.numel()
+    def set_inputs(self, t: int, epoch: int, b: int, lr: float) -> None:
+        """The step's inputs into the static device tensors (a new permutation once per epoch)."""
+        if epoch != self._perm_epoch:
+            self.perm.copy_(epoch_permutation(len(self.data.train_y), epoch, self.cfg.seed))
+            self._perm_epoch = epoch
+        self.t_dev.fill_(t)
+        self.b_dev.fill_(b)
+        self.neg_lr.fill_(-lr)
+
+    def local_step(self, t: int, epoch: int, b: int, lr: float,
+                   grad_hook: GradHook | None = None) -> tuple[float, float, float]:
+        """One local step of every replica at iteration t (batch b of `epoch`, learning rate lr).
+
+        grad_hook(G), if given, sees the (k, d) mini-batch gradients after phi's norm and before the
+        optimizer update, and may change them in place (e.g. average them: C-SGD); such a step runs
+        eagerly. Returns (sum of mini-batch losses, correct predictions, sum of ||g_i||^2) over the
+        k replicas, read from the device once."""
+        self.set_inputs(t, epoch, b, lr)
+        if grad_hook is not None or not self.capture:
+            stats = self._body(grad_hook)
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            stats = self.stats
+        loss, correct, grad_sq = stats.tolist()  # the step's one host synchronisation
+        return loss, correct, grad_sq
+
+    def _capture(self) -> None:
+        """Capture _body as a CUDA graph. The warm-up steps it needs run on copies: the state (X, M)
+        is restored afterwards, so capturing does not change the trajectory."""
+        saved = (self.X.clone(), self.M.clone())
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body()
+        self.X.copy_(saved[0])
+        self.M.copy_(saved[1])
+        torch.cuda.synchronize(self.device)
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
-    def accuracy(self, model: torch.nn.Module, data: ImageData, idx: torch.Tensor, bs: int = 500) -> tuple[float, float]:
-        """(correct count, summed loss) of `model` on test images idx."""
-        model.eval()
-        correct, loss = 0.0, 0.0
+    def local_correct(self, idx: torch.Tensor, bs: int = 250) -> torch.Tensor:
+        """Correct predictions (k,) of every local replica on the test images idx (BN in eval mode)."""
+        data = self.data
+        correct = torch.zeros(self.k, dtype=torch.int64, device=self.device)
         for s in range(0, len(idx), bs):
             sel = idx[s:s + bs].to(data.test_x.device)
-            x = augment_batch(data.test_x[sel], None, data.mean, data.std, train=False)
-            out = model(x)
+            x = normalise(data.test_x[sel], data.mean, data.std)
+            with self._autocast():
+                out = self.exec.forward(self.P, self.Bf, x, train=False, shared=True)  # (k, B, classes)
+            correct += (out.argmax(-1) == data.test_y[sel]).sum(dim=1)
+        return correct
+
+    @torch.no_grad()
+    def accuracy(self, model: torch.nn.Module, idx: torch.Tensor, bs: int = 500) -> tuple[float, float]:
+        """(correct count, summed loss) of `model` (e.g. the averaged model) on test images idx."""
+        data = self.data
+        model.eval()
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        for s in range(0, len(idx), bs):
+            sel = idx[s:s + bs].to(data.test_x.device)
+            with self._autocast():
+                out = model(normalise(data.test_x[sel], data.mean, data.std)).float()
             y = data.test_y[sel]
-            correct += (out.argmax(1) == y).sum().item()
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-        return correct, loss
+            correct += (out.argmax(1) == y).sum()
+            loss += F.cross_entropy(out, y, reduction="sum")
+        return float(correct), float(loss)

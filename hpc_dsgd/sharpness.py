@@ -199,13 +199,13 @@ def sharpness_subset(seed: int, num_train: int, samples: int) -> torch.Tensor:
 
 def rank_batches(data, idx: torch.Tensor, rank: int, ranks: int, device) -> list:
     """This rank's share of the subset (every ranks-th image), normalised, no augmentation, in chunks."""
-    from .data import augment_batch
+    from .data.augment import normalise
 
     mine = idx[rank::ranks]
     out = []
     for s in range(0, len(mine), CHUNK):
         sel = mine[s:s + CHUNK].to(data.train_x.device)
-        x = augment_batch(data.train_x[sel], None, data.mean, data.std, train=False).to(device)
+        x = normalise(data.train_x[sel], data.mean, data.std).to(device)
         out.append((x, data.train_y[sel].to(device)))
     return out
 
@@ -240,8 +240,15 @@ def load_row(model: torch.nn.Module, row: torch.Tensor) -> torch.nn.Module:
 
 def measure_run(cfg, world, reps, data, epoch: float, it: int) -> list[dict]:
     """The /sharpness rows at this point of a run: the averaged model (replica -1) and, if
-    cfg.sharpness_replica >= 0, that local model (its row broadcast from the rank holding it)."""
+    cfg.sharpness_replica >= 0, that local model (its row broadcast from the rank holding it).
+
+    Reads only the replica block reps.X (k, D) and reps.D; the model is a plain module of the run's
+    architecture (built without touching the global RNG) into which each row is copied, in fp32."""
     from .comm import global_mean
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.model, data.num_classes, cfg.width).to(world.device)
 
     idx = sharpness_subset(cfg.seed, len(data.train_y), min(cfg.sharpness_samples, len(data.train_y)))
     batches = rank_batches(data, idx, world.rank, world.ranks, world.device)
@@ -254,8 +261,8 @@ def measure_run(cfg, world, reps, data, epoch: float, it: int) -> list[dict]:
                 else np.empty(reps.D, dtype=np.float32)
             world.comm.Bcast(row, root=world.rank_of(replica))
             row = torch.from_numpy(row)
-        reps.eval_x.copy_(row.to(reps.eval_x.dtype))
-        r = measure(reps.eval_model, batches, len(idx), world.comm, cfg.sharpness_method, cfg.sharpness_tol,
+        load_row(model, row.to(device=world.device, dtype=torch.float32))
+        r = measure(model, batches, len(idx), world.comm, cfg.sharpness_method, cfg.sharpness_tol,
                     cfg.sharpness_max_hvps, cfg.sharpness_trace_probes, cfg.seed)
         rows.append(dict(epoch=epoch, it=it, replica=replica, **r))
     return rows

@@ -58,9 +58,9 @@ def evaluate(world: World, reps: Replicas, data, local_idx: torch.Tensor) -> dic
     """Test accuracy (%) of the averaged model (test set split over ranks) and of every local model."""
     reps.eval_x.copy_(global_mean(world, reps.X).to(reps.eval_x.dtype))  # xbar, BN buffers included
     mine = torch.arange(world.rank, len(data.test_y), world.ranks)
-    c_avg, l_avg = reps.accuracy(reps.eval_model, data, mine)
-    accs = [100.0 * reps.accuracy(m, data, local_idx)[0] / len(local_idx) for m in reps.models]
-    s = allreduce_scalars(world.comm, [c_avg, l_avg, sum(accs), sum(a * a for a in accs)])
+    c_avg, l_avg = reps.accuracy(reps.eval_model, mine)
+    accs = (100.0 / len(local_idx)) * reps.local_correct(local_idx).double()  # (k,) all replicas at once
+    s = allreduce_scalars(world.comm, [c_avg, l_avg, float(accs.sum()), float(accs.pow(2).sum())])
     n, N = world.n, len(data.test_y)
     mean = s[2] / n
     return {"test_acc_avg": 100.0 * s[0] / N, "test_loss_avg": s[1] / N, "test_acc_local_mean": mean,
@@ -146,11 +146,9 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
         raise CheckpointError(err)
     if not path:
         return LoopState(), how, None
-    man, tensors, rstate, rank_state = load_checkpoint(path, list(world.replica_ids), world.device)
+    man, tensors, _, rank_state = load_checkpoint(path, list(world.replica_ids), world.device)
     reps.X.copy_(tensors["X"])
     reps.M.copy_(tensors["M"])
-    for gen, st in zip(reps.gens, rstate):
-        gen.set_state(st["gen"])
     if rank_state is not None:
         restore_rank_state(rank_state)
     st = LoopState(**man["meta"]["loop"])
@@ -180,18 +178,21 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     resume: None (start fresh), "auto" (newest valid checkpoint of this run, fresh if none) or a path.
     stop: a StopRequest whose signal makes every rank checkpoint and return with stopped=True."""
     torch.set_num_threads(cfg.torch_threads)
+    if cfg.deterministic:  # cuBLAS reads this when CUDA starts: before any device work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     run_dir = os.path.join(cfg.out_dir, cfg.name)
     err = _refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None
     err = comm.bcast(err, root=0)
     if err:
         raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
+    set_determinism(world.device, cfg.deterministic)
     rank0 = world.rank == 0
     data = load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device)
     sched = Schedule.from_config(cfg, len(data.train_y))
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     p = topo.p()
-    reps = Replicas(cfg, world, data.num_classes)
+    reps = Replicas(cfg, world, data)
     gossiper = Gossiper(world, topo, reps.D)
     xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
@@ -219,7 +220,9 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                  "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
                  "versions_json": json.dumps(versions()), "code_revision": revision,
                  "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
-                 "parameters": reps.d, "row_length": reps.D}
+                 "parameters": reps.d, "row_length": reps.D, "executor": reps.exec.name,
+                 "precision": cfg.precision, "deterministic": cfg.deterministic,
+                 "cuda_graph": bool(reps.capture)}
         if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
             trace = TraceWriter(tpath, {}, mode="a")
             for grp, rows in st.trace_pos.items():
@@ -234,7 +237,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             if how == "branch":
                 copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)
         log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
-            f"gossip via {gossiper.kind}), {cfg.model} d={reps.d}, {cfg.dataset}, device {world.device}"
+            f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
+            f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"
             f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
             f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
             + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
@@ -244,8 +248,6 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     acc, t_train, last = np.array(st.acc), st.t_train, dict(st.last or {})
     last_ckpt, ckpt_path, stopped = time.monotonic(), "", False
     for t in range(st.it, end):
-        if t == st.it + 1:
-            reps.check_grad_views()
         fault_point("iteration", world.rank, t)
         tic = time.perf_counter()
         epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
@@ -297,7 +299,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                               world.comm.bcast(trace.rows() if rank0 else None, root=0), xi_max)
             ckpt_path = save_checkpoint(
                 world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
-                {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{"gen": gen.get_state()} for gen in reps.gens],
+                {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{} for _ in world.replica_ids],
                 {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
                  "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
             last_ckpt = time.monotonic()
@@ -335,7 +337,7 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
 
     Returns the trace row (global values, identical on every rank) and the summed flags."""
     n = cfg.n
-    loss, correct, grad_sq = reps.local_step(data, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
+    loss, correct, grad_sq = reps.local_step(t, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
         ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
@@ -356,6 +358,16 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
                 xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
                 target=res.target, controlled=res.controlled, planned_steps=res.planned,
                 hit_cap=int(res.hit_cap)), s[7:]
+
+
+def set_determinism(device: torch.device, deterministic: bool) -> None:
+    """CUDA: deterministic kernels and no autotuning (bitwise-reproducible runs), or the fastest ones.
+    The CPU kernels used here are deterministic already."""
+    if device.type != "cuda":
+        return
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _ema(ctx: Context, phase: int, beta: float) -> float:

@@ -143,10 +143,10 @@ def surface_figures(checkpoints: list[str], out_png: str, contour_png: str | Non
         cfg, model, data = averaged_model(ck, data_dir)
         if not 1 <= samples <= len(data.train_y):
             raise ValueError(f"--samples {samples}: need 1..{len(data.train_y)} (the training set size)")
-        from ..data import augment_batch
+        from ..data.augment import normalise
 
         idx = sharpness_subset(seed, len(data.train_y), samples)
-        batches = [(augment_batch(data.train_x[idx[s:s + CHUNK]], None, data.mean, data.std, train=False),
+        batches = [(normalise(data.train_x[idx[s:s + CHUNK]], data.mean, data.std),
                     data.train_y[idx[s:s + CHUNK]]) for s in range(0, len(idx), CHUNK)]
         d1 = filter_normalized_direction(model, seed)
         loss, acc = slice_1d(model, d1, alphas, batches)

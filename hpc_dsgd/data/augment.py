@@ -1,5 +1,15 @@
-"""Batched, reproducible CIFAR-style augmentation (pad-4 random crop + horizontal flip)."""
+"""Device-side, counter-based CIFAR augmentation (pad-4 random crop + horizontal flip) for k replicas at once.
 
+Random numbers are not drawn from a generator with state: each one is a hash of the counters
+(seed, global replica id, iteration, image slot, stream), computed with 64-bit integer tensor ops on
+whatever device holds the data. So the numbers
+  - depend only on (seed, replica, iteration): never on the rank split or on the execution mode;
+  - are the same on the CPU and on a GPU (integer arithmetic is exact);
+  - need no generator state in checkpoints (resuming at iteration t recomputes them);
+  - can be computed inside a captured CUDA graph (the iteration is a device tensor).
+The hash is Mueller's 32-bit integer finaliser (multiplier 0x45d9f3b < 2^27, so every product fits in
+int64 without overflow), applied once per counter as a chain: h <- mix(h + counter).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,48 +18,89 @@ import torch
 from torch.nn import functional as F
 
 PAD = 4
+_M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B
+STREAM_TOP, STREAM_LEFT, STREAM_FLIP = 0, 1, 2
 
 
-def _normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 -> float32 in [0,1] -> per-channel (x - mean) / std."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    """One round of the 32-bit finaliser on int64 values in [0, 2^32)."""
+    h = h ^ (h >> 16)
+    h = (h * _MUL) & _M32
+    h = h ^ (h >> 16)
+    h = (h * _MUL) & _M32
+    return h ^ (h >> 16)
+
+
+def counter_hash(seed: int, replica: torch.Tensor, t: torch.Tensor | int, slot: torch.Tensor, stream: int) -> torch.Tensor:
+    """Uniform 32-bit values (int64 tensor) for every (replica, slot) pair, broadcast together."""
+    dev = replica.device
+    h = torch.full((), (seed ^ (seed >> 32)) & _M32, dtype=torch.int64, device=dev)
+    h = _mix((h + stream) & _M32)
+    h = _mix((h + torch.as_tensor(t, dtype=torch.int64, device=dev)) & _M32)
+    h = _mix((h + replica.to(torch.int64)) & _M32)
+    return _mix((h + slot.to(torch.int64)) & _M32)
+
+
+def uniform_int(bits: torch.Tensor, high: int) -> torch.Tensor:
+    """Map uniform 32-bit values to 0..high-1 (multiply-shift: exact for CPU and GPU)."""
+    return (bits * high) >> 32
+
+
+def crop_flip_params(seed: int, replicas: torch.Tensor, t: torch.Tensor | int, batch: int):
+    """(top, left, flip) for replicas (k,) x batch slots: each (k, B); top/left in 0..2*PAD."""
+    slot = torch.arange(batch, device=replicas.device).view(1, -1)
+    r = replicas.view(-1, 1)
+    top = uniform_int(counter_hash(seed, r, t, slot, STREAM_TOP), 2 * PAD + 1)
+    left = uniform_int(counter_hash(seed, r, t, slot, STREAM_LEFT), 2 * PAD + 1)
+    flip = uniform_int(counter_hash(seed, r, t, slot, STREAM_FLIP), 2).bool()
+    return top, left, flip
+
+
+def normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 -> float32 in [0,1] -> per-channel (x - mean) / std; channels are dim -3."""
+    shape = (-1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(shape)
     return (x_uint8.to(torch.float32) / 255.0 - m) / s
 
 
-def augment_batch(
-    x_uint8: torch.Tensor,
-    gen: torch.Generator,
-    mean: Sequence[float],
-    std: Sequence[float],
-    train: bool,
-) -> torch.Tensor:
-    """Return a normalised float32 batch on ``x_uint8.device``.
+def crop_flip(x_uint8: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by PAD, crop HxW at (top, left), flip where `flip`: one batched gather.
 
-    With ``train``: zero-pad by 4, take a random HxW crop and flip horizontally with p=0.5.
-    Random numbers come from the CPU generator ``gen`` in a fixed order (B crop rows, B crop
-    columns, B flip bits), so the result is bitwise reproducible on any device.
-    """
+    x_uint8: (..., C, H, W); top/left/flip: the leading (...) shape."""
+    *lead, c, h, w = x_uint8.shape
+    flat = x_uint8.reshape(-1, c, h, w)
+    b = flat.shape[0]
+    dev = x_uint8.device
+    padded = F.pad(flat, (PAD, PAD, PAD, PAD))  # (b, C, H+8, W+8)
+    rows = top.reshape(b, 1) + torch.arange(h, device=dev)  # (b, H) source row per output row
+    col = torch.arange(w, device=dev).expand(b, w)
+    col = torch.where(flip.reshape(b, 1), (w - 1) - col, col)  # a flip reads the crop right to left
+    cols = left.reshape(b, 1) + col  # (b, W)
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
+    out = padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    return out.reshape(*lead, c, h, w)
+
+
+def augment_replicas(x_uint8: torch.Tensor, seed: int, replicas: torch.Tensor, t: torch.Tensor | int,
+                     mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Training batches of k replicas at iteration t: (k, B, C, H, W) uint8 -> normalised float32.
+
+    Replica replicas[j]'s image in slot b gets the crop and flip of counters (seed, replicas[j], t, b)."""
+    k, B = x_uint8.shape[:2]
+    top, left, flip = crop_flip_params(seed, replicas, t, B)
+    return normalise(crop_flip(x_uint8, top, left, flip), mean, std)
+
+
+def augment_batch(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, seed: int = 0,
+                  replica: int = 0, t: int = 0, train: bool = True) -> torch.Tensor:
+    """One replica's batch (B, C, H, W) uint8 -> float32: augmented at (seed, replica, t) or, with
+    train=False, only normalised (evaluation). The reference path of the tests."""
     if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
         raise ValueError(f"expected (B,C,H,W) uint8, got {tuple(x_uint8.shape)} {x_uint8.dtype}")
     if not train:
-        return _normalise(x_uint8, mean, std)
-    if gen.device.type != "cpu":
-        raise ValueError("augment_batch needs a CPU torch.Generator for reproducibility")
-
-    b, c, h, w = x_uint8.shape
-    dev = x_uint8.device
-    top = torch.randint(0, 2 * PAD + 1, (b,), generator=gen)
-    left = torch.randint(0, 2 * PAD + 1, (b,), generator=gen)
-    flip = torch.randint(0, 2, (b,), generator=gen).bool()
-
-    padded = F.pad(x_uint8, (PAD, PAD, PAD, PAD))  # zero padding, (B,C,H+8,W+8)
-    rows = (top[:, None] + torch.arange(h)).to(dev)  # (B,H) source row per output row
-    col_off = torch.arange(w)
-    # a flip reads the crop's columns right-to-left, so fold it into the column index
-    col_off = torch.where(flip[:, None], (w - 1) - col_off, col_off)
-    cols = (left[:, None] + col_off).to(dev)  # (B,W)
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-    out = padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]  # one batched gather
-    return _normalise(out, mean, std)
+        return normalise(x_uint8, mean, std)
+    ids = torch.tensor([replica], device=x_uint8.device)
+    return augment_replicas(x_uint8.unsqueeze(0), seed, ids, t, mean, std)[0]

@@ -23,8 +23,8 @@ from hpc_dsgd.comm import make_world
 from hpc_dsgd.config import from_dict
 from hpc_dsgd.consensus import Context, CsgdPolicy, GossipCounter
 from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replica_shard
+from hpc_dsgd.data.augment import normalise
 from hpc_dsgd.models import build_model
-from hpc_dsgd.replica import replica_generator
 from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, rank_batches, sharpness_subset
@@ -62,7 +62,6 @@ def data_parallel_reference(cfg):
     model = build_model(cfg.model, 10, cfg.width)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
-    gens = [replica_generator(cfg.seed, i) for i in range(cfg.n)]
     for t in range(cfg.max_iterations):
         ep, b = divmod(t, sched.iters_per_epoch)
         perm = epoch_permutation(len(data.train_y), ep, cfg.seed)
@@ -71,7 +70,7 @@ def data_parallel_reference(cfg):
         for i in range(cfg.n):
             worker = copy.deepcopy(model)
             idx = replica_shard(perm, cfg.n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = augment_batch(data.train_x[idx], gens[i], data.mean, data.std, train=True)
+            x = augment_batch(data.train_x[idx], data.mean, data.std, seed=cfg.seed, replica=i, t=t)
             worker.train()
             F.cross_entropy(worker(x), data.train_y[idx]).backward()
             for g, p in zip(grads, worker.parameters()):
@@ -91,11 +90,12 @@ def data_parallel_reference(cfg):
     return row.numpy(), mom.numpy()
 
 
-def test_csgd_equals_the_data_parallel_reference_and_keeps_replicas_identical(tmp_path_factory):
+@pytest.mark.parametrize("replica_exec", ["batched", "loop"])
+def test_csgd_equals_the_data_parallel_reference_and_keeps_replicas_identical(tmp_path_factory, replica_exec):
     comm = MPI.COMM_WORLD
     n = math.lcm(4, comm.Get_size())
     tmp = comm.bcast(str(tmp_path_factory.mktemp("csgd")) if comm.Get_rank() == 0 else None)
-    cfg = from_dict(small_cfg(tmp, n), ranks=comm.Get_size())
+    cfg = from_dict(small_cfg(tmp, n, replica_exec=replica_exec), ranks=comm.Get_size())
     res = run(cfg, comm, log=quiet)
     X = gather_rows(comm, res.X)
     if comm.Get_rank() == 0:
@@ -160,7 +160,7 @@ def _model_and_data(seed=0):
     model = build_model("resnet20", 10, 0.25)
     with torch.no_grad():
         model.train()
-        model(augment_batch(data.train_x[:64], None, data.mean, data.std, train=False))
+        model(normalise(data.train_x[:64], data.mean, data.std))
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     return model, data

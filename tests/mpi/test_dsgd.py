@@ -2,7 +2,9 @@
 - the distributed trajectory equals a single-process reference that simulates all n replicas with
   torch.optim.SGD and the dense numpy W_t (same seeds, several iterations, tight tolerance);
 - 4 x 1, 2 x 2 and 1 x 4 (ranks x replicas) give the same parameters;
-- the allreduce policy keeps all replicas identical; BN buffers are gossiped with the parameters."""
+- the allreduce policy keeps all replicas identical; BN buffers are gossiped with the parameters;
+- all of it for both executions of a rank's replicas (replica_exec = loop | batched), and the two give
+  the same per-iteration losses: the data order and augmentation belong to the data, not the execution."""
 import copy
 import math
 
@@ -15,9 +17,9 @@ from mpi4py import MPI
 from hpc_dsgd.config import from_dict
 from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replica_shard
 from hpc_dsgd.models import build_model
-from hpc_dsgd.replica import replica_generator
 from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.topology import Topology
+from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 
 N = 4  # replicas
@@ -38,7 +40,8 @@ def gather_rows(comm, X):
 
 
 def reference(cfg):
-    """Single process, all n replicas, torch.optim.SGD, dense float64 W_t: an independent simulation."""
+    """Single process, all n replicas, torch.optim.SGD, dense float64 W_t: an independent simulation
+    (one ordinary module per replica, each batch augmented on its own at (seed, replica, iteration))."""
     data = load_dataset("digits", None)
     sched = Schedule.from_config(cfg, len(data.train_y))
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed)
@@ -47,14 +50,13 @@ def reference(cfg):
     models = [copy.deepcopy(proto) for _ in range(cfg.n)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=cfg.momentum, nesterov=cfg.nesterov,
                             weight_decay=cfg.weight_decay) for m in models]
-    gens = [replica_generator(cfg.seed, i) for i in range(cfg.n)]
     s = 0
     for t in range(cfg.max_iterations):
         ep, b = divmod(t, sched.iters_per_epoch)
         perm = epoch_permutation(len(data.train_y), ep, cfg.seed)
         for i, (m, o) in enumerate(zip(models, opts)):
             idx = replica_shard(perm, cfg.n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = augment_batch(data.train_x[idx], gens[i], data.mean, data.std, train=True)
+            x = augment_batch(data.train_x[idx], data.mean, data.std, seed=cfg.seed, replica=i, t=t)
             for gr in o.param_groups:
                 gr["lr"] = sched.lr(t)
             o.zero_grad()
@@ -75,11 +77,12 @@ def reference(cfg):
     return np.stack([torch.cat([p.detach().reshape(-1) for p in ts]).numpy() for ts in tensors])
 
 
+@pytest.mark.parametrize("replica_exec", ["batched", "loop"])
 @pytest.mark.parametrize("topology", ["ring", "exponential", "one_peer_exponential", "random_matching", "torus"])
-def test_trajectory_equals_single_process_reference(tmp_path_factory, topology):
+def test_trajectory_equals_single_process_reference(tmp_path_factory, topology, replica_exec):
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(str(tmp_path_factory.mktemp("traj")) if comm.Get_rank() == 0 else None)
-    cfg = from_dict(small_cfg(tmp, topology=topology), ranks=comm.Get_size())
+    cfg = from_dict(small_cfg(tmp, topology=topology, replica_exec=replica_exec), ranks=comm.Get_size())
     res = run(cfg, comm, log=lambda *a, **k: None)
     X = gather_rows(comm, res.X)
     if comm.Get_rank() == 0:
@@ -91,7 +94,8 @@ def test_trajectory_equals_single_process_reference(tmp_path_factory, topology):
         assert np.abs(X[0] - X[1]).max() > 1e-4
 
 
-def test_same_parameters_for_any_rank_split(tmp_path_factory):
+@pytest.mark.parametrize("replica_exec", ["batched", "loop"])
+def test_same_parameters_for_any_rank_split(tmp_path_factory, replica_exec):
     """R x n/R, ..., 1 x n (every rank count dividing R; 4 x 1, 2 x 2, 1 x 4 under mpiexec -n 4):
     gossip sums in a fixed order, so the multi-rank results are bitwise identical."""
     world = MPI.COMM_WORLD
@@ -106,7 +110,7 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory):
         sub = world.Split(color, world.Get_rank())
         if sub != MPI.COMM_NULL:
             cfg = from_dict(small_cfg(f"{tmp}/{ranks}", n=n, topology="ring", policies=["gossip", "allreduce", "gossip"],
-                                      max_iterations=ITERS), ranks=ranks)
+                                      max_iterations=ITERS, replica_exec=replica_exec), ranks=ranks)
             X = gather_rows(sub, run(cfg, sub, log=lambda *a, **k: None).X)
             if sub.Get_rank() == 0:
                 results[ranks] = X
@@ -127,3 +131,23 @@ def test_allreduce_policy_keeps_replicas_identical(tmp_path_factory):
     if comm.Get_rank() == 0:
         assert (X == X[0]).all()  # parameters AND batch-norm buffers, bitwise
         np.testing.assert_allclose(X, reference(cfg), rtol=2e-4, atol=2e-5)
+
+
+def test_loop_and_batched_give_the_same_losses(tmp_path_factory):
+    """20 iterations, replica_exec = loop and = batched: the same per-iteration losses and accuracies
+    in the trace, to fp32 rounding (both read the same mini-batches with the same augmentation)."""
+    comm = MPI.COMM_WORLD
+    tmp = comm.bcast(str(tmp_path_factory.mktemp("exec")) if comm.Get_rank() == 0 else None)
+    traces = {}
+    for mode in ("loop", "batched"):
+        cfg = from_dict(small_cfg(f"{tmp}/{mode}", n=8, max_iterations=20, base_lr=0.05, warmup_epochs=0.0,
+                                  replica_exec=mode), ranks=comm.Get_size())
+        run(cfg, comm, log=lambda *a, **k: None)
+        if comm.Get_rank() == 0:
+            traces[mode] = read_trace(f"{tmp}/{mode}/t/trace.h5").iter
+    if comm.Get_rank() == 0:
+        a, b = traces["loop"], traces["batched"]
+        assert len(a["loss"]) == len(b["loss"]) == 20
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-5)
+        np.testing.assert_allclose(b["theta"], a["theta"], rtol=1e-3)
+        assert np.abs(np.diff(a["loss"])).max() > 1e-3  # the losses move: the comparison is not vacuous

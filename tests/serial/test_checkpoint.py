@@ -18,7 +18,6 @@ from hpc_dsgd.checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, Ch
                                  load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
                                  verify_checkpoint)
 from hpc_dsgd.config import Config
-from hpc_dsgd.replica import replica_generator
 
 N, D = 4, 37
 SELF = MPI.COMM_SELF
@@ -29,7 +28,7 @@ def row(i: int) -> torch.Tensor:
 
 
 def rstate(i: int) -> dict:
-    g = replica_generator(0, i)
+    g = torch.Generator().manual_seed(i)
     torch.rand(i + 1, generator=g)  # each replica's stream at a different position
     return {"gen": g.get_state(), "i": i}
 

@@ -23,6 +23,7 @@ from hpc_dsgd.data import (
     load_digits32,
     replica_shard,
 )
+from hpc_dsgd.data.augment import augment_replicas, counter_hash, crop_flip_params
 from hpc_dsgd.data.cifar10 import CIFAR10_FILES, check_cifar10
 
 torch.set_num_threads(1)
@@ -172,34 +173,72 @@ def _manual_norm(x: torch.Tensor) -> torch.Tensor:
 
 def test_augment_shape_and_repro() -> None:
     x = _batch()
-    a = augment_batch(x, torch.Generator().manual_seed(5), MEAN, STD, train=True)
-    b = augment_batch(x, torch.Generator().manual_seed(5), MEAN, STD, train=True)
+    a = augment_batch(x, MEAN, STD, seed=5, replica=3, t=7)
+    b = augment_batch(x, MEAN, STD, seed=5, replica=3, t=7)
     assert a.shape == x.shape and a.dtype == torch.float32 and a.device == x.device
     assert torch.equal(a, b)
-    c = augment_batch(x, torch.Generator().manual_seed(6), MEAN, STD, train=True)
-    assert not torch.equal(a, c)
+    for other in (dict(seed=6, replica=3, t=7), dict(seed=5, replica=4, t=7), dict(seed=5, replica=3, t=8)):
+        assert not torch.equal(a, augment_batch(x, MEAN, STD, **other))  # every counter matters
 
 
 def test_augment_eval_is_normalisation() -> None:
     x = _batch()
-    out = augment_batch(x, torch.Generator().manual_seed(0), MEAN, STD, train=False)
+    out = augment_batch(x, MEAN, STD, train=False)
     assert torch.allclose(out, _manual_norm(x), atol=1e-6)
 
 
 def test_augment_crop_matches_padded_slice() -> None:
+    """Each image is the HxW window at (top, left) of its zero-padded self, mirrored where flip."""
     x = _batch(8)
-    gen = torch.Generator().manual_seed(9)
-    out = augment_batch(x, gen, MEAN, STD, train=True)
-    # replay the documented draw order: B crop rows, B crop columns, B flip bits
-    g = torch.Generator().manual_seed(9)
-    top = torch.randint(0, 9, (8,), generator=g)
-    left = torch.randint(0, 9, (8,), generator=g)
-    flip = torch.randint(0, 2, (8,), generator=g)
+    out = augment_batch(x, MEAN, STD, seed=9, replica=2, t=11)
+    top, left, flip = crop_flip_params(9, torch.tensor([2]), 11, 8)
     expected = torch.empty_like(x)
     for n in range(8):
         padded = torch.zeros(3, 40, 40, dtype=torch.uint8)
         padded[:, 4:36, 4:36] = x[n]
-        crop = padded[:, top[n] : top[n] + 32, left[n] : left[n] + 32]
-        expected[n] = crop.flip(-1) if flip[n] else crop
+        crop = padded[:, top[0, n] : top[0, n] + 32, left[0, n] : left[0, n] + 32]
+        expected[n] = crop.flip(-1) if flip[0, n] else crop
     assert torch.equal(out, _manual_norm(expected))
     assert flip.any() and not flip.all()  # both branches exercised with this seed
+
+
+def test_augment_random_numbers_are_uniform() -> None:
+    """Over 64 replicas x 50 iterations x 32 slots: crop offsets uniform on 0..8 (chi-square, 8 degrees
+    of freedom, below the 0.999 quantile 26.1), flips at rate 1/2 within 4 binomial standard deviations,
+    and top, left and flip not correlated."""
+    ids = torch.arange(64)
+    draws = [crop_flip_params(3, ids, t, 32) for t in range(50)]
+    top = torch.cat([d[0].reshape(-1) for d in draws])
+    left = torch.cat([d[1].reshape(-1) for d in draws])
+    flip = torch.cat([d[2].reshape(-1) for d in draws]).double()
+    m = len(top)
+    for v in (top, left):
+        assert v.min() == 0 and v.max() == 8
+        counts = torch.bincount(v, minlength=9).double()
+        chi2 = float(((counts - m / 9) ** 2 / (m / 9)).sum())
+        assert chi2 < 26.1, chi2
+    assert abs(float(flip.mean()) - 0.5) < 4 * (0.25 / m) ** 0.5
+    assert abs(float(np.corrcoef(top.numpy(), left.numpy())[0, 1])) < 0.05
+    assert abs(float(np.corrcoef(top.numpy(), flip.numpy())[0, 1])) < 0.05
+
+
+def test_augment_streams_do_not_depend_on_the_split() -> None:
+    """Replicas 0..7 drawn together (1 x 8) or as 4 ranks x 2 give the same numbers: a replica's
+    stream is a function of (seed, replica id, iteration) only."""
+    whole = crop_flip_params(1, torch.arange(8), 5, 16)
+    for r in range(4):
+        part = crop_flip_params(1, torch.arange(2 * r, 2 * r + 2), 5, 16)
+        for a, b in zip(whole, part):
+            assert torch.equal(a[2 * r:2 * r + 2], b)
+    imgs = torch.randint(0, 256, (8, 16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batched = augment_replicas(imgs, 1, torch.arange(8), 5, MEAN, STD)
+    for i in range(8):  # k replicas at once = each replica alone
+        assert torch.equal(batched[i], augment_batch(imgs[i], MEAN, STD, seed=1, replica=i, t=5))
+
+
+def test_counter_hash_known_values() -> None:
+    """Integer arithmetic only: these values are what every device computes (a GPU test compares)."""
+    h = counter_hash(0, torch.tensor([0, 1, 2]), 0, torch.tensor([0]), 0)
+    assert h.dtype == torch.int64 and bool(((h >= 0) & (h < 2**32)).all())
+    assert len(set(h.tolist())) == 3
+    assert torch.equal(h, counter_hash(0, torch.tensor([0, 1, 2]), torch.tensor(0), torch.tensor([0]), 0))
