@@ -10,6 +10,10 @@ flatter minima than centralized SGD. This module measures it.
 
 The subset is split over the ranks (each rank its share), and every Hessian-vector product is one
 float64 Allreduce of d numbers, so the measured operator is the same for any rank count.
+The gradient of each chunk is built once with its graph (create_graph) and kept for all products
+of one measurement, so a product costs one double-backward pass per chunk; memory grows with the
+rank's share of the subset (about three times a training step's activations per image). Computed in
+fp32 whatever the run's `precision`.
 
 lambda_max by Lanczos (full reorthogonalisation; converged when the Ritz residual ||H y - theta y||
 <= tol |theta|, which guarantees an eigenvalue of H within tol |theta| of theta) or by power

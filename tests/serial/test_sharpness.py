@@ -7,7 +7,6 @@
 - the loss-surface slice at the origin is the model's loss, and filter normalisation gives every
   direction filter the norm of the model's filter;
 - bad values are refused with one line naming the value."""
-import math
 import os
 import subprocess
 import sys
