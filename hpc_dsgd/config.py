@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 POLICIES = ("allreduce", "gossip", "target", "adaptive")
 CONTROL_SIGNALS = ("xi", "theta")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,7 @@ class Config:
     torch_threads: int = 1  # intra-op CPU threads per rank
     # -- execution: how a rank computes its k replicas (same function, any choice) --------
     replica_exec: str = "batched"  # batched: all k replicas as one network (grouped ResNet; vmap for other models) | loop: one after another (the reference)
-    precision: str = "fp32"  # fp32 (the paper) | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
+    precision: str = "fp32"  # fp32 (the paper; strict, no TF32) | tf32: fp32 with TF32 tensor-core convolutions and matmuls on CUDA | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
     deterministic: bool = True  # CUDA: deterministic kernels, so a run and its resume are bitwise reproducible; false allows faster kernels
     cuda_graph: bool = True  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
     # -- topology -------------------------------------------------------------------------

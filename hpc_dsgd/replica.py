@@ -41,6 +41,14 @@ from .models import build_model
 GradHook = Callable[[torch.Tensor], None]
 
 
+def set_precision(precision: str) -> None:
+    """Process-wide: TF32 tensor cores for fp32 convolutions and matmuls only with precision 'tf32'
+    ('fp32' is strict IEEE single precision, as the paper; cuDNN would otherwise use TF32 by default)."""
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 class Replicas:
     def __init__(self, cfg, world: World, data: ImageData, batched_kind: str = "auto"):
         self.cfg, self.world, self.k = cfg, world, world.k
@@ -73,6 +81,7 @@ class Replicas:
         self.premade: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) instead of the data pipeline
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture = dev.type == "cuda" and cfg.cuda_graph
+        set_precision(cfg.precision)
         bf16 = cfg.precision == "bf16"
         self._autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 

@@ -16,6 +16,7 @@ bench() {  # NAME RANKS ARGS...
 }
 bench n32_1x32_fp32_det 1 --replicas-per-rank 32
 bench n32_1x32_fp32_fast 1 --replicas-per-rank 32 --deterministic false
+bench n32_1x32_tf32_fast 1 --replicas-per-rank 32 --deterministic false --precision tf32
 bench n32_1x32_bf16_fast 1 --replicas-per-rank 32 --deterministic false --precision bf16
 bench n32_1x32_fp32_det_eager 1 --replicas-per-rank 32 --cuda-graph false
 bench n32_4x8_fp32_det 4 --replicas-per-rank 8
