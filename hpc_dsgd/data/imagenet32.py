@@ -17,8 +17,9 @@ Reading:
   files read-only (copy-on-write), so the ranks on a node share one copy in the page cache instead of
   unpickling 4 GB each. The cache is reused while every source file keeps its size and mtime (or, if
   only the mtime moved, its SHA-256), and rebuilt otherwise.
-- Writes are atomic: each array goes to a uniquely named temporary file, is fsync'ed and renamed, and
-  the manifest is renamed last, so a reader never sees a partial cache. Builders on one node serialise
+- Writes are atomic: the sources are unpickled one at a time and streamed into uniquely named temporary
+  .npy files (memory: one source file at a time), which are fsync'ed and renamed into place only once every
+  source has passed; the manifest is renamed last, so a reader never sees a partial cache. Builders on one node serialise
   on an ``flock`` of ``.lock`` (the others wait, then reuse the result); where the file system has no
   flock, the unique temporary names still keep concurrent builders from corrupting each other (the last
   rename wins, with identical content).
@@ -35,6 +36,7 @@ import json
 import os
 import pickle
 import socket
+import struct
 import uuid
 from contextlib import contextmanager
 
@@ -243,14 +245,24 @@ def _read_manifest(cdir: str) -> dict | None:
 
 def _cache_is_current(cdir: str, files: dict[str, str], man: dict | None) -> bool:
     """True if the manifest describes these source files and every array is present with its size."""
-    if man is None or set(man.get("sources", {})) != set(files):
+    try:
+        return man is not None and _current(cdir, files, man)
+    except (KeyError, TypeError, AttributeError):  # a manifest of another shape: rebuild
+        return False
+
+
+def _current(cdir: str, files: dict[str, str], man: dict) -> bool:
+    if set(man["sources"]) != set(files):
         return False
     for name, path in files.items():
         rec, now = man["sources"][name], _stat(path)
         if rec["size"] != now["size"]:
             return False
-        if rec["mtime_ns"] != now["mtime_ns"] and _sha256_file(path) != rec["sha256"]:
-            return False  # touched and changed (a touched but equal file keeps the cache)
+        if rec["mtime_ns"] != now["mtime_ns"]:
+            if _sha256_file(path) != rec["sha256"]:
+                return False  # touched and changed
+            rec["mtime_ns"] = now["mtime_ns"]  # touched, same bytes: keep the cache, remember the new mtime
+            man["touched"] = True
     for a in ARRAYS:
         p = os.path.join(cdir, f"{a}.npy")
         if not os.path.isfile(p) or os.path.getsize(p) != man["arrays"][a]["bytes"]:
@@ -285,66 +297,100 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class _NpyWriter:
+    """Appends arrays to a .npy file as they come (no mapping, no copy of the whole array in memory) and
+    writes the header, whose shape is known only at the end, into a fixed 128-byte slot (.npy format 1.0)."""
+
+    HEADER = 128
+
+    def __init__(self, path: str, dtype) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.f = open(path, "wb")
+        self.f.write(b"\0" * self.HEADER)
+        self.h, self.n, self.item_shape = hashlib.sha256(), 0, ()
+
+    def append(self, a: np.ndarray) -> None:
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        self.f.write(a.data)
+        self.h.update(a.data)
+        self.n, self.item_shape = self.n + len(a), a.shape[1:]
+
+    def close(self) -> dict:
+        """Write the header, fsync, close; return the manifest record of the array."""
+        shape = (self.n,) + tuple(self.item_shape)
+        desc = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(self.dtype),
+                                                                        shape)
+        body = desc.ljust(self.HEADER - 10 - 1) + "\n"
+        self.f.seek(0)
+        self.f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1"))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        return {"shape": list(shape), "dtype": self.dtype.str, "sha256_data": self.h.hexdigest(),
+                "bytes": os.path.getsize(self.path)}
+
+
 def _build_cache(cdir: str, files: dict[str, str]) -> dict:
-    """Unpickle every source (restricted), write the arrays atomically, then the manifest. Returns it."""
-    sources, parts = {}, {"train": [], "val": []}
-    for name, path in files.items():  # first pass: validate everything before writing anything
-        before = _stat(path)
-        obj, digest = safe_load(path)
-        x, y = _rows_labels(obj, path)
-        del obj
-        sources[name] = {**before, "sha256": digest}
-        parts["val" if name == IMAGENET32_VAL_FILE else "train"].append((x, y))
-    arrays, tmps = {}, []
+    """Unpickle the sources one at a time (restricted), stream them into uniquely named temporaries, and
+    only when every file has passed rename the arrays into place, then the manifest. Returns the manifest.
+    A damaged file stops the build with its DataError and the temporaries are removed: nothing is left."""
+    keys = ARRAYS
+    tmps = {k: _tmp_name(os.path.join(cdir, f"{k}.npy")) for k in keys}
+    writers: dict[str, _NpyWriter] = {}
     try:
-        s1 = np.zeros(3, dtype=np.uint64)  # per-channel sum and sum of squares of train pixels (exact)
+        for k in keys:
+            writers[k] = _NpyWriter(tmps[k], np.uint8 if k.endswith("_x") else np.int64)
+        sources = {}
+        s1 = np.zeros(3, dtype=np.uint64)  # per-channel sum and sum of squares of the train pixels (exact)
         s2 = np.zeros(3, dtype=np.uint64)
-        for split in ("train", "val"):
-            xs, ys = zip(*parts[split])
-            n = sum(len(x) for x in xs)
-            for key, shape, dtype, chunks in ((f"{split}_x", (n, 3, 32, 32), np.uint8, xs),
-                                              (f"{split}_y", (n,), np.int64, ys)):
-                tmp = _tmp_name(os.path.join(cdir, f"{key}.npy"))
-                tmps.append(tmp)
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-                h, i = hashlib.sha256(), 0
-                for c in chunks:
-                    c = np.ascontiguousarray(c)
-                    out[i:i + len(c)] = c
-                    h.update(c.data)
-                    if key == "train_x":
-                        for j in range(0, len(c), 4096):  # bounded memory: 4096 images at a time
-                            v = c[j:j + 4096].astype(np.uint64)
-                            s1 += v.sum(axis=(0, 2, 3))
-                            s2 += (v * v).sum(axis=(0, 2, 3))
-                    i += len(c)
-                out.flush()
-                del out
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                arrays[key] = {"shape": list(shape), "dtype": np.dtype(dtype).str, "sha256_data": h.hexdigest(),
-                               "bytes": os.path.getsize(tmp), "tmp": tmp}
+        for name, path in files.items():  # train_data_batch_1..10, then val_data
+            before = _stat(path)
+            obj, digest = safe_load(path)
+            x, y = _rows_labels(obj, path)
+            del obj
+            split = "val" if name == IMAGENET32_VAL_FILE else "train"
+            writers[f"{split}_x"].append(x)
+            writers[f"{split}_y"].append(y)
+            if split == "train":
+                for j in range(0, len(x), 8192):  # bounded memory: 8192 images at a time
+                    c = x[j:j + 8192]
+                    s1 += c.sum(axis=(0, 2, 3), dtype=np.uint64)
+                    v = c.astype(np.uint16)
+                    np.multiply(v, v, out=v)  # 255^2 fits in uint16
+                    s2 += v.sum(axis=(0, 2, 3), dtype=np.uint64)
+            sources[name] = {**before, "sha256": digest}
+            del x, y
+        arrays = {k: writers.pop(k).close() for k in keys}
         npix = max(arrays["train_x"]["shape"][0] * 32 * 32, 1)
         mean = s1.astype(np.float64) / npix
         std = np.sqrt(np.maximum(s2.astype(np.float64) / npix - mean ** 2, 0.0))
-        mean, std = mean / 255.0, std / 255.0
-        for key, rec in arrays.items():
-            os.replace(rec.pop("tmp"), os.path.join(cdir, f"{key}.npy"))
-        man = {"format": CACHE_FORMAT, "sources": sources, "arrays": arrays,
-               "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_classes": IMAGENET32_CLASSES}
-        tmp = _tmp_name(os.path.join(cdir, "manifest.json"))
-        tmps.append(tmp)
+        for k in keys:
+            os.replace(tmps[k], os.path.join(cdir, f"{k}.npy"))
+        man = {"format": CACHE_FORMAT, "sources": sources, "arrays": arrays, "num_classes": IMAGENET32_CLASSES,
+               "mean": [float(m) for m in mean / 255.0], "std": [float(sd) for sd in std / 255.0]}
+        _write_manifest(cdir, man)
+        return man
+    finally:
+        for w in writers.values():
+            w.f.close()
+        for t in tmps.values():
+            if os.path.exists(t):
+                os.unlink(t)
+
+
+def _write_manifest(cdir: str, man: dict) -> None:
+    """manifest.json, atomically (unique temporary, fsync, rename, fsync of the directory)."""
+    tmp = _tmp_name(os.path.join(cdir, "manifest.json"))
+    try:
         with open(tmp, "w") as fh:
             json.dump(man, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, os.path.join(cdir, "manifest.json"))
         _fsync_dir(cdir)
-        return man
     finally:
-        for t in tmps:
-            if os.path.exists(t):
-                os.unlink(t)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def prepare_imagenet32(root: str) -> tuple[str, dict]:
@@ -361,6 +407,8 @@ def prepare_imagenet32(root: str) -> tuple[str, dict]:
                 man = _read_manifest(cdir)
                 if not _cache_is_current(cdir, files, man):
                     man = _build_cache(cdir, files)
+                elif man.pop("touched", False):
+                    _write_manifest(cdir, man)  # so the next start need not re-hash the touched files
             break
         except FileNotFoundError:
             continue  # a peer that found the files damaged removed the fresh cache directory: try again

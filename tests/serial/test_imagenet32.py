@@ -129,8 +129,13 @@ def test_cache_is_reused_then_rebuilt_when_a_source_changes(data_root, monkeypat
         load_dataset("imagenet32", str(data_root))
         os.utime(ref["val_path"], ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))  # touched, same bytes
         d = load_dataset("imagenet32", str(data_root))
-    assert os.stat(man_path).st_ino == st.st_ino
     assert int(d.test_y[0]) == 6
+    assert json.loads(man_path.read_text())["sources"]["val_data"]["mtime_ns"] == st.st_mtime_ns + 10**9
+    with monkeypatch.context() as m:  # the new mtime was recorded: no second hashing of the touched file
+        m.setattr(inet, "_build_cache", no_build)
+        m.setattr(inet, "_sha256_file", no_build)
+        load_dataset("imagenet32", str(data_root))
+    st = os.stat(man_path)
     # the val file now holds other labels (same size): the cache is rebuilt and the new labels appear
     rows = ref["val_rows"]
     new = [1000] * N_VAL
@@ -139,6 +144,9 @@ def test_cache_is_reused_then_rebuilt_when_a_source_changes(data_root, monkeypat
     assert d.test_y.tolist() == [999] * N_VAL
     assert os.stat(man_path).st_ino != st.st_ino
     assert not glob.glob(str(data_root / "imagenet32_cache" / "*.tmp-*"))  # no temporary left behind
+    man_path.write_text('{"format": 1, "sources": []}')  # a manifest of another shape: rebuilt, not trusted
+    assert load_dataset("imagenet32", str(data_root)).test_y.tolist() == [999] * N_VAL
+    assert "train_x" in json.loads(man_path.read_text())["arrays"]
 
 
 def _prepare_at_once(root, barrier, no_lock, q):
