@@ -49,7 +49,7 @@ def evaluate_loss(model: Seq2SeqTransformer, pairs: EncodedPairs, batch_size: in
         for b in pairs.batches(batch_size):
             b = b.to(device) if device is not None else b
             ls, nl, nt = label_smoothed_loss(model(b.src, b.tgt_in), b.tgt_out, pairs.tok.pad_id, epsilon)
-            loss, nll, tokens = loss + float(ls), nll + float(nl), tokens + nt
+            loss, nll, tokens = loss + float(ls), nll + float(nl), tokens + int(nt)
     finally:
         model.train(was)
     return {"loss": loss / tokens, "nll": nll / tokens, "ppl": math.exp(nll / tokens), "tokens": tokens}

@@ -119,18 +119,20 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, bos_id: int, eos
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int, epsilon: float = 0.1
-                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(smoothed loss sum, NLL sum, tokens) over the non-pad target positions.
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(smoothed loss sum, NLL sum, token count) over the non-pad target positions; all 0-dim tensors.
 
     Per token: (1 - eps) * NLL(target) + eps * mean over the vocabulary of -log p (uniform smoothing, as
-    Szegedy et al. 2016 and torch's ``cross_entropy(label_smoothing=eps)``). Positions whose target is
-    ``pad_id`` are dropped before anything is computed from their logits: they contribute nothing to the
-    loss or its gradient. Divide by the token count for the mean; exp(NLL / tokens) is the perplexity."""
-    V = logits.shape[-1]
-    keep = target.reshape(-1) != pad_id
-    lp = F.log_softmax(logits.reshape(-1, V)[keep].float(), dim=-1)  # (N, V) non-pad positions only
-    tgt = target.reshape(-1)[keep]
-    nll = -lp.gather(1, tgt[:, None]).squeeze(1)
+    Szegedy et al. 2016 and torch's ``cross_entropy(label_smoothing=eps)``). The logits of positions whose
+    target is ``pad_id`` are replaced by zeros before anything is computed from them, and their terms are
+    dropped: they contribute nothing to the loss or its gradient, whatever they hold (inf included). Fixed
+    shapes throughout (no boolean indexing), so the loss also runs under ``torch.func.vmap`` over replicas.
+    Divide by the token count for the mean; exp(NLL / tokens) is the perplexity."""
+    keep = target != pad_id  # (B, T)
+    z = torch.where(keep[..., None], logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
+    lp = F.log_softmax(z.float(), dim=-1)  # (B, T, V)
+    nll = -lp.gather(-1, target[..., None]).squeeze(-1)  # (B, T)
     smooth = -lp.mean(dim=-1)
-    loss = ((1.0 - epsilon) * nll + epsilon * smooth).sum()
-    return loss, nll.sum().detach(), int(keep.sum())
+    zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
+    loss = torch.where(keep, (1.0 - epsilon) * nll + epsilon * smooth, zero).sum()
+    return loss, torch.where(keep, nll, zero).sum().detach(), keep.sum()
