@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,25 @@ def _batch(rng, n, first_label=1):
     return rows, labels
 
 
+def _py2_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
+    """{'data': rows, 'labels': labels} as Python 2's cPickle writes it (protocol 2: byte strings as
+    SHORT_BINSTRING/BINSTRING, numpy.core paths), assembled opcode by opcode; Python 3 cannot write this."""
+    s = lambda b: b"U" + bytes([len(b)]) + b  # SHORT_BINSTRING
+    n = len(rows)
+    arr = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
+           + b"(K\x01K" + bytes([n]) + b"M\x00\x0c\x86"  # version 1, shape (n, 3072)
+           + b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R(K\x03" + s(b"|")
+           + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype state
+           + b"\x89T" + struct.pack("<I", rows.size) + rows.tobytes() + b"tb")  # not Fortran, raw bytes
+    labs = b"](" + b"".join(b"M" + struct.pack("<H", x) for x in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + arr + s(b"labels") + labs + b"u."
+
+
 def fabricate(root: Path, seed: int = 0, layout: str = "zips") -> dict:
     """Write the 11 official files (layout 'zips': Imagenet32_train/ and Imagenet32_val/ as the zips
     unpack; 'flat': all in root). Pickle protocols vary (2, 4, 5) like releases made by different
-    Pythons; labels are a list of ints, a numpy array in one file, and some files carry a 'mean'."""
+    Pythons, and batch 5 is a Python-2 pickle; labels are a list of ints, a numpy array in one file, and
+    some files carry a 'mean'."""
     rng = np.random.RandomState(seed)
     tdir = root / "Imagenet32_train" if layout == "zips" else root
     vdir = root / "Imagenet32_val" if layout == "zips" else root
@@ -56,7 +72,8 @@ def fabricate(root: Path, seed: int = 0, layout: str = "zips") -> dict:
         obj = {"data": r, "labels": np.array(lab, dtype=np.int64) if k == 3 else lab}
         if k % 2:
             obj["mean"] = r.mean(axis=0)
-        (tdir / f"train_data_batch_{k}").write_bytes(pickle.dumps(obj, protocol=(2, 4, 5)[k % 3]))
+        blob = _py2_pickle(r, lab) if k == 5 else pickle.dumps(obj, protocol=(2, 4, 5)[k % 3])
+        (tdir / f"train_data_batch_{k}").write_bytes(blob)
         rows.append(r)
         labels += lab
     vr, vl = _batch(rng, N_VAL, first_label=7)
