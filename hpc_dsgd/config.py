@@ -41,10 +41,10 @@ class Config:
     topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
     # -- data and model -------------------------------------------------------------------
-    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10
-    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/
+    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32
+    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data
     model: str = "resnet20"  # model name (hpc_dsgd.models.MODELS)
-    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters)
+    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
     # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
     epochs: float = 300.0  # training length in epochs of the whole training set
     batch_size: int = 32  # local mini-batch per replica
