@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
 SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -35,17 +35,17 @@ class Config:
     torch_threads: int = 1  # intra-op CPU threads per rank
     # -- execution: how a rank computes its k replicas (same function, any choice) --------
     replica_exec: str = "batched"  # batched: all k replicas as one network (grouped ResNet; vmap for other models) | loop: one after another (the reference)
-    precision: str = "fp32"  # fp32 (the paper) | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
+    precision: str = "fp32"  # fp32 (the paper; strict, no TF32) | tf32: fp32 with TF32 tensor-core convolutions and matmuls on CUDA | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
     deterministic: bool = True  # CUDA: deterministic kernels, so a run and its resume are bitwise reproducible; false allows faster kernels
     cuda_graph: bool = True  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
     # -- topology -------------------------------------------------------------------------
     topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
     # -- data and model -------------------------------------------------------------------
-    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10
-    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/
+    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32
+    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data
     model: str = "resnet20"  # model name (hpc_dsgd.models.MODELS)
-    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters)
+    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
     # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
     epochs: float = 300.0  # training length in epochs of the whole training set
     batch_size: int = 32  # local mini-batch per replica

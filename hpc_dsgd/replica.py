@@ -34,11 +34,19 @@ import torch.nn.functional as F
 
 from .comm import World
 from .data import ImageData, epoch_permutation
-from .data.augment import augment_replicas, normalise
+from .data.augment import augment_replicas, channel_stats, normalise
 from .execution import Layout, float_buffers, make_executor
 from .models import build_model
 
 GradHook = Callable[[torch.Tensor], None]
+
+
+def set_precision(precision: str) -> None:
+    """Process-wide: TF32 tensor cores for fp32 convolutions and matmuls only with precision 'tf32'
+    ('fp32' is strict IEEE single precision, as the paper; cuDNN would otherwise use TF32 by default)."""
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 class Replicas:
@@ -58,6 +66,7 @@ class Replicas:
         self.eval_x = torch.empty(self.D, device=dev)  # the averaged model's row
         self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)
         self.data = data
+        self.mean, self.std = channel_stats(data.mean, data.std, dev)
         self.ids = torch.arange(world.first, world.first + self.k, device=dev)  # global replica ids
         B = cfg.batch_size
         self.shard = len(data.train_y) // world.n  # every replica's shard of the epoch permutation
@@ -69,8 +78,10 @@ class Replicas:
         self.stats = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, sum ||g_i||^2
         self._slots = torch.arange(B, device=dev)
         self._perm_epoch = -1
+        self.premade: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) instead of the data pipeline
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture = dev.type == "cuda" and cfg.cuda_graph
+        set_precision(cfg.precision)
         bf16 = cfg.precision == "bf16"
         self._autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
@@ -110,10 +121,13 @@ class Replicas:
     def _body(self, grad_hook: GradHook | None = None) -> torch.Tensor:
         """Data, forward/backward and SGD for all k replicas from the static inputs; returns stats."""
         data, cfg, B, k = self.data, self.cfg, self.cfg.batch_size, self.k
-        with torch.no_grad():
-            idx = self.batch_indices(self.b_dev)
-            x = augment_replicas(data.train_x[idx], cfg.seed, self.ids, self.t_dev, data.mean, data.std)
-            y = data.train_y[idx]  # (k, B)
+        if self.premade is not None:  # benchmark: fixed batches, no data pipeline
+            x, y = self.premade
+        else:
+            with torch.no_grad():
+                idx = self.batch_indices(self.b_dev)
+                x = augment_replicas(data.train_x[idx], cfg.seed, self.ids, self.t_dev, self.mean, self.std)
+                y = data.train_y[idx]  # (k, B)
         P = self.P.detach().requires_grad_(True)
         with self._autocast():
             logits = self.exec.forward(P, self.Bf, x, train=True)  # (k, B, classes)
@@ -197,7 +211,7 @@ class Replicas:
         correct = torch.zeros(self.k, dtype=torch.int64, device=self.device)
         for s in range(0, len(idx), bs):
             sel = idx[s:s + bs].to(data.test_x.device)
-            x = normalise(data.test_x[sel], data.mean, data.std)
+            x = normalise(data.test_x[sel], self.mean, self.std)
             with self._autocast():
                 out = self.exec.forward(self.P, self.Bf, x, train=False, shared=True)  # (k, B, classes)
             correct += (out.argmax(-1) == data.test_y[sel]).sum(dim=1)
@@ -213,7 +227,7 @@ class Replicas:
         for s in range(0, len(idx), bs):
             sel = idx[s:s + bs].to(data.test_x.device)
             with self._autocast():
-                out = model(normalise(data.test_x[sel], data.mean, data.std)).float()
+                out = model(normalise(data.test_x[sel], self.mean, self.std)).float()
             y = data.test_y[sel]
             correct += (out.argmax(1) == y).sum()
             loss += F.cross_entropy(out, y, reduction="sum")

@@ -366,6 +366,7 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
     if device.type != "cuda":
         return
     torch.use_deterministic_algorithms(deterministic)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # no reads of uninitialised memory here: skip the fills
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 

@@ -1,4 +1,4 @@
-"""Data sets (all in memory, no MPI): the offline digits stand-in and CIFAR-10."""
+"""Data sets (no MPI): the offline digits stand-in, CIFAR-10 (in memory) and ImageNet-32 (memory-mapped cache)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from hpc_dsgd.data.augment import augment_batch
 from hpc_dsgd.data.base import DataError, ImageData
 from hpc_dsgd.data.cifar10 import check_cifar10, load_cifar10
 from hpc_dsgd.data.digits import load_digits32
+from hpc_dsgd.data.imagenet32 import check_imagenet32, load_imagenet32
 from hpc_dsgd.data.partition import epoch_permutation, replica_shard
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "cifar10", "imagenet32")
 
 
 def check_dataset(name: str, root: str | None) -> None:
@@ -20,6 +21,12 @@ def check_dataset(name: str, root: str | None) -> None:
             raise DataError("data set 'cifar10' needs a data root directory, got none")
         check_cifar10(root)
         return
+    if name == "imagenet32":
+        if root is None:
+            raise DataError("data set 'imagenet32' needs data_dir: the directory holding train_data_batch_1 ... "
+                            "train_data_batch_10 and val_data (or Imagenet32_train/ and Imagenet32_val/), got none")
+        check_imagenet32(root)  # also converts the pickles into the memory-mappable cache on first use
+        return
     raise DataError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
 
 
@@ -29,6 +36,8 @@ def load_dataset(name: str, root: str | None) -> ImageData:
     if name == "digits":
         return load_digits32()
     assert root is not None  # guaranteed by check_dataset
+    if name == "imagenet32":
+        return load_imagenet32(root)
     return load_cifar10(root)
 
 
@@ -39,9 +48,11 @@ __all__ = [
     "augment_batch",
     "check_cifar10",
     "check_dataset",
+    "check_imagenet32",
     "epoch_permutation",
     "load_cifar10",
     "load_dataset",
     "load_digits32",
+    "load_imagenet32",
     "replica_shard",
 ]

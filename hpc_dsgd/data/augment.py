@@ -57,12 +57,18 @@ def crop_flip_params(seed: int, replicas: torch.Tensor, t: torch.Tensor | int, b
     return top, left, flip
 
 
-def normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 -> float32 in [0,1] -> per-channel (x - mean) / std; channels are dim -3."""
-    shape = (-1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(shape)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(shape)
-    return (x_uint8.to(torch.float32) / 255.0 - m) / s
+def channel_stats(mean: Sequence[float], std: Sequence[float], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (C, 1, 1) float32 tensors on `device` (made once, outside a capture)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))
+
+
+def normalise(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 -> float32 in [0,1] -> per-channel (x - mean) / std; channels are dim -3. mean and std:
+    sequences, or (C, 1, 1) tensors on the data's device (no host-to-device copy: CUDA-graph safe)."""
+    if not isinstance(mean, torch.Tensor):
+        mean, std = channel_stats(mean, std, x_uint8.device)
+    return (x_uint8.to(torch.float32) / 255.0 - mean) / std
 
 
 def crop_flip(x_uint8: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,7 @@ def crop_flip(x_uint8: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip
 
 
 def augment_replicas(x_uint8: torch.Tensor, seed: int, replicas: torch.Tensor, t: torch.Tensor | int,
-                     mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+                     mean, std) -> torch.Tensor:
     """Training batches of k replicas at iteration t: (k, B, C, H, W) uint8 -> normalised float32.
 
     Replica replicas[j]'s image in slot b gets the crop and flip of counters (seed, replicas[j], t, b)."""

@@ -96,8 +96,10 @@ def test_trajectory_equals_single_process_reference(tmp_path_factory, topology, 
 
 @pytest.mark.parametrize("replica_exec", ["batched", "loop"])
 def test_same_parameters_for_any_rank_split(tmp_path_factory, replica_exec):
-    """R x n/R, ..., 1 x n (every rank count dividing R; 4 x 1, 2 x 2, 1 x 4 under mpiexec -n 4):
-    gossip sums in a fixed order, so the multi-rank results are bitwise identical."""
+    """R x n/R, ..., 1 x n (every rank count dividing R; 4 x 1, 2 x 2, 1 x 4 under mpiexec -n 4).
+    loop: gossip sums in a fixed order and each replica is its own module call, so the multi-rank
+    results are bitwise identical. batched: a grouped convolution over k replicas rounds differently
+    from one over 1 (the kernels depend on k), so splits agree to fp32 rounding, not bitwise."""
     world = MPI.COMM_WORLD
     R = world.Get_size()
     if R == 1:
@@ -118,9 +120,9 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory, replica_exec):
         world.Barrier()
     if world.Get_rank() == 0:
         for ranks, X in results.items():
-            if ranks > 1:
+            if ranks > 1 and replica_exec == "loop":
                 np.testing.assert_array_equal(results[R], X)
-        np.testing.assert_allclose(results[R], results[1], rtol=0, atol=1e-6)
+            np.testing.assert_allclose(results[R], X, rtol=0, atol=1e-6 if replica_exec == "loop" else 1e-5)
 
 
 def test_allreduce_policy_keeps_replicas_identical(tmp_path_factory):
@@ -134,20 +136,22 @@ def test_allreduce_policy_keeps_replicas_identical(tmp_path_factory):
 
 
 def test_loop_and_batched_give_the_same_losses(tmp_path_factory):
-    """20 iterations, replica_exec = loop and = batched: the same per-iteration losses and accuracies
-    in the trace, to fp32 rounding (both read the same mini-batches with the same augmentation)."""
+    """20 iterations, replica_exec = loop and = batched: the same per-iteration losses in the trace, to
+    fp32 rounding (both read the same mini-batches with the same augmentation). A small learning rate:
+    this stand-in's first iterations amplify any rounding difference chaotically at the recipe's rate
+    (a 1e-6 perturbation of the weights grows to 1e-2 in one step at lr 0.2), for two runs of one mode too."""
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(str(tmp_path_factory.mktemp("exec")) if comm.Get_rank() == 0 else None)
     traces = {}
     for mode in ("loop", "batched"):
-        cfg = from_dict(small_cfg(f"{tmp}/{mode}", n=8, max_iterations=20, base_lr=0.05, warmup_epochs=0.0,
-                                  replica_exec=mode), ranks=comm.Get_size())
+        cfg = from_dict(small_cfg(f"{tmp}/{mode}", n=8, max_iterations=20, base_lr=0.005, batch_size=16,
+                                  warmup_epochs=0.0, replica_exec=mode), ranks=comm.Get_size())
         run(cfg, comm, log=lambda *a, **k: None)
         if comm.Get_rank() == 0:
             traces[mode] = read_trace(f"{tmp}/{mode}/t/trace.h5").iter
     if comm.Get_rank() == 0:
         a, b = traces["loop"], traces["batched"]
         assert len(a["loss"]) == len(b["loss"]) == 20
-        np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-5)
-        np.testing.assert_allclose(b["theta"], a["theta"], rtol=1e-3)
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+        np.testing.assert_allclose(b["theta"], a["theta"], rtol=1e-4)
         assert np.abs(np.diff(a["loss"])).max() > 1e-3  # the losses move: the comparison is not vacuous

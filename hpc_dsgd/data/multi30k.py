@@ -1,0 +1,264 @@
+"""Multi30k English-German (Elliott et al. 2016, task 1) from its official plain-text files, a subword
+tokenizer trained on its training text, and padded batches.
+
+Files (one sentence per line, UTF-8, line i of ``X.en`` translates to line i of ``X.de``; plain or gzipped):
+``train.en/.de`` (29,000 pairs), ``val.en/.de`` (1,014), ``test_2016_flickr.en/.de`` (1,000), in
+``data_dir/`` or ``data_dir/data/task1/raw/`` (the layout of https://github.com/multi30k/dataset, which
+ships them as ``.gz``). Nothing is downloaded.
+
+Tokenizer: byte-level BPE from the maintained Hugging Face ``tokenizers`` library, one vocabulary shared
+by source and target (as Vaswani et al. 2017 share it for En-De, which is what lets the Transformer tie
+its embeddings), trained on the training text of both languages only. Byte level means every string
+round-trips exactly (no unknown token; German umlauts, any Unicode). It is saved as one JSON file beside
+the run (``tokenizer.json``) and loaded from there on resume, with fixed ids for the specials:
+``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from hpc_dsgd.data.base import DataError
+
+MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}  # split -> file stem
+MULTI30K_LANGS = ("en", "de")
+MULTI30K_SUBDIRS = ("", os.path.join("data", "task1", "raw"))
+HOW_TO_GET = ("get them from https://github.com/multi30k/dataset (data/task1/raw/: train, val and "
+              "test_2016_flickr .en.gz/.de.gz) on a machine with internet access and copy them into data_dir")
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+DEFAULT_VOCAB = 8000  # joint BPE vocabulary; Multi30k's training text has about 10k word types per language
+
+
+def _expected(root: str) -> str:
+    names = [f"{stem}.{lang}" for stem in MULTI30K_SPLITS.values() for lang in MULTI30K_LANGS]
+    return (f"expected {', '.join(names)} (each plain or .gz, one sentence per line, UTF-8) in {root}/ "
+            f"or {os.path.join(root, MULTI30K_SUBDIRS[1])}/")
+
+
+@dataclass
+class ParallelText:
+    """Aligned sentence pairs: ``src[i]`` translates to ``tgt[i]``."""
+
+    src: list[str]
+    tgt: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class Multi30k:
+    train: ParallelText
+    val: ParallelText
+    test: ParallelText
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+
+
+def multi30k_files(root: str) -> dict[tuple[str, str], str]:
+    """{(split, lang): path} of the six files; a plain file is preferred to its .gz. DataError if any is missing."""
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise DataError(f"Multi30k data_dir {root} does not exist: {_expected(root)}; {HOW_TO_GET}")
+    found, missing = {}, []
+    for split, stem in MULTI30K_SPLITS.items():
+        for lang in MULTI30K_LANGS:
+            cands = [os.path.join(root, sub, f"{stem}.{lang}{gz}") for sub in MULTI30K_SUBDIRS for gz in ("", ".gz")]
+            hit = next((p for p in cands if os.path.isfile(p)), None)
+            if hit is None:
+                missing.append(f"{stem}.{lang}")
+            else:
+                found[(split, lang)] = hit
+    if missing:
+        raise DataError(f"Multi30k under {root} is incomplete: missing {', '.join(missing)}; {_expected(root)}; "
+                        f"{HOW_TO_GET}")
+    return found
+
+
+def read_lines(path: str) -> list[str]:
+    """The sentences of one file (plain or gzip): UTF-8, one per line, no blank line; DataError naming the file."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # truncated or not gzip
+        raise DataError(f"Multi30k file {path} cannot be read ({type(e).__name__}: {e}): damaged; {HOW_TO_GET}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"Multi30k file {path}, line {line}: not UTF-8 ({e.reason}); the official files are UTF-8; "
+                        f"{HOW_TO_GET}") from None
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    if lines == [""]:
+        raise DataError(f"Multi30k file {path} is empty; {HOW_TO_GET}")
+    blank = next((i for i, s in enumerate(lines, 1) if not s.strip()), None)
+    if blank is not None:
+        raise DataError(f"Multi30k file {path}, line {blank}: blank line (one sentence per line expected; a blank "
+                        f"line would misalign the translation pairs); {HOW_TO_GET}")
+    return lines
+
+
+def load_multi30k(root: str, src_lang: str = "en", tgt_lang: str = "de") -> Multi30k:
+    """The three splits as aligned (source, target) sentence lists; DataError for missing or damaged files."""
+    if {src_lang, tgt_lang} != set(MULTI30K_LANGS):
+        raise DataError(f"Multi30k task 1 pairs en and de; got src_lang={src_lang!r}, tgt_lang={tgt_lang!r}")
+    files = multi30k_files(root)
+    out = {}
+    for split in MULTI30K_SPLITS:
+        src, tgt = read_lines(files[(split, src_lang)]), read_lines(files[(split, tgt_lang)])
+        if len(src) != len(tgt):
+            raise DataError(f"Multi30k {split} split is misaligned: {files[(split, src_lang)]} has {len(src)} lines, "
+                            f"{files[(split, tgt_lang)]} has {len(tgt)}; line i of one must translate line i of the "
+                            f"other; {HOW_TO_GET}")
+        out[split] = ParallelText(src, tgt)
+    return Multi30k(out["train"], out["val"], out["test"], src_lang, tgt_lang)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizer
+# ------------------------------------------------------------------------------------------------
+class SubwordTokenizer:
+    """Byte-level BPE (Hugging Face ``tokenizers``) with ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2."""
+
+    def __init__(self, tok) -> None:
+        ids = [tok.token_to_id(s) for s in (PAD, BOS, EOS)]
+        if ids != [0, 1, 2]:
+            raise DataError(f"tokenizer has special token ids {dict(zip((PAD, BOS, EOS), ids))}, expected "
+                            f"{PAD}=0, {BOS}=1, {EOS}=2")
+        self.tok = tok
+        self.pad_id, self.bos_id, self.eos_id = ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts, vocab_size: int = DEFAULT_VOCAB, min_frequency: int = 2) -> "SubwordTokenizer":
+        """Learn the merges from ``texts`` (an iterable of sentences; pass the training text of both languages)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 256 + 3:
+            raise ValueError(f"vocab_size={vocab_size}: byte-level BPE needs at least 259 (256 bytes + 3 specials)")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=[PAD, BOS, EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(list(texts), trainer)
+        return cls(tok)
+
+    def encode(self, text: str) -> list[int]:
+        """Subword ids of one sentence, without specials."""
+        return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``: stops at the first ``<eos>``, drops ``<bos>`` and ``<pad>``."""
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[:ids.index(self.eos_id)]
+        return self.tok.decode([i for i in ids if i not in (self.pad_id, self.bos_id)])
+
+    def save(self, path: str) -> None:
+        """Write the tokenizer as JSON, atomically (temporary file + rename)."""
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.tok.save(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str) -> "SubwordTokenizer":
+        from tokenizers import Tokenizer
+
+        if not os.path.isfile(path):
+            raise DataError(f"tokenizer file {path} does not exist")
+        try:
+            tok = Tokenizer.from_file(path)  # JSON: vocabulary, merges, settings; no code
+        except Exception as e:  # tokenizers raises a plain Exception for a bad file
+            raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file ({e})") from None
+        return cls(tok)
+
+
+def tokenizer_for_run(run_dir: str, train: ParallelText, vocab_size: int = DEFAULT_VOCAB) -> SubwordTokenizer:
+    """``run_dir/tokenizer.json`` if it exists (resume), else one trained on the training text of both
+    languages and saved there. Call it on one rank, then let the others `SubwordTokenizer.load` the file."""
+    path = os.path.join(run_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        return SubwordTokenizer.load(path)
+    tok = SubwordTokenizer.train(train.src + train.tgt, vocab_size)
+    os.makedirs(run_dir, exist_ok=True)
+    tok.save(path)
+    return tok
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoded corpus and padded batches
+# ------------------------------------------------------------------------------------------------
+def pad_batch(seqs: list[list[int]], pad_id: int, length: int | None = None) -> torch.Tensor:
+    """(B, T) int64, row i = seqs[i] followed by ``pad_id`` up to T = max length (or ``length``)."""
+    T = max((len(s) for s in seqs), default=0) if length is None else length
+    out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s) > T:
+            raise ValueError(f"sequence {i} has {len(s)} tokens, longer than the batch length {T}")
+        out[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Batch:
+    """One mini-batch of sentence pairs (teacher forcing)."""
+
+    src: torch.Tensor  # (B, S) source ids + <eos>, padded
+    tgt_in: torch.Tensor  # (B, T) <bos> + target ids, padded: the decoder input
+    tgt_out: torch.Tensor  # (B, T) target ids + <eos>, padded: what the decoder must predict
+    ntokens: int  # non-pad tokens of tgt_out
+
+    def to(self, device) -> "Batch":
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.ntokens)
+
+
+class EncodedPairs:
+    """A split tokenized once: source and target id lists (truncated to ``max_len`` subwords each)."""
+
+    def __init__(self, pairs: ParallelText, tok: SubwordTokenizer, max_len: int = 128) -> None:
+        self.tok = tok
+        self.src = [s[:max_len] for s in tok.encode_batch(pairs.src)]
+        self.tgt = [t[:max_len] for t in tok.encode_batch(pairs.tgt)]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def batch(self, indices) -> Batch:
+        """The pairs at ``indices`` (e.g. a replica's shard of an epoch permutation) as one padded Batch."""
+        t = self.tok
+        idx = [int(i) for i in indices]
+        src = [self.src[i] + [t.eos_id] for i in idx]
+        tgt_in = [[t.bos_id] + self.tgt[i] for i in idx]
+        tgt_out = [self.tgt[i] + [t.eos_id] for i in idx]
+        return Batch(pad_batch(src, t.pad_id), pad_batch(tgt_in, t.pad_id), pad_batch(tgt_out, t.pad_id),
+                     sum(len(s) for s in tgt_out))
+
+    def batches(self, batch_size: int, indices=None):
+        """Consecutive Batches of ``batch_size`` pairs over ``indices`` (default: all, in order)."""
+        idx = list(range(len(self))) if indices is None else [int(i) for i in indices]
+        for a in range(0, len(idx), batch_size):
+            yield self.batch(idx[a:a + batch_size])
