@@ -26,7 +26,7 @@ from .replica import Replicas
 from .schedule import Schedule
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
+                         list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
                          verify_checkpoint)
 from .faults import fault_point
 from .signals import StopRequest
@@ -145,7 +145,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
         raise CheckpointError(err)
     if not path:
         return LoopState(), how, None
-    man, tensors, rstate, rank_state = load_checkpoint(path, list(world.replica_ids), world.device)
+    man, tensors, rstate, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
     reps.X.copy_(tensors["X"])
     reps.M.copy_(tensors["M"])
     for gen, st in zip(reps.gens, rstate):

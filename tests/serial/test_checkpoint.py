@@ -18,7 +18,6 @@ from hpc_dsgd.checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, Ch
                                  load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
                                  verify_checkpoint)
 from hpc_dsgd.config import Config
-from hpc_dsgd.replica import replica_generator
 
 N, D = 4, 37
 SELF = MPI.COMM_SELF
@@ -29,7 +28,7 @@ def row(i: int) -> torch.Tensor:
 
 
 def rstate(i: int) -> dict:
-    g = replica_generator(0, i)
+    g = torch.Generator().manual_seed(1000 + i)
     torch.rand(i + 1, generator=g)  # each replica's stream at a different position
     return {"gen": g.get_state(), "i": i}
 
@@ -92,7 +91,7 @@ def test_views_are_saved_compactly(tmp_path):
     save_checkpoint(SELF, str(tmp_path), 0, "periodic", 1, {"P": big[:, :3]}, list(range(N)),
                     [{}] * N, {})
     path = checkpoint_path(str(tmp_path), 0)
-    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 20_000  # not the 1.6 MB storage
+    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (about 20 kB: the rows plus RNG states)
     _, t, _, _ = load_checkpoint(path, range(N))
     assert torch.equal(t["P"], big[:, :3])
 
