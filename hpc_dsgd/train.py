@@ -299,6 +299,11 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 log(f"hpc_dsgd: stop requested by signal{' ' + stop.name if stop and stop.name else ''}: "
                     f"checkpoint {ckpt_path} written after iteration {t}; exiting for requeue", flush=True)
             break
+    if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
+        log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4f} loss "
+            f"{acc[0] / max(acc[2] / cfg.batch_size, 1):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
+            f"(stopped after iteration {t} of {sched.total_iters}, mid-epoch: not evaluated) "
+            f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} img/s", flush=True)
     if rank0:
         status = "finished" if end == sched.total_iters and not stopped else "stopped"
         trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
