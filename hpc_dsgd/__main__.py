@@ -12,6 +12,11 @@ import sys
 import traceback
 
 
+def _one_line(msg: str) -> str:
+    """Every refusal is one line: `hpc_dsgd: error: ...` (line breaks inside a message become spaces)."""
+    return " ".join(msg.split())
+
+
 def _train(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd train",
                                  description="Train n model replicas with D-SGD (run under mpiexec/srun or alone).")
@@ -33,7 +38,7 @@ def _train(argv: list[str]) -> int:
     comm = MPI.COMM_WORLD
     launch = launch_error(comm.Get_size())
     if launch:  # every task is alone in its world: each says so itself, no collective could help
-        print(f"hpc_dsgd: error: {launch}", file=sys.stderr, flush=True)
+        print(f"hpc_dsgd: error: {_one_line(launch)}", file=sys.stderr, flush=True)
         return 2
     error = None
     try:
@@ -48,7 +53,7 @@ def _train(argv: list[str]) -> int:
         rank, msg = next((r, m) for r, m in enumerate(bad) if m)
         if comm.Get_rank() == 0:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
-            print(f"hpc_dsgd: error{where}: {msg}", file=sys.stderr, flush=True)
+            print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .signals import REQUEUE_EXIT_CODE, StopRequest
@@ -68,7 +73,7 @@ def _train(argv: list[str]) -> int:
     error = comm.bcast(error, root=0)
     if error:
         if comm.Get_rank() == 0:
-            print(f"hpc_dsgd: error: {error}", file=sys.stderr, flush=True)
+            print(f"hpc_dsgd: error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
     try:
         with StopRequest() as stop:
@@ -77,12 +82,12 @@ def _train(argv: list[str]) -> int:
             return REQUEUE_EXIT_CODE  # checkpointed on SIGUSR1/SIGTERM: the batch script requeues
     except CheckpointWriteError as e:  # raised on every rank alike; the previous checkpoints are intact
         if comm.Get_rank() == 0:
-            print(f"hpc_dsgd: error: {e}; the previous checkpoints are intact: fix the cause and continue "
+            print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
                   f"with --resume auto", file=sys.stderr, flush=True)
         return 1
     except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:
-            print(f"hpc_dsgd: error: {e}", file=sys.stderr, flush=True)
+            print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
@@ -127,7 +132,7 @@ def _checkpoint(argv: list[str]) -> int:
                     backup = upgrade_checkpoint(p)
                     print(f"{p}: upgraded to plain-data format (original kept as {backup})")
             except CheckpointError as e:
-                print(f"hpc_dsgd: error: {e}", file=sys.stderr)
+                print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr)
                 rc = 2
     return rc
 

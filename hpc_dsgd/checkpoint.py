@@ -585,8 +585,8 @@ def resolve_resume(run_dir: str, spec: str) -> tuple[str | None, list[tuple[str,
             except CheckpointError as e:
                 skipped.append((path, str(e)))
         if skipped:
-            raise CheckpointError(f"run {run_dir}: none of its {len(skipped)} checkpoint(s) is intact:\n  "
-                                  + "\n  ".join(reason for _, reason in skipped))
+            raise CheckpointError(f"run {run_dir}: none of its {len(skipped)} checkpoint(s) is intact: "
+                                  + "; ".join(reason for _, reason in skipped))
         return None, []
     path = spec
     if not os.path.isdir(path) and os.path.isdir(os.path.join(checkpoint_dir(run_dir), spec)):

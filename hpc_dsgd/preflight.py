@@ -119,7 +119,7 @@ class RunLock:
         self.taken_over: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._created_dir = False
+        self._created = ""  # the outermost directory acquire() created, removed by release() if empty
 
     def _owner(self) -> dict:
         return self._read(self.path)
@@ -146,9 +146,12 @@ class RunLock:
         return age > LOCK_STALE_S
 
     def acquire(self) -> RunLock:
+        top = os.path.abspath(self.run_dir)
+        while not os.path.exists(os.path.dirname(top)):  # the outermost directory this lock creates
+            top = os.path.dirname(top)
         if not os.path.isdir(self.run_dir):
             os.makedirs(self.run_dir, exist_ok=True)
-            self._created_dir = True
+            self._created = top
         me = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
               "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -195,12 +198,15 @@ class RunLock:
             os.remove(self.path)
         except OSError:
             pass
-        if self._created_dir:
+        d = os.path.abspath(self.run_dir)
+        while self._created and d.startswith(self._created):  # only if the lock was all it held
             try:
-                os.rmdir(self.run_dir)  # only if the lock was all it held (a run refused before any work)
+                os.rmdir(d)  # (a run refused before any work leaves nothing behind)
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     raise
+                break
+            d = os.path.dirname(d)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
