@@ -1,4 +1,4 @@
-"""Command line: python -m hpc_dsgd {train,topology,bench,checkpoint} ...
+"""Command line: python -m hpc_dsgd {train,check,topology,bench,checkpoint} ...
 
 Under mpiexec every rank parses and validates the same arguments independently (no collective),
 so a bad config stops every rank with the same message and exit code 2. An exception raised on
@@ -103,6 +103,33 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _check(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpc_dsgd check",
+                                 description="Validate a config for a rank count without MPI (batch scripts call it "
+                                             "before srun, so a mismatch fails in seconds, not after the queue).")
+    ap.add_argument("config", help="TOML config file")
+    ap.add_argument("--ranks", type=int, required=True, help="the number of MPI ranks (tasks) the job will start")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
+    args = ap.parse_args(argv)
+
+    from .config import load_config
+    from .preflight import TRAIN_SIZES
+
+    try:
+        if args.ranks < 1:
+            raise ValueError(f"--ranks {args.ranks}: need at least one task")
+        cfg = load_config(args.config, args.overrides, ranks=args.ranks)
+        size = TRAIN_SIZES.get(cfg.dataset)
+        if size is not None and size // (cfg.n * cfg.batch_size) < 1:
+            raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} exceeds the {size} training images of {cfg.dataset}")
+    except ValueError as e:
+        print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+        return 2
+    print(f"hpc_dsgd: {args.config}: n={cfg.n} = {args.ranks} ranks x {cfg.n // args.ranks} replicas: ok")
+    return 0
+
+
 def _checkpoint(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd checkpoint",
                                  description="Inspect or convert checkpoints (no MPI).")
@@ -142,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": "train n replicas with D-SGD",
                 "topology": "show a topology (neighbours, W, spectral gap, p) or the spectral-gap table",
                 "bench": "time the local step, gossip, allreduce and consensus measurement",
+                "check": "validate a config for a rank count, without MPI (batch scripts run it before srun)",
                 "checkpoint": "verify checkpoints, or upgrade trusted format-1 ones (python -m hpc_dsgd checkpoint upgrade PATH)"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: python -m hpc_dsgd {" + ",".join(commands) + "} ...\n")
@@ -153,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if cmd == "checkpoint":
         return _checkpoint(rest)
+    if cmd == "check":
+        return _check(rest)
     if cmd == "topology":
         from .topology_report import main as topo_main
 
