@@ -357,7 +357,7 @@ def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch
         raise bad(f"holds replicas {doc.get('replica_ids')}, the manifest says {ids}")
     if not isinstance(doc.get("replica_state"), list) or len(doc["replica_state"]) != len(ids):
         raise bad(f"needs one replica_state entry per replica ({len(ids)})")
-    blobs = {k: t for k, t in raw.items() if k.startswith("b.")}
+    blobs = {k: t.clone() for k, t in raw.items() if k.startswith("b.")}  # small: not views of the mapped file
     try:
         doc["replica_state"] = from_plain(doc["replica_state"], blobs, "replica_state")
         doc["rank_state"] = from_plain(doc.get("rank_state"), blobs, "rank_state")
