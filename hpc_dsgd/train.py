@@ -152,7 +152,10 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
         gen.set_state(st["gen"])
     if rank_state is not None:
         restore_rank_state(rank_state)
-    st = LoopState(**man["meta"]["loop"])
+    try:
+        st = LoopState(**man["meta"]["loop"])
+    except (KeyError, TypeError) as e:  # the same manifest on every rank: all refuse alike
+        raise CheckpointError(f"checkpoint {path}: manifest.json has no valid meta.loop ({e!r})") from None
     if how == "branch":  # a new run: its own trace, its own gossip-step and control history
         st.trace_pos = None
     return st, how, path

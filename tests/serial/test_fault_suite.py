@@ -278,6 +278,8 @@ CASES = [
               lambda ck, tmp: to_format1(ck), ["{ck}", "format 1", "python -m hpc_dsgd checkpoint upgrade {ck}"]),
     ckpt_case("ckpt-manifest-malformed", "a manifest whose replica ids do not cover n",
               lambda ck, tmp: edit_manifest(ck, lambda m: m.update(n=9)), ["{ck}", "manifest.json is malformed"]),
+    ckpt_case("ckpt-manifest-loop-state", "a manifest without the loop state a resume needs (was a KeyError)",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].pop("loop")), ["{ck}", "meta.loop"], resume="path"),
     ckpt_case("ckpt-other-n", "resuming with another number of replicas", lambda ck, tmp: None,
               ["cannot resume from {ck}", "n: checkpoint=8 config=16"], sets=["n=16"], ranks=RANKS),
     ckpt_case("ckpt-other-topology", "resuming on another topology", lambda ck, tmp: None,
