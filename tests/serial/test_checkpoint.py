@@ -311,7 +311,7 @@ def test_format1_refused_then_upgraded_roundtrip(tmp_path):
     to_format1(path)
     with pytest.raises(CheckpointError, match=f"format 1.*checkpoint upgrade {path}"):
         verify_checkpoint(path)
-    assert resolve_resume.__name__ and list_checkpoints(str(tmp_path)) == [path]
+    assert list_checkpoints(str(tmp_path)) == [path]  # still listed: refused when used, not hidden
     backup = upgrade_checkpoint(path)
     assert backup == path + ".format1" and os.path.isdir(backup) and list_checkpoints(str(tmp_path)) == [path]
     _, t1, rs1, st1 = load_checkpoint(path, range(N))
