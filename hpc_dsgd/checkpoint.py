@@ -18,7 +18,7 @@ Layout (FORMAT_VERSION 2):
 Plain data: replica_state and rank_state may hold only dicts with str keys, lists, str, int, float,
 bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank file
 against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
-the file. Loading never runs code from a file. Format 1 (pickled rank files, hpc_dsgd before 0.2)
+the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
 is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
 upgrade PATH` (upgrade_checkpoint; the original is kept as PATH.format1).
 
