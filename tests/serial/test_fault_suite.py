@@ -316,7 +316,8 @@ def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.id}{'' if c.ranks is None else f'-mpiexec{c.ranks}'}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
+                                   for c in CASES])
 def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
     if case.id == "device-cuda-without-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is valid here")
