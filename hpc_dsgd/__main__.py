@@ -1,4 +1,4 @@
-"""Command line: python -m hpc_dsgd {train,topology,bench,sharpness} ...
+"""Command line: python -m hpc_dsgd {train,check,topology,bench,checkpoint,sharpness} ...
 
 Under mpiexec every rank parses and validates the same arguments independently (no collective),
 so a bad config stops every rank with the same message and exit code 2. An exception raised on
@@ -7,8 +7,14 @@ any rank during the run aborts the whole MPI job (exit 1) instead of leaving the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+
+
+def _one_line(msg: str) -> str:
+    """Every refusal is one line: `hpc_dsgd: error: ...` (line breaks inside a message become spaces)."""
+    return " ".join(msg.split())
 
 
 def _train(argv: list[str]) -> int:
@@ -27,10 +33,17 @@ def _train(argv: list[str]) -> int:
     from .config import ConfigError, load_config
     from .topology import TopologyError
 
+    from .preflight import RunLock, check_run, launch_error
+
     comm = MPI.COMM_WORLD
+    launch = launch_error(comm.Get_size())
+    if launch:  # every task is alone in its world: each says so itself, no collective could help
+        print(f"hpc_dsgd: error: {_one_line(launch)}", file=sys.stderr, flush=True)
+        return 2
     error = None
     try:
         cfg = load_config(args.config, args.overrides, ranks=comm.Get_size())
+        check_run(cfg, comm.Get_size())  # the device on this node, the data size, a writable out_dir
     except (ConfigError, TopologyError, ValueError) as e:
         error = str(e)
     # Every rank validated on its own (no collective could hang); now agree, so that a value bad on
@@ -40,29 +53,115 @@ def _train(argv: list[str]) -> int:
         rank, msg = next((r, m) for r, m in enumerate(bad) if m)
         if comm.Get_rank() == 0:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
-            print(f"hpc_dsgd: error{where}: {msg}", file=sys.stderr, flush=True)
+            print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, CheckpointWriteError
     from .signals import REQUEUE_EXIT_CODE, StopRequest
     from .trace import TraceError
     from .train import run
 
+    # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
+    # dead jobs are taken over); a directory in use stops every rank with exit 2 before any work.
+    lock, error = None, None
+    if comm.Get_rank() == 0:
+        try:
+            lock = RunLock(os.path.join(cfg.out_dir, cfg.name)).acquire()
+            if lock.taken_over:
+                print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
+        except (ValueError, OSError) as e:
+            error = str(e)
+    error = comm.bcast(error, root=0)
+    if error:
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 2
     try:
         with StopRequest() as stop:
             result = run(cfg, comm, resume=args.resume, stop=stop)
         if result.stopped:
             return REQUEUE_EXIT_CODE  # checkpointed on SIGUSR1/SIGTERM: the batch script requeues
+    except CheckpointWriteError as e:  # raised on every rank alike; the previous checkpoints are intact
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
+                  f"with --resume auto", file=sys.stderr, flush=True)
+        return 1
     except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:
-            print(f"hpc_dsgd: error: {e}", file=sys.stderr, flush=True)
+            print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()
+        if lock is not None:
+            lock.release()
         if comm.Get_size() > 1:
             comm.Abort(1)  # the other ranks may be waiting in a collective: end the whole job
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _check(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpc_dsgd check",
+                                 description="Validate a config for a rank count without MPI (batch scripts call it "
+                                             "before srun, so a mismatch fails in seconds, not after the queue).")
+    ap.add_argument("config", help="TOML config file")
+    ap.add_argument("--ranks", type=int, required=True, help="the number of MPI ranks (tasks) the job will start")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
+    args = ap.parse_args(argv)
+
+    from .config import load_config
+    from .preflight import TRAIN_SIZES
+
+    try:
+        if args.ranks < 1:
+            raise ValueError(f"--ranks {args.ranks}: need at least one task")
+        cfg = load_config(args.config, args.overrides, ranks=args.ranks)
+        size = TRAIN_SIZES.get(cfg.dataset)
+        if size is not None and size // (cfg.n * cfg.batch_size) < 1:
+            raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} exceeds the {size} training images of {cfg.dataset}")
+    except ValueError as e:
+        print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+        return 2
+    print(f"hpc_dsgd: {args.config}: n={cfg.n} = {args.ranks} ranks x {cfg.n // args.ranks} replicas: ok")
+    return 0
+
+
+def _checkpoint(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpc_dsgd checkpoint",
+                                 description="Inspect or convert checkpoints (no MPI).")
+    sub = ap.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("verify", help="check checksums and structure (never runs code from a file)")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...)")
+    u = sub.add_parser("upgrade", help="convert format-1 checkpoints (pickles) to format 2: ONLY ones you trust")
+    u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
+    args = ap.parse_args(argv)
+
+    from .checkpoint import CheckpointError, list_checkpoints, upgrade_checkpoint, verify_checkpoint
+
+    rc = 0
+    for path in args.paths:
+        paths = list_checkpoints(path) if args.action == "upgrade" and not os.path.isfile(
+            os.path.join(path, "manifest.json")) else [path]
+        if not paths:
+            print(f"hpc_dsgd: error: {path}: neither a checkpoint nor a run directory with checkpoints",
+                  file=sys.stderr)
+            rc = 2
+        for p in paths:
+            try:
+                if args.action == "verify":
+                    m = verify_checkpoint(p)
+                    print(f"{p}: intact, format {m['format']}, iteration {m['iteration']}, {m['kind']}, n={m['n']}")
+                else:
+                    backup = upgrade_checkpoint(p)
+                    print(f"{p}: upgraded to plain-data format (original kept as {backup})")
+            except CheckpointError as e:
+                print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr)
+                rc = 2
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": "train n replicas with D-SGD",
                 "topology": "show a topology (neighbours, W, spectral gap, p) or the spectral-gap table",
                 "bench": "time the local step, gossip, allreduce and consensus measurement",
+                "check": "validate a config for a rank count, without MPI (batch scripts run it before srun)",
+                "checkpoint": "verify checkpoints, or upgrade trusted format-1 ones (python -m hpc_dsgd checkpoint upgrade PATH)",
                 "sharpness": "lambda_max (and trace) of the training-loss Hessian at a checkpoint's averaged model"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: python -m hpc_dsgd {" + ",".join(commands) + "} ...\n")
@@ -79,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
         return _train(rest)
+    if cmd == "checkpoint":
+        return _checkpoint(rest)
+    if cmd == "check":
+        return _check(rest)
     if cmd == "topology":
         from .topology_report import main as topo_main
 

@@ -12,6 +12,8 @@ Times, in one run and interleaved round by round (so drift hits every mode alike
               same scalar Allreduce: the D-SGD iteration the training loop runs
   allreduce   local + exact averaging of the parameters (Allreduce of D numbers)
   xi          theta + the exact consensus distance Xi (Allreduce of d numbers) every iteration
+  loop_local  with --compare-loop: the local step of replica_exec = loop (one replica after another),
+              timed in the same rounds, for the batched/loop ratio
 images/s counts every replica's mini-batch: ranks x k x batch / (ms per iteration). Data: random
 CIFAR-shaped uint8 images (3 x 32 x 32) in device memory, so no data set is needed. The
 communication parts are also timed alone (no local step), since on a CPU their cost is smaller than
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ap.add_argument("--deterministic", type=_bool, default=True, help="deterministic CUDA kernels (default true)")
     ap.add_argument("--cuda-graph", type=_bool, default=True, help="capture the local step on CUDA (default true)")
+    ap.add_argument("--compare-loop", action="store_true", help="also time the loop execution's local step")
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds (after 3 warm-up rounds)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per rank")
@@ -87,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     reps = Replicas(cfg, world, data)  # the data pipeline on the device
     pre = Replicas(cfg, world, data)  # the same step on fixed batches
     pre.premade = (torch.randn(k, B, 3, 32, 32, generator=g).to(world.device), y[:k * B].view(k, B).to(world.device))
+    modes = MODES + (("loop_local",) if args.compare_loop else ())
+    loop = Replicas(Config(**{**cfg.to_dict(), "replica_exec": "loop"}), world, data) if args.compare_loop else None
     gossiper = Gossiper(world, Topology(args.topology, n), reps.D)
     d, s = reps.d, 0
     sync = (lambda: torch.cuda.synchronize(world.device)) if world.device.type == "cuda" else (lambda: None)
 
     def one(mode: str, r: int) -> None:
         nonlocal s
-        if mode == "premade":
-            pre.local_step(r, 0, r % 4, 0.01)
+        if mode in ("premade", "loop_local"):
+            (pre if mode == "premade" else loop).local_step(r, 0, r % 4, 0.01)
             sync()
             return
         loss, correct, gsq = reps.local_step(r, 0, r % 4, 0.01)
@@ -113,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         allreduce_scalars(comm, [loss, correct, gsq, theta, xi])
         sync()
 
-    times = {m: [] for m in MODES}
+    times = {m: [] for m in modes}
     for r in range(args.rounds + 3):
-        for m in MODES:
+        for m in modes:
             comm.Barrier()
             t0 = time.perf_counter()
             one(m, r)
@@ -157,16 +162,19 @@ def main(argv: list[str] | None = None) -> int:
               f"deterministic {args.deterministic}, CUDA graph {reps.capture}, device {dev}, "
               f"{args.rounds} rounds, median per iteration")
         print(f"{'mode':<11}{'ms/iter':>10}{'images/s':>12}{'x local':>10}")
-        for m in MODES:
+        for m in modes:
             print(f"{m:<11}{1e3 * med[m]:>10.2f}{imgs[m]:>12.0f}{med[m] / med['local']:>10.3f}")
         print("communication parts alone (median ms; % of the local step):")
         for name, v in part.items():
             print(f"  {name:<22}{1e3 * v:>9.3f} ms {100.0 * v / med['local']:>8.3f} %")
+        if loop is not None:
+            print(f"batched/loop local step: {med['loop_local'] / med['local']:.2f}x faster "
+                  f"({reps.exec.name} {1e3 * med['local']:.1f} ms, loop {1e3 * med['loop_local']:.1f} ms)")
         pct = 100.0 * theta_extra / med["gossip"]
         print(f"Theta extra cost: {1e3 * theta_extra:.3f} ms per iteration = {pct:.3f} % of a gossip iteration")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"modes": {m: {"ms_per_iteration": 1e3 * med[m], "images_per_s": imgs[m]} for m in MODES},
+                json.dump({"modes": {m: {"ms_per_iteration": 1e3 * med[m], "images_per_s": imgs[m]} for m in modes},
                            "parts_ms": {name: 1e3 * v for name, v in part.items()},
                            "theta_extra_ms": 1e3 * theta_extra, "theta_pct_of_gossip_iteration": pct,
                            "ranks": world.ranks, "replicas_per_rank": k, "n": n, "batch_size": B,

@@ -1,16 +1,26 @@
-"""Phase and periodic checkpoints: atomic, checksummed, loadable on any ranks x k split.
+"""Phase and periodic checkpoints: atomic, checksummed, loadable on any ranks x k split, plain data only.
 
-Layout (FORMAT_VERSION 1):
+Layout (FORMAT_VERSION 2):
   RUN_DIR/checkpoints/ckpt-{it:09d}/
-    rank{r:05d}.pt   one per saving rank (torch.save of a dict):
-                       replica_ids   global ids of the rows in this file, e.g. [4, 5]
-                       tensors       name -> (k, ...) CPU tensor, row j = replica replica_ids[j] ("X", "M")
-                       replica_state list of k picklable dicts, one per replica (augmentation RNG, ...)
-                       rank_state    this rank's RNG states (torch, numpy, random, cuda if present)
+    rank{r:05d}.pt   one per saving rank: torch.save of a flat dict str -> CPU tensor, nothing else,
+                     read back with torch.load(weights_only=True), which refuses any pickled class:
+                       "t.<name>"  (k, ...) tensor, row j = replica replica_ids[j] ("t.X", "t.M")
+                       "b.<i>"     tensors referenced from the JSON document below ({"$tensor": "b.<i>"})
+                       "json"      uint8 tensor: UTF-8 JSON {format, iteration, replica_ids,
+                                   replica_state (k plain dicts, one per replica), rank_state (this
+                                   rank's RNG states: torch/CUDA as uint8 tensors, numpy's and Python's
+                                   as integer lists)}
     manifest.json    written LAST by rank 0: format, iteration, kind (phase|periodic), phase, created,
                      ranks, n, tensors (per-replica shape and dtype), the caller's `meta` (config_json,
                      topology, code revision, trace position, control state ...), and for every rank
-                     file its sha256, size and replica ids.
+                     file its sha256, size, replica ids and every key with its shape and dtype.
+
+Plain data: replica_state and rank_state may hold only dicts with str keys, lists, str, int, float,
+bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank file
+against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
+the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
+is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
+upgrade PATH` (upgrade_checkpoint; the original is kept as PATH.format1).
 
 Atomicity: every rank writes its file into ckpt-XXX.tmp/ under a temporary name, flushes, fsyncs
 and renames it; after an agreement (every rank reports success or its error, so no rank waits
@@ -18,8 +28,9 @@ forever) rank 0 writes the manifest the same way, fsyncs the directory, renames 
 ckpt-XXX and fsyncs checkpoints/. A directory named ckpt-XXX therefore always holds a complete
 checkpoint (unless damaged later, which the checksums catch); ckpt-XXX.tmp and ckpt-XXX.trash are
 leftovers that readers ignore and the next successful save removes. Nothing touches an older
-checkpoint before the new one is complete. On network file systems the directory fsyncs are best
-effort (Lustre and NFS commit metadata operations on the server).
+checkpoint before the new one is complete (a full disk during a save leaves the previous ones as
+they were). On network file systems the directory fsyncs are best effort (Lustre and NFS commit
+metadata operations on the server).
 
 Retention: "phase" checkpoints are kept always; of the "periodic" ones the newest `keep_last` (by
 iteration) are kept and older ones are deleted by rank 0 after the new checkpoint is complete
@@ -28,11 +39,9 @@ saved at an iteration that already has one replaces it (one checkpoint per itera
 when a phase end and a periodic save coincide).
 
 Loading is per replica: a rank reads only the files holding its global replica ids, so a
-checkpoint written by 4 ranks x 1 replica loads on 2 ranks x 2 and vice versa. The RNG streams
-of the trajectory are per replica (replica_state); the per-rank RNG states (rank_state) are
-restored only when the layout is the same, since they have no meaning for another split.
-
-Files are pickles (RNG states are Python and numpy objects): load only checkpoints you trust.
+checkpoint written by 4 ranks x 1 replica loads on 2 ranks x 2 and vice versa. The per-replica
+state (replica_state) follows its replica; the per-rank RNG states (rank_state) are restored only
+when the layout is the same, since they have no meaning for another split.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -52,7 +62,7 @@ import torch
 
 from .faults import fault_point
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
 KINDS = ("phase", "periodic")
 CKPT_SUBDIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -75,7 +85,12 @@ BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be written or used; the message names the path and the failing file."""
+    """A checkpoint that cannot be used; the message names the path and the failing file."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (full disk, I/O error, non-plain state); the previous
+    checkpoints are untouched."""
 
 
 # -- paths -------------------------------------------------------------------------------------
@@ -163,32 +178,194 @@ def _cpu_compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _agree(comm, error: str | None, what: str) -> None:
+def _agree(comm, error: str | None, what: str, exc: type = CheckpointError) -> None:
     """Collective: every rank learns whether any rank failed, and all raise the same error."""
     errors = comm.allgather(error)
     bad = [(r, e) for r, e in enumerate(errors) if e]
     if bad:
         r, e = bad[0]
         more = f" (and {len(bad) - 1} more rank(s))" if len(bad) > 1 else ""
-        raise CheckpointError(f"{what} failed on rank {r}{more}: {e}")
+        raise exc(f"{what} failed on rank {r}{more}: {e}")
+
+
+# -- plain data: JSON + tensors ------------------------------------------------------------------
+_PLAIN = "dicts with str keys, lists, str, int, float, bool, None and torch tensors"
+_KEY_RE = re.compile(r"^(t\.[A-Za-z0-9_]+|b\.\d+|json)$")
+_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                                    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                                                    torch.bool)}
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def to_plain(obj, blobs: dict[str, torch.Tensor], where: str = "state"):
+    """obj as a JSON-able tree; each tensor moves into blobs under "b.<i>" and is replaced by
+    {"$tensor": "b.<i>"}. Tuples become lists. Anything else is a TypeError naming where it was."""
+    if isinstance(obj, torch.Tensor):
+        if _dtype_name(obj) not in _DTYPES:
+            raise TypeError(f"{where}: tensor dtype {obj.dtype} is not one a checkpoint stores")
+        key = f"b.{len(blobs)}"
+        blobs[key] = _cpu_compact(obj)
+        return {"$tensor": key}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str) or k.startswith("$"):
+                raise TypeError(f"{where}: key {k!r} is not a plain str key (nor may it start with '$')")
+            out[k] = to_plain(v, blobs, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v, blobs, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    raise TypeError(f"{where}: {type(obj).__name__} is not plain data ({_PLAIN})")
+
+
+def from_plain(obj, blobs: dict[str, torch.Tensor], where: str = "state"):
+    """Inverse of to_plain; a reference to a tensor that is not there is a ValueError naming where."""
+    if isinstance(obj, dict):
+        if set(obj) == {"$tensor"}:
+            key = obj["$tensor"]
+            if not isinstance(key, str) or not key.startswith("b.") or key not in blobs:
+                raise ValueError(f"{where} refers to tensor {key!r}, which the file does not hold")
+            return blobs[key]
+        return {k: from_plain(v, blobs, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain(v, blobs, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
 
 
 # -- RNG state of a process --------------------------------------------------------------------
 def capture_rank_state() -> dict:
-    """This process's global RNG states: torch (CPU and every CUDA device in use), numpy, random."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    """This process's global RNG states as plain data: torch (CPU and every CUDA device in use) as
+    uint8 tensors, numpy's MT19937 and Python's Mersenne Twister as integer lists."""
+    alg, key, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "random": {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def check_rank_state(state) -> None:
+    """ValueError unless `state` has the structure capture_rank_state produces (checked before use)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"rank_state: {what}")
+
+    need(isinstance(state, dict) and {"torch", "numpy", "random"} <= set(state), "needs keys torch, numpy, random")
+    t = state["torch"]
+    need(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and t.numel() == torch.get_rng_state().numel(),
+         "torch: needs the uint8 state tensor of torch.get_rng_state()")
+    npst = state["numpy"]
+    need(isinstance(npst, dict) and npst.get("algorithm") == "MT19937" and isinstance(npst.get("key"), list)
+         and len(npst["key"]) == 624 and all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in npst["key"])
+         and isinstance(npst.get("pos"), int) and isinstance(npst.get("has_gauss"), int)
+         and isinstance(npst.get("cached_gaussian"), (int, float)), "numpy: needs an MT19937 state (624 keys, pos, ...)")
+    r = state["random"]
+    need(isinstance(r, dict) and isinstance(r.get("version"), int) and isinstance(r.get("internal"), list)
+         and len(r["internal"]) == 625 and all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in r["internal"])
+         and (r.get("gauss_next") is None or isinstance(r["gauss_next"], float)),
+         "random: needs Python's Mersenne Twister state (625 integers)")
+    cuda = state.get("cuda", [])
+    need(isinstance(cuda, list) and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda),
+         "cuda: needs a list of uint8 state tensors")
+
+
 def restore_rank_state(state: dict) -> None:
     """Inverse of capture_rank_state (CUDA states only where CUDA is available)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
+    n = state["numpy"]
+    np.random.set_state((n["algorithm"], np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(r["internal"]), r["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- rank files ----------------------------------------------------------------------------------
+def _rank_payload(it: int, ids: list[int], tensors: dict[str, torch.Tensor], replica_state: Sequence,
+                  rank_state: dict) -> dict[str, torch.Tensor]:
+    """The flat str -> tensor dict of one rank file (TypeError for anything that is not plain data)."""
+    blobs: dict[str, torch.Tensor] = {}
+    doc = {"format": FORMAT_VERSION, "iteration": it, "replica_ids": ids,
+           "replica_state": to_plain(list(replica_state), blobs, "replica_state"),
+           "rank_state": to_plain(rank_state, blobs, "rank_state")}
+    text = json.dumps(doc, sort_keys=True, allow_nan=True).encode()
+    payload = {f"t.{name}": _cpu_compact(t) for name, t in tensors.items()}
+    payload.update(blobs)
+    payload["json"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    return payload
+
+
+def _write_rank_file(path: str, payload: dict[str, torch.Tensor], after_write=None) -> dict:
+    """Write one rank file atomically; its manifest entry (sha256, size, keys with shape and dtype)."""
+    def write(f):
+        torch.save(payload, f)
+        if after_write is not None:
+            after_write()
+    sha, size = _atomic_write(path, write)
+    return {"sha256": sha, "size": size,
+            "keys": {k: {"shape": list(t.shape), "dtype": _dtype_name(t)} for k, t in sorted(payload.items())}}
+
+
+def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Load one rank file as plain data and check it against its manifest entry before any use:
+    (raw tensors, JSON document, blobs). CheckpointError naming the file for anything unexpected."""
+    fpath = os.path.join(path, fname)
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: rank file {fname} {why}")
+
+    try:
+        raw = torch.load(fpath, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickled class or call: refused, never executed
+        first = str(e).strip().splitlines()
+        detail = next((s for s in first if "Unsupported" in s or "global" in s.lower()), first[0] if first else "")
+        raise bad(f"is not plain tensor data and was refused without running it ({detail.strip()[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file, whatever the reader raises
+        raise bad(f"cannot be read: {type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
+        raise bad("is not a flat dict of named tensors")
+    keys = entry.get("keys")
+    if not isinstance(keys, dict):
+        raise bad("has no key list in the manifest")
+    if set(raw) != set(keys):
+        missing, extra = sorted(set(keys) - set(raw)), sorted(set(raw) - set(keys))
+        raise bad(f"does not hold the keys the manifest lists (missing {missing}, unexpected {extra})")
+    for k, t in raw.items():
+        want = keys[k]
+        if not _KEY_RE.match(k) or list(t.shape) != want.get("shape") or _dtype_name(t) != want.get("dtype"):
+            raise bad(f"key {k!r} is {_dtype_name(t)} {list(t.shape)}; the manifest says "
+                      f"{want.get('dtype')} {want.get('shape')}")
+    j = raw.get("json")
+    if j is None or j.dtype != torch.uint8 or j.dim() != 1:
+        raise bad("lacks its JSON document (key 'json', uint8)")
+    try:
+        doc = json.loads(bytes(j.numpy()).decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"has a JSON document that cannot be parsed: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
+        raise bad(f"has format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT_VERSION}")
+    ids = entry.get("replica_ids")
+    if doc.get("replica_ids") != ids:
+        raise bad(f"holds replicas {doc.get('replica_ids')}, the manifest says {ids}")
+    if not isinstance(doc.get("replica_state"), list) or len(doc["replica_state"]) != len(ids):
+        raise bad(f"needs one replica_state entry per replica ({len(ids)})")
+    blobs = {k: t.clone() for k, t in raw.items() if k.startswith("b.")}  # small: not views of the mapped file
+    try:
+        doc["replica_state"] = from_plain(doc["replica_state"], blobs, "replica_state")
+        doc["rank_state"] = from_plain(doc.get("rank_state"), blobs, "rank_state")
+        check_rank_state(doc["rank_state"])
+    except ValueError as e:
+        raise bad(f"is malformed: {e}") from None
+    return raw, doc, blobs
 
 
 # -- save ----------------------------------------------------------------------------------------
@@ -198,9 +375,9 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
     """Collective over `comm`: write checkpoint ckpt-{it:09d} of the run and return its path (every rank).
 
     tensors: name -> (k, ...) tensor whose row j belongs to global replica replica_ids[j] (any device;
-    saved on the CPU). replica_state: k picklable dicts. meta: JSON-serialisable run description
+    saved on the CPU). replica_state: k dicts of plain data (see to_plain). meta: JSON-serialisable run description
     (rank 0's copy goes into the manifest). keep_last: periodic checkpoints kept (<= 0: all).
-    A failure on any rank raises CheckpointError on every rank; the previous checkpoints stay intact.
+    A failure on any rank (a full disk, non-plain state) raises CheckpointWriteError on every rank; the previous checkpoints stay intact.
     """
     rank = comm.Get_rank()
     final = checkpoint_path(run_dir, it)
@@ -227,24 +404,22 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
             os.makedirs(tmp)
     except Exception as e:  # noqa: BLE001 - reported on every rank by _agree
         error = f"{type(e).__name__}: {e}"
-    _agree(comm, error, f"checkpoint {final}: preparing")
+    _agree(comm, error, f"checkpoint {final}: preparing", CheckpointWriteError)
 
     # 2. every rank writes its own file
     fname = rank_file(rank)
     info, error = None, None
     try:
-        payload = {"format": FORMAT_VERSION, "iteration": it, "replica_ids": ids,
-                   "tensors": {name: _cpu_compact(t) for name, t in tensors.items()},
-                   "replica_state": list(replica_state), "rank_state": capture_rank_state()}
-        sha, size = _atomic_write(os.path.join(tmp, fname), lambda f: torch.save(payload, f))
+        payload = _rank_payload(it, ids, tensors, replica_state, capture_rank_state())
+        info = _write_rank_file(os.path.join(tmp, fname), payload,
+                                after_write=lambda: fault_point("checkpoint_write", rank, it))
         _fsync_dir(tmp)
-        info = {"sha256": sha, "size": size, "replica_ids": ids,
-                "tensors": {name: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", "")}
-                            for name, t in tensors.items()}}
+        info.update(replica_ids=ids, tensors={name: {"shape": list(t.shape[1:]), "dtype": _dtype_name(t)}
+                                              for name, t in tensors.items()})
     except Exception as e:  # noqa: BLE001
         error = f"writing {os.path.join(tmp, fname)}: {type(e).__name__}: {e}"
     infos = comm.gather(info, root=0)
-    _agree(comm, error, f"checkpoint {final}: writing rank files")
+    _agree(comm, error, f"checkpoint {final}: writing rank files", CheckpointWriteError)
 
     # 3. rank 0: manifest last, then the rename that makes the checkpoint exist
     error = None
@@ -277,7 +452,7 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
                 pass  # housekeeping only: the checkpoint is complete, the next save retries
     error = comm.bcast(error, root=0)
     if error:
-        raise CheckpointError(f"checkpoint {final}: finishing on rank 0 failed: {error}")
+        raise CheckpointWriteError(f"checkpoint {final}: finishing on rank 0 failed: {error}")
     return final
 
 
@@ -307,7 +482,12 @@ def _retain_and_clean(run_dir: str, keep_last: int) -> None:
 
 
 # -- verify, resolve ---------------------------------------------------------------------------
-def _read_manifest(path: str) -> dict:
+def upgrade_hint(path: str) -> str:
+    return (f"if you trust whoever wrote it, convert it once with `python -m hpc_dsgd checkpoint upgrade {path}` "
+            f"(the original is kept as {path}.format1), then resume")
+
+
+def _read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
     mpath = os.path.join(path, MANIFEST)
     try:
         with open(mpath, "rb") as f:
@@ -318,10 +498,45 @@ def _read_manifest(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} cannot be parsed: {e}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not a checkpoint manifest")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} has format {manifest.get('format')!r}; "
+    fmt = manifest.get("format")
+    if fmt not in formats:
+        if fmt == 1:
+            raise CheckpointError(f"checkpoint {path} has format 1: its rank files are Python pickles, which can "
+                                  f"run code when loaded, so this version refuses them; " + upgrade_hint(path))
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} has format {fmt!r}; "
                               f"this version reads format {FORMAT_VERSION}")
+    if fmt == FORMAT_VERSION:
+        _check_manifest(path, manifest)
     return manifest
+
+
+def _check_manifest(path: str, m: dict) -> None:
+    """Structure and internal consistency of a format-2 manifest (types, ids 0..n-1, row keys)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: {what}")
+
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    need(is_int(m.get("iteration")) and m["iteration"] >= 0, "iteration")
+    need(m.get("kind") in KINDS, f"kind {m.get('kind')!r}")
+    need(is_int(m.get("phase")) and is_int(m.get("n")) and m["n"] >= 1, "phase / n")
+    need(isinstance(m.get("meta"), dict), "meta")
+    tens = m.get("tensors")
+    need(isinstance(tens, dict) and all(isinstance(k, str) and re.match(r"^[A-Za-z0-9_]+$", k) and isinstance(v, dict)
+                                        and v.get("dtype") in _DTYPES and isinstance(v.get("shape"), list)
+                                        and all(is_int(x) and x >= 0 for x in v["shape"]) for k, v in tens.items()),
+         "tensors (name -> shape, dtype)")
+    ids = []
+    for fname, e in m["files"].items():
+        need(re.match(r"^rank\d{5}\.pt$", fname) is not None and isinstance(e, dict), f"file name {fname!r}")
+        need(isinstance(e.get("sha256"), str) and is_int(e.get("size")) and isinstance(e.get("replica_ids"), list)
+             and all(is_int(i) for i in e["replica_ids"]) and isinstance(e.get("keys"), dict),
+             f"entry of {fname} (sha256, size, replica_ids, keys)")
+        for name, spec in tens.items():
+            want = {"shape": [len(e["replica_ids"])] + spec["shape"], "dtype": spec["dtype"]}
+            need(e["keys"].get(f"t.{name}") == want, f"{fname}: key t.{name} should be {want}")
+        ids += e["replica_ids"]
+    need(sorted(ids) == list(range(m["n"])), f"the files' replica ids are not 0..{m['n'] - 1} exactly once")
 
 
 def _check_file(path: str, fname: str, entry: dict) -> None:
@@ -338,18 +553,18 @@ def _check_file(path: str, fname: str, entry: dict) -> None:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} fails its sha256 check (corrupted)")
 
 
-def verify_checkpoint(path: str) -> dict:
+def verify_checkpoint(path: str, deep: bool = True) -> dict:
     """The manifest of a complete, intact checkpoint; CheckpointError naming the path and the failing
-    file otherwise (missing or unparseable manifest, missing or truncated rank file, checksum mismatch).
-    Reads every rank file once (streaming sha256)."""
+    file otherwise (missing, unparseable or malformed manifest; missing or truncated rank file;
+    checksum mismatch; with deep, a rank file that is not plain tensor data or whose keys, shapes,
+    dtypes or JSON document disagree with the manifest). Never runs code from a file."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: no such directory")
     manifest = _read_manifest(path)
-    try:
-        for fname, entry in sorted(manifest["files"].items()):
-            _check_file(path, fname, entry)
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed ({e!r})") from None
+    for fname, entry in sorted(manifest["files"].items()):
+        _check_file(path, fname, entry)
+        if deep:
+            _read_rank_file(path, fname, entry)
     return manifest
 
 
@@ -371,8 +586,8 @@ def resolve_resume(run_dir: str, spec: str) -> tuple[str | None, list[tuple[str,
             except CheckpointError as e:
                 skipped.append((path, str(e)))
         if skipped:
-            raise CheckpointError(f"run {run_dir}: none of its {len(skipped)} checkpoint(s) is intact:\n  "
-                                  + "\n  ".join(reason for _, reason in skipped))
+            raise CheckpointError(f"run {run_dir}: none of its {len(skipped)} checkpoint(s) is intact: "
+                                  + "; ".join(reason for _, reason in skipped))
         return None, []
     path = spec
     if not os.path.isdir(path) and os.path.isdir(os.path.join(checkpoint_dir(run_dir), spec)):
@@ -390,10 +605,10 @@ def load_checkpoint(path: str, replica_ids: Sequence[int], map_location: str | t
     """Rows of the requested global replicas: (manifest, tensors, replica_state, rank_state).
 
     tensors: name -> (len(replica_ids), ...) tensor on map_location, row j = replica replica_ids[j].
-    Reads only the rank files holding those replicas (each checked against its checksum if verify).
+    Reads only the rank files holding those replicas (each checked against its checksum if verify,
+    and always against the manifest's keys, shapes and dtypes before use; weights_only, no code runs).
     rank_state is the saving rank's RNG state when that rank held exactly these replicas (same
-    layout), else None: the trajectory's RNG streams are per replica (replica_state), a process's
-    global RNG state has no meaning for another split."""
+    layout), else None: a process's global RNG state has no meaning for another split."""
     manifest = _read_manifest(path)
     ids = [int(i) for i in replica_ids]
     where = {}  # global id -> (file, row)
@@ -405,24 +620,98 @@ def load_checkpoint(path: str, replica_ids: Sequence[int], map_location: str | t
         raise CheckpointError(f"checkpoint {path}: holds replicas 0..{manifest['n'] - 1}, not {missing} "
                               f"(the number of replicas n must agree)")
     needed = sorted({where[i][0] for i in ids})
-    payloads = {}
+    raws, docs = {}, {}
     for fname in needed:
         if verify:
             _check_file(path, fname, manifest["files"][fname])
-        try:
-            payloads[fname] = torch.load(os.path.join(path, fname), map_location="cpu", mmap=True,
-                                         weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a damaged file, whatever the unpickler raises
-            raise CheckpointError(f"checkpoint {path}: rank file {fname} cannot be read: {e}") from None
+        raws[fname], docs[fname], _ = _read_rank_file(path, fname, manifest["files"][fname])
     tensors = {}
     for name in manifest["tensors"]:
-        rows = [payloads[where[i][0]]["tensors"][name][where[i][1]] for i in ids]
+        rows = [raws[where[i][0]][f"t.{name}"][where[i][1]] for i in ids]
         tensors[name] = torch.stack(rows).to(map_location) if rows else torch.empty(0)
-    replica_state = [payloads[where[i][0]]["replica_state"][where[i][1]] for i in ids]
+    replica_state = [docs[where[i][0]]["replica_state"][where[i][1]] for i in ids]
     rank_state = None
     if len(needed) == 1 and manifest["files"][needed[0]]["replica_ids"] == ids:
-        rank_state = payloads[needed[0]]["rank_state"]
+        rank_state = docs[needed[0]]["rank_state"]
     return manifest, tensors, replica_state, rank_state
+
+
+def load_checkpoint_collective(comm, path: str, replica_ids: Sequence[int],
+                               map_location: str | torch.device = "cpu") -> tuple:
+    """load_checkpoint on every rank of comm, agreed: a file that fails on one rank raises the same
+    CheckpointError on every rank (nobody waits in a collective for a rank that gave up)."""
+    out, error = None, None
+    try:
+        out = load_checkpoint(path, replica_ids, map_location)
+    except CheckpointError as e:
+        error = str(e)
+    errors = comm.allgather(error)
+    bad = [e for e in errors if e]
+    if bad:
+        raise CheckpointError(bad[0])
+    return out
+
+
+# -- upgrade from format 1 (trusted input only) ------------------------------------------------
+def _plain_rank_state_v1(state: dict) -> dict:
+    """A format-1 rank_state (numpy/random tuples) as plain data."""
+    out = {"torch": state["torch"]}
+    alg, key, pos, has_gauss, cached = state["numpy"]
+    out["numpy"] = {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
+                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    version, internal, gauss_next = state["random"]
+    out["random"] = {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}
+    if "cuda" in state:
+        out["cuda"] = list(state["cuda"])
+    return out
+
+
+def upgrade_checkpoint(path: str) -> str:
+    """Convert a format-1 checkpoint (pickled rank files) to format 2 in place; returns the backup path.
+
+    UNPICKLES the old files (torch.load(weights_only=False)): run it only on checkpoints you trust.
+    Checks every file's checksum first; writes the new checkpoint into PATH.upgrade.tmp, then renames
+    PATH -> PATH.format1 (kept, ignored by readers) and PATH.upgrade.tmp -> PATH. The converted
+    checkpoint holds the same tensors and states, so a run resumes from it bitwise as before."""
+    path = os.path.normpath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    old = _read_manifest(path, formats=(1, FORMAT_VERSION))
+    if old["format"] == FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
+    backup, tmp = path + ".format1", path + ".upgrade.tmp"
+    if os.path.exists(backup):
+        raise CheckpointError(f"checkpoint {path}: {backup} exists; move it away first")
+    try:
+        for fname, entry in sorted(old["files"].items()):
+            _check_file(path, fname, entry)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        files = {}
+        for fname, entry in sorted(old["files"].items()):
+            p = torch.load(os.path.join(path, fname), map_location="cpu", weights_only=False)  # trusted: see above
+            ids = [int(i) for i in p["replica_ids"]]
+            payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
+                                    _plain_rank_state_v1(p["rank_state"]))
+            files[fname] = dict(_write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
+        manifest = dict(old, format=FORMAT_VERSION, files=files, upgraded_from_format=1,
+                        upgraded=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _check_manifest(path, manifest)
+        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
+        _fsync_dir(tmp)
+        os.rename(path, backup)
+        os.rename(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "
+                              f"the original is unchanged") from None
+    verify_checkpoint(path)
+    return backup
 
 
 # -- compatibility -----------------------------------------------------------------------------

@@ -41,8 +41,25 @@ def _fill(dtype: np.dtype):
     return np.nan if np.issubdtype(dtype, np.floating) else -1
 
 
+LOCK_WAIT_S = 60.0  # how long the writer waits for a reader (h5ls, a table tool) to let go of the file
+
+
+def _open(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
+    """h5py.File(path, mode), waiting while another process holds HDF5's file lock (a reader of the
+    trace during training must not crash the run); other errors at once."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except OSError as e:  # BlockingIOError: "unable to lock file, errno = 11"
+            if "lock" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class TraceWriter:
-    """Buffered, append-only writer; create once on rank 0, then append rows and flush."""
+    """Buffered, append-only writer; create once on rank 0, then append rows and flush. The file is
+    opened per flush; a process reading it meanwhile delays a flush (up to LOCK_WAIT_S), never fails it."""
 
     def __init__(self, path: str, attrs: dict, mode: str = "w"):
         self.path = path
@@ -78,7 +95,7 @@ class TraceWriter:
     def flush(self) -> None:
         if not any(self._rows[g] for g in GROUPS):
             return
-        with h5py.File(self.path, "a") as f:
+        with _open(self.path, "a") as f:
             for g in GROUPS:
                 buf = self._rows[g]
                 if not buf:
@@ -111,18 +128,18 @@ class TraceWriter:
 
     def set_attrs(self, **attrs) -> None:
         self.flush()
-        with h5py.File(self.path, "a") as f:
+        with _open(self.path, "a") as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
 
     def rows(self) -> dict[str, int]:
         """Rows on disk per group (call after flush): the trace position a checkpoint records."""
-        with h5py.File(self.path, "r") as f:
+        with _open(self.path, "r") as f:
             return {g: _group_len(f[g]) if g in f else 0 for g in GROUPS}
 
     def truncate(self, group: str, length: int) -> None:
         """Drop rows past `length` (a resumed run continues from its checkpoint's position)."""
-        with h5py.File(self.path, "a") as f:
+        with _open(self.path, "a") as f:
             for ds in (f[group].values() if group in f else ()):
                 if ds.shape[0] > length:
                     ds.resize((length,))

@@ -26,7 +26,7 @@ from .replica import Replicas
 from .schedule import Schedule
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
+                         list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
                          verify_checkpoint)
 from .faults import fault_point
 from .signals import StopRequest
@@ -146,12 +146,15 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
         raise CheckpointError(err)
     if not path:
         return LoopState(), how, None
-    man, tensors, _, rank_state = load_checkpoint(path, list(world.replica_ids), world.device)
+    man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
     reps.X.copy_(tensors["X"])
     reps.M.copy_(tensors["M"])
     if rank_state is not None:
         restore_rank_state(rank_state)
-    st = LoopState(**man["meta"]["loop"])
+    try:
+        st = LoopState(**man["meta"]["loop"])
+    except (KeyError, TypeError) as e:  # the same manifest on every rank: all refuse alike
+        raise CheckpointError(f"checkpoint {path}: manifest.json has no valid meta.loop ({e!r})") from None
     if how == "branch":  # a new run: its own trace, its own gossip-step and control history
         st.trace_pos = None
     return st, how, path
@@ -308,6 +311,11 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 log(f"hpc_dsgd: stop requested by signal{' ' + stop.name if stop and stop.name else ''}: "
                     f"checkpoint {ckpt_path} written after iteration {t}; exiting for requeue", flush=True)
             break
+    if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
+        log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4f} loss "
+            f"{acc[0] / max(acc[2] / cfg.batch_size, 1):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
+            f"(stopped after iteration {t} of {sched.total_iters}, mid-epoch: not evaluated) "
+            f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} img/s", flush=True)
     if rank0:
         status = "finished" if end == sched.total_iters and not stopped else "stopped"
         trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))

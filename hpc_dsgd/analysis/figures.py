@@ -61,8 +61,10 @@ def _label(tr: Trace) -> str:
     for k, p in enumerate(pol):
         parts.append(f"{p}({fac[k]:g})" if p in ("target", "adaptive") and k < len(fac) else p)
     status = tr.attrs.get("status", "?")
-    return (f"{cfg.get('name', os.path.basename(tr.path))} s{cfg.get('seed', 0)}: "
-            f"{tr.attrs.get('topology', cfg.get('topology', '?'))} n={tr.attrs.get('n', cfg.get('n', '?'))} "
+    topo = str(tr.attrs.get("topology", cfg.get("topology", "?")))  # Topology.describe(): "ring n=8"
+    n = f"n={tr.attrs.get('n', cfg.get('n', '?'))}"
+    where = topo if n in topo.split() else f"{topo} {n}"  # n once, whether or not the topology names it
+    return (f"{cfg.get('name', os.path.basename(tr.path))} s{cfg.get('seed', 0)}: {where} "
             f"[{', '.join(parts)}]" + ("" if status == "finished" else f" ({status})"))
 
 

@@ -296,3 +296,16 @@ def test_ambiguous_cell_is_shown_and_where_resolves_it(tmp_path, capsys):
     assert tables.main([str(tmp_path), "--preset", "table1", "--where", "topology=complete"]) == 0
     out = capsys.readouterr().out
     assert f"| n=32 | {93.5:.2f} ± {np.std([93.0, 94.0], ddof=1):.2f} |" in out
+
+
+def test_figure_legend_names_n_once():
+    """Figure 1's legend said `ring n=8 n=8`: the topology's description already carries n."""
+    from types import SimpleNamespace
+
+    from hpc_dsgd.analysis.figures import _label
+
+    cfg = {"name": "quickstart", "seed": 0, "policies": ["gossip", "target"], "target_factors": [1, 0.5], "n": 8}
+    tr = SimpleNamespace(config=cfg, attrs={"topology": "ring n=8", "n": 8, "status": "finished"}, path="t.h5")
+    assert _label(tr) == "quickstart s0: ring n=8 [gossip, target(0.5)]"
+    tr.attrs = {"topology": "ring", "n": 8, "status": "running"}  # a description without n gets it once
+    assert _label(tr) == "quickstart s0: ring n=8 [gossip, target(0.5)] (running)"

@@ -28,7 +28,7 @@ def row(i: int) -> torch.Tensor:
 
 
 def rstate(i: int) -> dict:
-    g = torch.Generator().manual_seed(i)
+    g = torch.Generator().manual_seed(1000 + i)
     torch.rand(i + 1, generator=g)  # each replica's stream at a different position
     return {"gen": g.get_state(), "i": i}
 
@@ -91,7 +91,7 @@ def test_views_are_saved_compactly(tmp_path):
     save_checkpoint(SELF, str(tmp_path), 0, "periodic", 1, {"P": big[:, :3]}, list(range(N)),
                     [{}] * N, {})
     path = checkpoint_path(str(tmp_path), 0)
-    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 20_000  # not the 1.6 MB storage
+    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (about 20 kB: the rows plus RNG states)
     _, t, _, _ = load_checkpoint(path, range(N))
     assert torch.equal(t["P"], big[:, :3])
 
@@ -250,3 +250,82 @@ def test_check_compatible_lists_exactly_the_differing_keys():
 
 def test_list_checkpoints_of_missing_run(tmp_path):
     assert list_checkpoints(str(tmp_path / "none")) == []
+
+
+# -- plain data only (format 2) -------------------------------------------------------------------
+def test_rank_files_are_plain_tensors_loadable_with_weights_only(tmp_path):
+    """Every rank file is a flat dict of tensors that torch.load(weights_only=True) reads; the manifest
+    lists each key with its shape and dtype; RNG states are uint8 tensors and integer lists."""
+    path = save(tmp_path, 3)
+    raw = torch.load(os.path.join(path, "rank00000.pt"), weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in raw.values())
+    keys = verify_checkpoint(path)["files"]["rank00000.pt"]["keys"]
+    assert {k: (v["shape"], v["dtype"]) for k, v in keys.items()} == {
+        k: (list(t.shape), str(t.dtype).replace("torch.", "")) for k, t in raw.items()}
+    doc = json.loads(bytes(raw["json"].numpy()).decode())
+    assert len(doc["rank_state"]["numpy"]["key"]) == 624 and len(doc["rank_state"]["random"]["internal"]) == 625
+
+
+def test_malicious_rank_file_never_runs(tmp_path):
+    """A rank file holding a pickled call (checksums updated to match) is refused by verify and load,
+    naming the file, and the call never runs."""
+    from ckpt_tamper import RunsCommand, rewrite_rank_file
+
+    path = save(tmp_path, 3)
+    marker = tmp_path / "PWNED"
+    rewrite_rank_file(path, "rank00000.pt", lambda d: dict(d, x=RunsCommand(f"touch {marker}")))
+    for call in (lambda: verify_checkpoint(path), lambda: load_checkpoint(path, [0])):
+        with pytest.raises(CheckpointError, match="rank00000.pt is not plain tensor data") as e:
+            call()
+        assert path in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: {k: v for k, v in d.items() if k != "t.X"}, r"missing \['t.X'\]"),
+    (lambda d: dict(d, **{"t.M": d["t.M"].double()}), "key 't.M' is float64"),
+    (lambda d: dict(d, json=torch.frombuffer(bytearray(b'{"format": 2}'), dtype=torch.uint8)), "key 'json' is uint8"),
+    (lambda d: [1, 2], "not a flat dict"),
+])
+def test_malformed_rank_file_is_a_checkpoint_error(tmp_path, damage, reason):
+    """Keys, shapes and dtypes are checked against the manifest before use: never a KeyError."""
+    from ckpt_tamper import rewrite_rank_file
+
+    path = save(tmp_path, 3)
+    rewrite_rank_file(path, "rank00000.pt", damage)
+    with pytest.raises(CheckpointError, match=reason) as e:
+        load_checkpoint(path, [0])
+    assert "rank00000.pt" in str(e.value)
+
+
+def test_format1_refused_then_upgraded_roundtrip(tmp_path):
+    """A format-1 checkpoint is refused with the upgrade command; upgraded, it loads the same rows,
+    replica states and process RNG state as before, and the original is kept aside."""
+    from ckpt_tamper import to_format1
+
+    from hpc_dsgd.checkpoint import upgrade_checkpoint
+
+    torch.manual_seed(3)
+    path = save(tmp_path, 6)
+    _, t0, rs0, st0 = load_checkpoint(path, range(N))
+    to_format1(path)
+    with pytest.raises(CheckpointError, match=f"format 1.*checkpoint upgrade {path}"):
+        verify_checkpoint(path)
+    assert list_checkpoints(str(tmp_path)) == [path]  # still listed: refused when used, not hidden
+    backup = upgrade_checkpoint(path)
+    assert backup == path + ".format1" and os.path.isdir(backup) and list_checkpoints(str(tmp_path)) == [path]
+    _, t1, rs1, st1 = load_checkpoint(path, range(N))
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+    assert [s["i"] for s in rs1] == [s["i"] for s in rs0] and all(torch.equal(a["gen"], b["gen"]) for a, b in zip(rs0, rs1))
+    restore_rank_state(st1)
+    a = (torch.rand(2), np.random.rand(2), random.random())
+    restore_rank_state(st0)
+    assert torch.equal(a[0], torch.rand(2)) and np.array_equal(a[1], np.random.rand(2)) and a[2] == random.random()
+    with pytest.raises(CheckpointError, match="format 2 already"):
+        upgrade_checkpoint(path)
+
+
+def test_non_plain_state_is_refused_at_save(tmp_path):
+    with pytest.raises(CheckpointError, match=r"replica_state\[0\]\['a'\]: ndarray is not plain data"):
+        save_checkpoint(SELF, str(tmp_path), 1, "periodic", 1, {"X": torch.zeros(1, 2)}, [0], [{"a": np.zeros(2)}], {})
+    assert list_checkpoints(str(tmp_path)) == []

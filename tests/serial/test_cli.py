@@ -10,6 +10,7 @@ import time
 import pytest
 
 from hpc_dsgd.config import ConfigError, load_config
+from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(ROOT, "configs", "quickstart.toml")
@@ -17,7 +18,8 @@ MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shuti
 
 
 def launch(args, ranks=4, timeout=120, env=None):
-    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    e = {k: v for k, v in os.environ.items() if k not in LAUNCHER_SIZE_VARS}  # CI may itself run under a launcher
+    e.update(OMP_NUM_THREADS="1", **(env or {}))
     cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [sys.executable, "-m", "hpc_dsgd"] + args
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)

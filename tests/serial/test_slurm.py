@@ -133,6 +133,27 @@ def test_run_failed_requeue_or_no_job_keeps_75(tmp_path):
     assert calls(tmp_path)[2:] == [f"srun --kill-on-bad-exit=0 python -m hpc_dsgd train {CONFIG} --resume auto OMP=1"]
 
 
+def test_run_fails_fast_when_n_does_not_fit_the_tasks(tmp_path):
+    """In a job, run.sbatch checks the config against SLURM_NTASKS before srun: n=8 on 3 tasks stops
+    with exit 2 and the config's message, srun never runs; on 4 tasks srun runs."""
+    bindir = stubs(tmp_path, srun=[0])
+    env = {"SLURM_JOB_ID": "5", "SLURM_SUBMIT_DIR": ROOT, "SLURM_NTASKS": "3", "HPC_DSGD_PYTHON": sys.executable}
+    p = sh("run.sbatch", CONFIG, path_dir=bindir, env=env)
+    assert p.returncode == 2
+    assert "hpc_dsgd: error: n=8 replicas cannot be split over 3 MPI ranks" in p.stderr
+    assert "SLURM_NTASKS=3" in p.stderr and calls(tmp_path) == []
+    p = sh("run.sbatch", CONFIG, path_dir=bindir, env={**env, "SLURM_NTASKS": "4"})
+    assert p.returncode == 0, p.stderr
+    assert calls(tmp_path) == [f"srun --kill-on-bad-exit=0 {sys.executable} -m hpc_dsgd train {CONFIG} --resume auto OMP=1"]
+
+
+def test_readme_says_how_to_run_without_gpus_and_size_cpus():
+    text = open(os.path.join(SLURM, "README.md")).read()
+    for want in ("--gpus-per-task=0", "device=cpu", "Reason=PartitionConfig", "--cpus-per-task", "SLURM_MPI_TYPE=pmi2",
+                 "srun --mpi=list"):
+        assert want in text, want
+
+
 # -- sweep.sbatch ----------------------------------------------------------------------------
 def write_table(tmp_path):
     table = tmp_path / "table.tsv"

@@ -72,3 +72,27 @@ def test_kill_9_at_random_moments_leaves_a_readable_consistent_trace(tmp_path):
             its = f["iter/it"][()] if "it" in f["iter"] else np.zeros(0)
             assert all(ds.shape == its.shape for ds in f["iter"].values())
             np.testing.assert_array_equal(its, np.arange(len(its)))
+
+
+def test_a_reader_holding_the_trace_delays_a_flush_never_fails_it(tmp_path):
+    """Another process reading the trace (h5ls, a table tool, a test polling it) holds HDF5's file
+    lock; the writer's next flush waits for it instead of crashing the run."""
+    import subprocess
+    import sys
+    import time
+
+    from hpc_dsgd.trace import TraceWriter, read_trace
+
+    path = str(tmp_path / "t.h5")
+    w = TraceWriter(path, {"n": 1})
+    w.append("iter", it=0, loss=1.0)
+    w.flush()
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, time; f = h5py.File({path!r}, 'r'); "
+                               "print('open', flush=True); time.sleep(2)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    t0 = time.monotonic()
+    w.append("iter", it=1, loss=0.5)
+    w.flush()  # blocked by the reader's lock until it exits
+    holder.wait()
+    assert time.monotonic() - t0 > 0.5
+    assert list(read_trace(path).iter["it"]) == [0, 1]

@@ -1,0 +1,575 @@
+"""The fault suite: what hpc_dsgd promises for every bad input and every fault, one case per row.
+
+Bad inputs (the CASES table; config values, data directories, reference traces, checkpoints, launch
+and run directory) promise the same four things. One case of each kind runs as a real `mpiexec -n 2`
+job (ranks=2; a single process where the case is about one); the others run the same command line
+in the test process (python -m hpc_dsgd's main(), a world of one rank), which keeps the suite within
+minutes on 2 cores:
+  1. exit code 2, on every rank, before any work starts;
+  2. exactly one line `hpc_dsgd: error: ...` on stderr, and no Python traceback;
+  3. that line names the offending value or file (the case's needles) and what would be right;
+  4. nothing already written is lost or changed: every file under the case's directory has the same
+     sha256 afterwards, and no file was added.
+The malicious checkpoints also promise that the command in the pickle did NOT run (its marker file
+does not exist afterwards).
+
+Faults during a run (the tests after the table) each state their promise in their docstring: kill -9
+of one rank and of all ranks mid-iteration and mid-checkpoint, SIGTERM, a full disk during a
+checkpoint write, two runs on one run directory, stale locks, and a converted format-1 checkpoint
+resuming bitwise like the original. kill -9 of the whole job during a checkpoint and SIGUSR1 are in
+test_faults.py."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_dsgd.checkpoint import list_checkpoints, verify_checkpoint
+from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS, LOCK_NAME, LOCK_STALE_S, RunLock, RunLockError
+from hpc_dsgd.signals import REQUEUE_EXIT_CODE
+from hpc_dsgd.trace import read_trace
+
+from ckpt_tamper import RunsCommand, edit_manifest, rewrite_rank_file, to_format1  # noqa: E402
+from test_cli import MPIEXEC, QUICK, ROOT  # noqa: E402
+
+RANKS = 2  # every multi-rank promise holds for 2 ranks; 2 keeps the suite inside its time on 2 cores
+IPE = 1437 // (8 * 16)  # quickstart: 8 replicas x batch 16 -> 11 iterations per epoch
+BASE_ITS = 5  # the base run stops here, before its first epoch end, with checkpoint ckpt-000000005
+pytestmark = pytest.mark.timeout(300)
+
+
+def env_for(extra: dict | None = None) -> dict:
+    """The test process's environment without any launcher's task count (CI may itself run under one)."""
+    e = {k: v for k, v in os.environ.items() if k not in LAUNCHER_SIZE_VARS}
+    e.update(OMP_NUM_THREADS="1", **(extra or {}))
+    return e
+
+
+def cli(args: list[str], ranks: int = RANKS, env: dict | None = None, timeout: float = 180,
+        popen: bool = False):
+    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [sys.executable, "-m", "hpc_dsgd", *args]
+    if popen:  # its own process group: a kill -9 of the job spares pytest
+        return subprocess.Popen(cmd, cwd=ROOT, env=env_for(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env_for(env), capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)  # an injected kill of the job's process group spares pytest
+
+
+def train_args(out, *extra) -> list[str]:
+    return ["train", QUICK, "--set", f"out_dir={out}", "--set", "width=0.25", "--set", "max_iterations=7", *extra]
+
+
+def snapshot(root) -> dict[str, str]:
+    """relative path -> sha256 of every file under root (directories as 'dir')."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
+        for name in files:
+            p = os.path.join(d, name)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A short real run to damage: 2 ranks x 4 replicas, stopped by max_iterations at iteration 5
+    (before its first epoch end), one checkpoint ckpt-000000005 with two rank files."""
+    out = tmp_path_factory.mktemp("base")
+    p = cli(["train", QUICK, "--set", f"out_dir={out}", "--set", "width=0.25", "--set", f"max_iterations={BASE_ITS}"])
+    assert p.returncode == 0, p.stderr
+    run = out / "quickstart"
+    assert [os.path.basename(c) for c in list_checkpoints(str(run))] == [f"ckpt-{BASE_ITS:09d}"]
+    return run, p.stdout
+
+
+def ckpt_of(run) -> str:
+    return str(run / "checkpoints" / f"ckpt-{BASE_ITS:09d}")
+
+
+# -- the table ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Case:
+    id: str
+    promise: str  # what the case shows, beyond the four promises of every row
+    setup: Callable  # (tmp, base_run) -> (args, env, needles); may create files under tmp
+    ranks: int | None = None  # mpiexec -n ranks; 0: one process without mpiexec; None: in the test process
+    marker: bool = False  # a malicious case: tmp/PWNED must not exist afterwards
+
+
+def cfg_case(id, promise, sets, needles, ranks=None):
+    extra = [a for s in sets for a in ("--set", s)]
+    return Case(id, promise, lambda tmp, run: (train_args(tmp / "out", *extra), {}, needles), ranks)
+
+
+def with_run(tmp, run) -> str:
+    """A copy of the base run under tmp/out/quickstart; its checkpoint's path."""
+    dst = tmp / "out" / "quickstart"
+    shutil.copytree(run, dst)
+    return ckpt_of(dst)
+
+
+def ckpt_case(id, promise, damage, needles, resume="auto", sets=(), marker=False, ranks=None):
+    def setup(tmp, run):
+        ck = with_run(tmp, run)
+        damage(ck, tmp)
+        spec = ck if resume == "path" else resume.format(tmp=tmp)
+        args = train_args(tmp / "out", *[a for s in sets for a in ("--set", s)], "--resume", spec)
+        return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks, marker=marker)
+
+
+def truncate(path, by=100):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - by)
+
+
+def flip(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def malicious(tmp) -> RunsCommand:
+    return RunsCommand(f"touch {tmp / 'PWNED'}")
+
+
+def fake_cifar(tmp, files=True) -> str:
+    root = tmp / "cifar"
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    if files:
+        for f in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+            (root / "cifar-10-batches-py" / f).write_bytes(b"not the official file")
+    return str(root)
+
+
+def file_case(id, promise, make, sets, needles, ranks=None):
+    """make(tmp) -> a path put into the config as sets.format(path=...)."""
+    def setup(tmp, run):
+        path = make(tmp)
+        extra = [a for s in sets for a in ("--set", s.format(path=path))]
+        return train_args(tmp / "out", *extra), {}, [n.format(path=path) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def raw_case(id, promise, args_of, needles, ranks=None, env=None):
+    def setup(tmp, run):
+        path = args_of(tmp, run)
+        return path, dict(env or {}), [n.format(tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def other_experiment_trace(tmp, run):
+    return str(run / "trace.h5")
+
+
+def lock_held_by_me(tmp, run):
+    d = tmp / "out" / "quickstart"
+    d.mkdir(parents=True)
+    (d / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}, '
+                               f'"slurm_job_id": "", "started": "2026-01-01T00:00:00"}}')
+    return train_args(tmp / "out", "--resume", "auto")
+
+
+def a_file(tmp):
+    (tmp / "f").write_text("x")
+    return str(tmp / "f")
+
+
+def not_hdf5(tmp):
+    p = tmp / "junk.h5"
+    p.write_bytes(b"this is not HDF5\n" * 10)
+    return str(p)
+
+
+def bad_toml(tmp):
+    p = tmp / "bad.toml"
+    p.write_text("n = [1,\n")
+    return ["train", str(p), "--set", f"out_dir={tmp / 'out'}"]
+
+
+CASES = [
+    # config values
+    cfg_case("n-not-multiple-of-ranks", "n must split over the ranks", ["n=7"], ["n=7 replicas cannot be split over 2 MPI ranks"], ranks=RANKS),
+    cfg_case("negative-lr", "a learning rate must be positive", ["base_lr=-0.1"], ["base_lr=-0.1", "positive"]),
+    cfg_case("unknown-key", "a typo in a key is not ignored", ["bogus_key=1"], ["unknown config key(s) bogus_key"]),
+    cfg_case("wrong-type", "a string where a number belongs", ['epochs="ten"'], ["epochs='ten': expected float"]),
+    cfg_case("policy-count", "one policy per phase", ['policies=["gossip"]'], ["policies=['gossip']", "one policy per phase"]),
+    cfg_case("unknown-policy", "policies are from a fixed list", ['policies=["gossip","sometimes","gossip"]'],
+             ["policies[1]='sometimes'", "allreduce"]),
+    cfg_case("torus-shape", "a torus must have n nodes", ["topology=torus", "torus_shape=[3,3]"],
+             ["torus_shape=[3, 3] does not fit n=8", "[2, 4]"]),
+    cfg_case("device-cuda-without-gpu", "device=cuda on a node without a GPU (was a RuntimeError traceback)",
+             ["device=cuda"], ["device='cuda'", "no CUDA device", "'auto' or 'cpu'"], ranks=RANKS),
+    cfg_case("batch-larger-than-data", "batch_size x n above the training set (was a ValueError after the start)",
+             ["batch_size=200"], ["batch_size=200 x n=8 = 1600 exceeds the 1437", "batch_size <= 179"]),
+    cfg_case("set-without-equals", "--set needs key=value", ["n"], ["--set 'n': expected key=value"]),
+    cfg_case("torch-threads", "at least one thread", ["torch_threads=0"], ["torch_threads=0"]),
+    cfg_case("decay-order", "decays in increasing order", ["decay_fractions=[0.75,0.5]"], ["decay_fractions=[0.75, 0.5]"]),
+    cfg_case("warmup-too-long", "warm-up shorter than training", ["warmup_epochs=30"], ["warmup_epochs=30.0", "epochs=20.0"]),
+    cfg_case("momentum", "momentum below 1", ["momentum=1.5"], ["momentum=1.5"]),
+    cfg_case("target-without-reference", "a target needs a reference run", ['policies=["target","gossip","gossip"]'],
+             ["reference_trace is empty"]),
+    cfg_case("bad-name", "a run name is one path component", ["name=a/b"], ["name='a/b'"]),
+    raw_case("config-file-missing", "the config file must exist",
+             lambda tmp, run: ["train", str(tmp / "none.toml")], ["{tmp}/none.toml", "does not exist"]),
+    raw_case("config-not-toml", "the config file must be TOML", lambda tmp, run: bad_toml(tmp),
+             ["{tmp}/bad.toml", "not valid TOML"]),
+    file_case("out-dir-is-a-file", "out_dir must be a directory", a_file,
+              ["out_dir={path}"], ["out_dir='{path}' exists and is not a directory"]),
+    # data directories
+    file_case("cifar-dir-missing", "the data directory must exist, and the message says how to fill it",
+              lambda tmp: str(tmp / "nope"), ["dataset=cifar10", "data_dir={path}"], ["{path} does not exist", "download=True"]),
+    file_case("cifar-dir-empty", "every CIFAR-10 file must be there", lambda tmp: fake_cifar(tmp, files=False),
+              ["dataset=cifar10", "data_dir={path}"], ["incomplete: missing data_batch_1"]),
+    file_case("cifar-file-corrupt", "CIFAR-10 files pass their MD5 before any work", fake_cifar,
+              ["dataset=cifar10", "data_dir={path}"], ["{path}/cifar-10-batches-py/data_batch_1 fails its MD5"], ranks=RANKS),
+    # reference traces
+    file_case("reference-missing", "the reference trace must exist", lambda tmp: str(tmp / "ref.h5"),
+              ['policies=["target","gossip","gossip"]', "reference_trace={path}"], ["{path}", "does not exist"]),
+    file_case("reference-not-hdf5", "the reference trace must be HDF5", not_hdf5,
+              ['policies=["target","gossip","gossip"]', "reference_trace={path}"], ["{path}", "not a readable HDF5"], ranks=RANKS),
+    Case("reference-other-experiment", "the reference run must be the same experiment",
+         lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
+                                      f"reference_trace={run / 'trace.h5'}", "--set", "topology=complete"), {},
+                           [f"{run / 'trace.h5'}", "different experiment", "topology"])),
+    Case("reference-without-xi-max", "the reference run must have measured the phase's Xi_max",
+         lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
+                                      f"reference_trace={run / 'trace.h5'}"), {},
+                           [f"{run / 'trace.h5'}", "no per-phase xi_max"])),
+    # checkpoints
+    ckpt_case("ckpt-truncated", "a truncated rank file is named",
+              lambda ck, tmp: truncate(os.path.join(ck, "rank00001.pt")), ["{ck}", "rank00001.pt", "truncated"]),
+    ckpt_case("ckpt-wrong-checksum", "a changed byte fails the checksum",
+              lambda ck, tmp: flip(os.path.join(ck, "rank00001.pt")), ["{ck}", "rank00001.pt", "sha256"]),
+    ckpt_case("ckpt-file-missing", "a missing rank file is named",
+              lambda ck, tmp: os.remove(os.path.join(ck, "rank00001.pt")), ["{ck}", "rank00001.pt", "missing"]),
+    ckpt_case("ckpt-manifest-missing", "a checkpoint without its manifest is not one",
+              lambda ck, tmp: os.remove(os.path.join(ck, "manifest.json")), ["{ck}", "manifest.json is missing"]),
+    ckpt_case("ckpt-malicious-format1", "a pickle that runs a command (old format, checksums updated) is refused "
+              "before it is opened, with how to convert trusted ones",
+              lambda ck, tmp: to_format1(ck, extra={"x": malicious(tmp)}), ["{ck}", "format 1", "checkpoint upgrade"],
+              resume="path", marker=True),
+    ckpt_case("ckpt-malicious-claims-format2", "a pickle that runs a command in a rank file of the current format "
+              "(checksums updated) is refused without running it",
+              lambda ck, tmp: rewrite_rank_file(ck, "rank00001.pt", lambda d: dict(d, x=malicious(tmp))),
+              ["{ck}", "rank00001.pt", "not plain tensor data", "refused without running it"], resume="path", marker=True, ranks=RANKS),
+    ckpt_case("ckpt-missing-key", "a rank file without a key the manifest lists (was a KeyError)",
+              lambda ck, tmp: rewrite_rank_file(ck, "rank00001.pt", lambda d: {k: v for k, v in d.items() if k != "t.M"}),
+              ["{ck}", "rank00001.pt", "missing ['t.M']"]),
+    ckpt_case("ckpt-wrong-shape", "a tensor of another shape than the manifest says",
+              lambda ck, tmp: rewrite_rank_file(ck, "rank00001.pt", lambda d: dict(d, **{"t.X": d["t.X"][:, :100].clone()})),
+              ["{ck}", "rank00001.pt", "key 't.X' is float32 [4, 100]"]),
+    ckpt_case("ckpt-format1", "a benign checkpoint of the old pickle format: refused with the upgrade command",
+              lambda ck, tmp: to_format1(ck), ["{ck}", "format 1", "python -m hpc_dsgd checkpoint upgrade {ck}"]),
+    ckpt_case("ckpt-manifest-malformed", "a manifest whose replica ids do not cover n",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m.update(n=9)), ["{ck}", "manifest.json is malformed"]),
+    ckpt_case("ckpt-manifest-loop-state", "a manifest without the loop state a resume needs (was a KeyError)",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].pop("loop")), ["{ck}", "meta.loop"], resume="path"),
+    ckpt_case("ckpt-other-n", "resuming with another number of replicas", lambda ck, tmp: None,
+              ["cannot resume from {ck}", "n: checkpoint=8 config=16"], sets=["n=16"]),
+    ckpt_case("ckpt-other-topology", "resuming on another topology", lambda ck, tmp: None,
+              ["cannot resume from {ck}", 'topology: checkpoint="ring" config="complete"'], sets=["topology=complete"]),
+    ckpt_case("resume-path-missing", "an explicit checkpoint that is not there", lambda ck, tmp: None,
+              ["{tmp}/nope", "no such directory"], resume="{tmp}/nope"),
+    Case("branch-from-periodic", "a branch starts only from a phase checkpoint",
+         lambda tmp, run: (train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={ckpt_of(run)}"), {},
+                           [ckpt_of(run), "branch from a phase checkpoint"])),
+    Case("fresh-start-over-a-run", "a fresh start never overwrites an existing run",
+         lambda tmp, run: (with_run(tmp, run) and train_args(tmp / "out"), {}, ["already holds a run", "--resume auto"])),
+    # launch and run directory
+    raw_case("launch-slurm-singleton", "srun started 4 tasks but MPI formed worlds of 1 (plugin mismatch)",
+             lambda tmp, run: train_args(tmp / "out"), ["SLURM_NTASKS=4", "srun --mpi=pmi2", "srun --mpi=list"],
+             ranks=0, env={"SLURM_NTASKS": "4"}),
+    raw_case("launch-openmpi-singleton", "the same for Open MPI's variable under a 1-process mpiexec",
+             lambda tmp, run: train_args(tmp / "out"), ["OMPI_COMM_WORLD_SIZE=2", "world of 1"],
+             ranks=1, env={"OMPI_COMM_WORLD_SIZE": "2"}),
+    raw_case("run-dir-locked", "a run directory in use by a live process is refused, naming host and pid",
+             lock_held_by_me, ["in use by another run", f"host {socket.gethostname()}", f"pid {os.getpid()}", LOCK_NAME], ranks=RANKS),
+]
+
+
+def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
+    """python -m hpc_dsgd ARGS inside the test process (one rank, COMM_WORLD of 1): (exit code, stderr)."""
+    from hpc_dsgd.__main__ import main
+
+    for var in LAUNCHER_SIZE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    rc = main(args)
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
+                                   for c in CASES])
+def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
+    if case.id == "device-cuda-without-gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: device=cuda is valid here")
+    run, _ = base
+    args, env, needles = case.setup(tmp_path, run)
+    before = snapshot(tmp_path)
+    if case.ranks is None:
+        rc, stderr = in_process(args, env, monkeypatch, capsys)
+    else:
+        p = cli(args, ranks=case.ranks, env=env)
+        rc, stderr = p.returncode, p.stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+    assert rc == 2, f"{case.promise}: rc {rc}\n{stderr}"
+    assert len(errors) == 1, stderr  # one message, not one per rank
+    assert "Traceback" not in stderr, stderr
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    assert snapshot(tmp_path) == before  # nothing written, nothing lost or changed
+    if case.marker:
+        assert not (tmp_path / "PWNED").exists(), "the command inside the checkpoint ran"
+
+
+def test_table_is_large_enough():
+    """The issue asks for at least 30 bad inputs across these kinds."""
+    assert len(CASES) >= 30
+    kinds = {c.id.split("-")[0] for c in CASES}
+    assert {"ckpt", "cifar", "reference", "launch"} <= kinds
+
+
+def test_malicious_pickle_runs_when_unpickled(tmp_path):
+    """The malicious payload of the table is real: plain pickle loading runs its command."""
+    import pickle
+
+    pickle.loads(pickle.dumps(malicious(tmp_path)))
+    assert (tmp_path / "PWNED").exists()
+
+
+def test_stop_before_first_epoch_end_prints_a_progress_line(base):
+    """A run stopped by max_iterations before its first epoch end still prints a final progress line."""
+    _, out = base
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"epoch {BASE_ITS / IPE:6.2f}/") and "stopped after iteration 4" in last and "loss" in last
+
+
+# -- faults during a run --------------------------------------------------------------------------
+SHORT = ["--set", "epochs=2", "--set", "warmup_epochs=0.5", "--set", "trace_flush_seconds=0", "--set",
+         "checkpoint_minutes=0", "--resume", "auto"]  # 22 iterations; phase checkpoints at 11, 17 and 22
+
+
+def short_train(out, extra=(), env=None, popen=False):
+    return cli(["train", QUICK, "--set", f"out_dir={out}", "--set", "width=0.25", *SHORT, *extra], env=env, popen=popen)
+
+
+def trace_rows(path) -> int:
+    try:
+        return len(read_trace(str(path)).iter.get("it", []))
+    except Exception:  # noqa: BLE001 - not there yet, or being written
+        return 0
+
+
+def rank_pids(marker: str) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if cmd and os.path.basename(cmd[0].decode()).startswith("python") and marker.encode() in b" ".join(cmd):
+                pids.append(int(pid))
+    return sorted(pids)
+
+
+def wait_rows(p, trace, rows, limit=120):
+    deadline = time.monotonic() + limit
+    while trace_rows(trace) < rows:
+        assert p.poll() is None, p.communicate()[1]
+        assert time.monotonic() < deadline, "the run did not get there"
+        time.sleep(0.2)
+
+
+def resume_finishes(out) -> None:
+    """--resume auto completes the run: every iteration in the trace exactly once."""
+    p = short_train(out)
+    assert p.returncode == 0, p.stderr
+    tr = read_trace(str(out / "quickstart" / "trace.h5"))
+    np.testing.assert_array_equal(tr.iter["it"], np.arange(2 * IPE))
+    assert tr.attrs["status"] == "finished"
+
+
+def test_kill_9_mid_iteration_and_mid_checkpoint_then_resume(tmp_path):
+    """One run, three faults, each followed by `--resume auto`:
+    1. kill -9 of ONE rank mid-iteration: the job ends non-zero within seconds (no hang);
+    2. kill -9 of one rank while the ranks write the phase-2 checkpoint: the half-written checkpoint
+       is never taken for one (only ckpt-...tmp is left) and the previous one is unchanged;
+    3. kill -9 of ALL ranks mid-iteration (the process group, as a node failure does);
+    after each, --resume auto starts from the newest intact checkpoint, and the final trace holds
+    every iteration exactly once."""
+    run = tmp_path / "quickstart"
+    ckdir, trace = run / "checkpoints", run / "trace.h5"
+    p = short_train(tmp_path, popen=True)  # 1.
+    wait_rows(p, trace, IPE + 1)
+    pids = rank_pids(str(tmp_path))
+    assert len(pids) == RANKS
+    t0 = time.monotonic()
+    os.kill(pids[-1], signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode != 0 and time.monotonic() - t0 < 30
+    first = [os.path.basename(c) for c in list_checkpoints(str(run))]
+    assert first[-1] == f"ckpt-{IPE:09d}"
+    phase2 = 17  # phase-2 end of 22 iterations (decay at 3/4)
+    if first == [f"ckpt-{IPE:09d}"]:  # 2. (unless the kill came after iteration 17)
+        before = snapshot(ckdir / f"ckpt-{IPE:09d}")
+        p = short_train(tmp_path, env={"HPC_DSGD_INJECT_FAULT": f"rank=1,it={phase2},at=checkpoint_write,kind=kill_self"})
+        assert p.returncode != 0
+        assert f"resume from {ckdir}/ckpt-{IPE:09d}" in p.stdout
+        assert (ckdir / f"ckpt-{phase2:09d}.tmp").is_dir()
+        assert [os.path.basename(c) for c in list_checkpoints(str(run))] == [f"ckpt-{IPE:09d}"]
+        assert snapshot(ckdir / f"ckpt-{IPE:09d}") == before
+    p = short_train(tmp_path, env={"HPC_DSGD_INJECT_FAULT": f"rank=0,it={phase2 + 2},kind=kill"})  # 3.
+    assert p.returncode != 0
+    assert [os.path.basename(c) for c in list_checkpoints(str(run))][0] == f"ckpt-{phase2:09d}"
+    verify_checkpoint(str(ckdir / f"ckpt-{phase2:09d}"))
+    p = short_train(tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"resume from {ckdir}/ckpt-{phase2:09d}" in p.stdout
+    tr = read_trace(str(trace))
+    np.testing.assert_array_equal(tr.iter["it"], np.arange(2 * IPE))
+    assert tr.attrs["status"] == "finished"
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path):
+    """A full disk (ENOSPC, injected into rank 1's write) during a checkpoint: every rank stops with
+    one `hpc_dsgd: error:` line naming the checkpoint and the cause, exit 1, no traceback; the
+    previous checkpoint is byte for byte unchanged and verifies, and --resume auto finishes from it."""
+    second = 17
+    p = short_train(tmp_path, env={"HPC_DSGD_INJECT_FAULT": f"rank=1,it={second},at=checkpoint_write,kind=enospc"})
+    errors = [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+    assert p.returncode == 1, p.stderr
+    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"ckpt-{second:09d}" in errors[0] and "No space left on device" in errors[0] and "rank 1" in errors[0]
+    run = tmp_path / "quickstart"
+    prev = run / "checkpoints" / f"ckpt-{IPE:09d}"
+    assert [os.path.basename(c) for c in list_checkpoints(str(run))] == [f"ckpt-{IPE:09d}"]
+    before = snapshot(prev)
+    verify_checkpoint(str(prev))
+    resume_finishes(tmp_path)
+    assert snapshot(prev) == before  # a phase checkpoint: kept, unchanged
+
+
+def test_sigterm_checkpoints_and_exits_75(tmp_path):
+    """SIGTERM to every rank (preemption, scancel): the ranks finish the iteration, write a checkpoint
+    that verifies, and exit 75 (resuming from such a checkpoint: test_faults.py, SIGUSR1)."""
+    trace = tmp_path / "quickstart" / "trace.h5"
+    p = short_train(tmp_path, popen=True)
+    wait_rows(p, trace, 3)
+    for pid in rank_pids(str(tmp_path)):
+        os.kill(pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == REQUEUE_EXIT_CODE, err
+    assert "stop requested by signal SIGTERM" in out
+    stopped = int(list_checkpoints(str(tmp_path / "quickstart"))[0].rsplit("-", 1)[1])
+    assert 3 <= stopped < 2 * IPE
+    verify_checkpoint(list_checkpoints(str(tmp_path / "quickstart"))[0])
+    np.testing.assert_array_equal(read_trace(str(trace)).iter["it"], np.arange(stopped))
+
+
+def test_two_runs_on_one_directory(tmp_path, monkeypatch, capsys):
+    """A second run started on a run directory while the first is writing it is refused (exit 2,
+    one line naming the lock's host and pid, nothing of the first run changed by it) and the first
+    finishes unharmed. The second starts through the command line's main() in the test process, so
+    it reaches the lock within the first's few seconds of training."""
+    trace = tmp_path / "quickstart" / "trace.h5"
+    first = short_train(tmp_path, popen=True)
+    wait_rows(first, trace, 2)
+    rc, err = in_process(["train", QUICK, "--set", f"out_dir={tmp_path}", "--set", "width=0.25", *SHORT], {},
+                         monkeypatch, capsys)
+    assert first.poll() is None, "the first run ended before the second reached the lock: no overlap tested"
+    out, first_err = first.communicate(timeout=120)
+    assert rc == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+    assert len(errors) == 1 and "in use by another run" in errors[0], err
+    assert f"host {socket.gethostname()}" in errors[0] and LOCK_NAME in errors[0]
+    assert first.returncode == 0, first_err
+    tr = read_trace(str(trace))
+    np.testing.assert_array_equal(tr.iter["it"], np.arange(2 * IPE))
+    assert tr.attrs["status"] == "finished"
+    assert not (tmp_path / "quickstart" / LOCK_NAME).exists()  # released at the end
+
+
+def write_lock(run_dir, **owner) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                 "slurm_job_id": "", "started": "2026-01-01T00:00:00", **owner}))
+
+
+def test_run_lock_live_refused_stale_taken_over(tmp_path, monkeypatch):
+    """The run-directory lock: a live owner on this host is refused (naming host, pid and the lock
+    file, which stays as it was); a dead pid on this host, an earlier incarnation of this requeued
+    SLURM job, and a lock not touched for LOCK_STALE_S (an owner on another host that died) are stale
+    and taken over; release removes the lock, and the directory if the lock was all it held."""
+    d = tmp_path / "run"
+    write_lock(d)
+    before = snapshot(d)
+    with pytest.raises(RunLockError, match=f"pid {os.getpid()}.*{LOCK_NAME}"):
+        RunLock(str(d)).acquire()
+    assert snapshot(d) == before
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_lock(d, pid=dead.pid)
+    lock = RunLock(str(d)).acquire()
+    assert lock.taken_over["pid"] == dead.pid
+    assert json.loads((d / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (d / LOCK_NAME).exists() and d.is_dir()  # the directory was there before: kept
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    write_lock(d, host="node-elsewhere", pid=1, slurm_job_id="4242", slurm_restart="0")
+    RunLock(str(d)).acquire().release()  # the same job before its requeue
+    write_lock(d, host="node-elsewhere", pid=1, slurm_job_id="99")
+    with pytest.raises(RunLockError, match="host node-elsewhere"):
+        RunLock(str(d)).acquire()  # another host, recently touched: cannot tell, so refused
+    old = time.time() - LOCK_STALE_S - 5
+    os.utime(d / LOCK_NAME, (old, old))
+    RunLock(str(d)).acquire().release()  # no heartbeat for LOCK_STALE_S: its owner is gone
+    fresh = tmp_path / "fresh"
+    RunLock(str(fresh)).acquire().release()
+    assert not fresh.exists()  # created for the lock alone, removed with it
+
+
+def test_upgraded_format1_checkpoint_resumes_bitwise(tmp_path, base):
+    """A checkpoint in the old pickle format, converted with `python -m hpc_dsgd checkpoint upgrade`,
+    resumes bitwise like the original: same parameters, momentum and trace rows two iterations on."""
+    run, _ = base
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(run, a / "quickstart")
+    shutil.copytree(run, b / "quickstart")
+    ck = ckpt_of(b / "quickstart")
+    to_format1(ck)
+    p = cli(["checkpoint", "upgrade", str(b / "quickstart")], ranks=0)
+    assert p.returncode == 0, p.stderr
+    assert "upgraded" in p.stdout and os.path.isdir(ck + ".format1")
+    assert verify_checkpoint(ck)["upgraded_from_format"] == 1
+    for out in (a, b):
+        p = cli(train_args(out, "--resume", "auto"))
+        assert p.returncode == 0, p.stderr
+    last = "checkpoints/ckpt-000000007"
+    for r in range(RANKS):
+        fa = torch.load(a / "quickstart" / last / f"rank{r:05d}.pt", weights_only=True)
+        fb = torch.load(b / "quickstart" / last / f"rank{r:05d}.pt", weights_only=True)
+        for key in ("t.X", "t.M"):
+            assert torch.equal(fa[key], fb[key]), key
+    ta, tb = read_trace(str(a / "quickstart" / "trace.h5")), read_trace(str(b / "quickstart" / "trace.h5"))
+    np.testing.assert_array_equal(ta.iter["loss"], tb.iter["loss"])
+    np.testing.assert_array_equal(ta.iter["theta"], tb.iter["theta"])
