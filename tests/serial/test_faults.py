@@ -14,9 +14,10 @@ import numpy as np
 
 from hpc_dsgd.checkpoint import list_checkpoints
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
-from hpc_dsgd.trace import TraceError, read_trace
+from hpc_dsgd.trace import read_trace
 
 from test_cli import MPIEXEC, QUICK, ROOT  # noqa: E402 (tests/serial is on sys.path under pytest)
+from test_fault_suite import rank_pids, trace_rows  # noqa: E402
 
 IPE = 1437 // (8 * 16)  # quickstart: 8 replicas x batch 16
 
@@ -51,35 +52,14 @@ def test_kill_9_during_checkpoint_then_resume_auto(tmp_path):
     assert tr.attrs["status"] == "finished"
 
 
-def _rank_pids(marker: str) -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            except OSError:
-                continue
-            if cmd and os.path.basename(cmd[0].decode()).startswith("python") and marker.encode() in b" ".join(cmd):
-                pids.append(int(pid))
-    return pids
-
-
-def _rows_so_far(trace) -> int:
-    """Iteration rows of a trace being written; 0 while the writer holds HDF5's file lock."""
-    try:
-        return len(read_trace(str(trace)).iter.get("it", []))
-    except TraceError:
-        return 0
-
-
 def test_requeue_signal_checkpoints_and_exits_75(tmp_path):
     p = train(tmp_path, extra=["--set", "epochs=30"])
     trace = tmp_path / "quickstart" / "trace.h5"
     deadline = time.monotonic() + 120
-    while not (trace.exists() and _rows_so_far(trace) >= IPE):
+    while not (trace.exists() and trace_rows(trace) >= IPE):
         assert time.monotonic() < deadline and p.poll() is None, "the run did not start"
         time.sleep(0.5)
-    pids = _rank_pids(str(tmp_path))
+    pids = rank_pids(str(tmp_path))
     assert len(pids) == 4
     for pid in pids:  # as srun delivers `#SBATCH --signal=USR1@...`: to every task
         os.kill(pid, signal.SIGUSR1)
