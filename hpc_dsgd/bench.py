@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.premade = (torch.randn(k, B, 3, 32, 32, generator=g).to(world.device), y[:k * B].view(k, B).to(world.device))
     modes = MODES + (("loop_local",) if args.compare_loop else ())
     loop = Replicas(Config(**{**cfg.to_dict(), "replica_exec": "loop"}), world, data) if args.compare_loop else None
-    gossiper = Gossiper(world, Topology(args.topology, n), reps.D)
+    gossiper = Gossiper(world, Topology(args.topology, n), reps.D, capture=bool(reps.capture))
     d, s = reps.d, 0
     sync = (lambda: torch.cuda.synchronize(world.device)) if world.device.type == "cuda" else (lambda: None)
 

@@ -178,7 +178,8 @@ def _cart_dims(topology: Topology, ranks: int, k: int) -> list[int] | None:
 class Gossiper:
     """X <- W_t X on this rank's (k, D) block, one message per neighbour rank per step."""
 
-    def __init__(self, world: World, topology: Topology, D: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, world: World, topology: Topology, D: int, dtype: torch.dtype = torch.float32,
+                 capture: bool = False):
         if topology.n != world.n:
             raise ValueError(f"topology has n={topology.n} replicas but the world holds {world.n}")
         self.world, self.topology, self.D, self.dtype = world, topology, D, dtype
@@ -187,6 +188,10 @@ class Gossiper:
         self.exact = topology.name == "complete"  # W = J: the exact average is an Allreduce
         self._plans: dict[int, _Plan] = {}
         self._staging: dict[tuple[str, int], torch.Tensor] = {}
+        # CUDA: a gossip step that needs no MPI (all neighbours on this rank, e.g. n replicas on one GPU)
+        # is captured once per (W_t, theta, X) as a CUDA graph: k*terms row kernels, one launch
+        self.capture = capture and world.device.type == "cuda"
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
         if not self.exact and topology.period is not None:
             # Fixed graphs and the one-peer exponential cycle: every plan (and its communicator)
             # is built up front, collectively, in the same order on every rank.
@@ -230,6 +235,30 @@ class Gossiper:
         if self.exact:
             return self.allreduce_average(X, theta_cols)
         plan = self.plan(t)
+        if self.capture and plan.kind == "local" and X.is_cuda and self.topology.period is not None:
+            return 0, self._replay_local(plan, t % self.topology.period, X, theta_cols)
+        return self._step(plan, X, theta_cols)
+
+    def _replay_local(self, plan: _Plan, key: int, X: torch.Tensor, theta_cols: int | None) -> torch.Tensor | None:
+        """The local step as a CUDA graph (captured on first use; the warm-up runs on a copy of X)."""
+        k = (key, theta_cols, X.data_ptr())
+        if k not in self._graphs:
+            saved = X.clone()
+            side = torch.cuda.Stream(X.device)
+            side.wait_stream(torch.cuda.current_stream(X.device))
+            with torch.cuda.stream(side):
+                self._step(plan, X, theta_cols)
+            torch.cuda.current_stream(X.device).wait_stream(side)
+            X.copy_(saved)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                _, theta = self._step(plan, X, theta_cols)
+            self._graphs[k] = (graph, theta)
+        graph, theta = self._graphs[k]
+        graph.replay()
+        return theta
+
+    def _step(self, plan: _Plan, X: torch.Tensor, theta_cols: int | None) -> tuple[int, torch.Tensor | None]:
         dev = X.device
         stage = dev.type == "cuda" and not self.world.cuda_aware
         nsend, nrecv = plan.nsend, plan.nrecv

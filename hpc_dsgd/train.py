@@ -196,7 +196,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     p = topo.p()
     reps = Replicas(cfg, world, data)
-    gossiper = Gossiper(world, topo, reps.D)
+    gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
     xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
     g = torch.Generator().manual_seed(cfg.seed + 17)
