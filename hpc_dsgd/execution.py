@@ -21,6 +21,8 @@ gradient then reaches every replica's row through one split (whose backward is o
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,8 +44,8 @@ class Layout:
         self.pshapes = [tuple(p.shape) for _, p in proto.named_parameters()]
         self.bnames = [n for n, _ in float_buffers(proto)]
         self.bshapes = [tuple(b.shape) for _, b in float_buffers(proto)]
-        self.psizes = [_numel(s) for s in self.pshapes]
-        self.bsizes = [_numel(s) for s in self.bshapes]
+        self.psizes = [math.prod(s) for s in self.pshapes]
+        self.bsizes = [math.prod(s) for s in self.bshapes]
         self.d, self.b = sum(self.psizes), sum(self.bsizes)
 
     def stacked(self, P: torch.Tensor, Bf: torch.Tensor) -> tuple[dict, dict]:
@@ -52,13 +54,6 @@ class Layout:
         ps = {n: t.view(k, *s) for n, s, t in zip(self.pnames, self.pshapes, P.split(self.psizes, dim=1))}
         bs = {n: t.view(k, *s) for n, s, t in zip(self.bnames, self.bshapes, Bf.split(self.bsizes, dim=1))}
         return ps, bs
-
-
-def _numel(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 class _Exec:

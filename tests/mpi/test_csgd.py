@@ -31,21 +31,15 @@ from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, r
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 
-ITERS = 4
+from test_dsgd import gather_rows  # noqa: E402 (tests/mpi is on sys.path under pytest)
+from test_dsgd import small_cfg as dsgd_cfg  # noqa: E402
+
 quiet = lambda *a, **k: None  # noqa: E731
 
 
 def small_cfg(tmp, n, **kw):
-    base = dict(name="t", out_dir=str(tmp), n=n, dataset="digits", width=0.25, batch_size=8, epochs=2.0,
-                warmup_epochs=0.5, base_lr=0.2, base_batch=32, max_iterations=ITERS, eval_every=100,
-                local_eval_samples=50, device="cpu", decay_fractions=[0.5, 0.75], policies=["csgd"] * 3)
-    base.update(kw)
-    return base
-
-
-def gather_rows(comm, X):
-    rows = comm.gather(X.numpy(), root=0)
-    return np.concatenate(rows) if comm.Get_rank() == 0 else None
+    """test_dsgd's small run, with C-SGD in every phase unless kw says otherwise."""
+    return dsgd_cfg(tmp, n=n, **{"policies": ["csgd"] * 3, **kw})
 
 
 def _bn_buffers(m):
