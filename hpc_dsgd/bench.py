@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             (pre if mode == "premade" else loop).local_step(r, 0, r % 4, 0.01)
             sync()
             return
-        loss, correct, gsq = reps.local_step(r, 0, r % 4, 0.01)
+        loss, correct, _, gsq = reps.local_step(r, 0, r % 4, 0.01)
         if mode == "local":
             sync()
             return

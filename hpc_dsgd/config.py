@@ -17,6 +17,7 @@ POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
 SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
 PRECISIONS = ("fp32", "tf32", "bf16")
+LR_SCHEDULES = ("step", "inverse_sqrt")
 
 
 class ConfigError(ValueError):
@@ -42,11 +43,26 @@ class Config:
     topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
     # -- data and model -------------------------------------------------------------------
-    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32
-    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data
-    model: str = "resnet20"  # model name (hpc_dsgd.models.MODELS)
+    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
+    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
+    model: str = "resnet20"  # model name: resnet20 | small_cnn (image data sets) | transformer (multi30k)
     width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
+    # -- translation (dataset multi30k, model transformer; paper Sec. 4.2, 4.4) ------------
+    vocab_size: int = 8000  # joint source-target byte-level BPE vocabulary, trained on the training text
+    max_len: int = 128  # subwords kept per sentence
+    d_model: int = 256  # Transformer width (the base model's 512 halved)
+    heads: int = 4  # attention heads
+    layers: int = 3  # encoder and decoder layers each (see models/transformer.py for why 3)
+    d_ff: int = 1024  # feed-forward width
+    dropout: float = 0.1  # residual and embedding dropout (Vaswani et al. Sec. 5.4)
+    label_smoothing: float = 0.1
     # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
+    optimizer: str = "sgd"  # sgd (with momentum/nesterov below: the image recipe) | adam (the translation recipe); its state stays local
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2)
+    adam_eps: float = 1e-9  # adam: epsilon
+    lr_schedule: str = "step"  # step: warm-up, then lr / decay_factor at decay_fractions (base_lr, warmup_*) | inverse_sqrt: Vaswani et al.'s, one phase
+    warmup_steps: int = 4000  # inverse_sqrt: warm-up steps at global mini-batch 64, scaled down linearly by n * batch_size / 64
+    lr_scale: float = 1.0  # inverse_sqrt: lr = lr_scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
     epochs: float = 300.0  # training length in epochs of the whole training set
     batch_size: int = 32  # local mini-batch per replica
     base_lr: float = 0.1  # learning rate at global batch base_batch (linear scaling rule)
@@ -185,6 +201,7 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     from .data import DATASETS, check_dataset
     from .execution import EXECS
     from .models import MODELS
+    from .optim import OPTIMIZERS
     from .topology import Topology
 
     def need(ok: bool, msg: str) -> None:
@@ -201,7 +218,32 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
     need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
-    need(cfg.model in MODELS, f"model={cfg.model!r}: choose one of {', '.join(MODELS)}")
+    translation = cfg.dataset == "multi30k"
+    if translation:
+        need(cfg.model == "transformer", f"model={cfg.model!r}: dataset multi30k (translation) trains model 'transformer'")
+    else:
+        need(cfg.model in MODELS, f"model={cfg.model!r}: choose one of {', '.join(MODELS)} for dataset {cfg.dataset!r}"
+             + (" (transformer is the multi30k model)" if cfg.model == "transformer" else ""))
+    need(cfg.vocab_size >= 259, f"vocab_size={cfg.vocab_size}: byte-level BPE needs at least 259 (256 bytes + 3 specials)")
+    need(cfg.max_len >= 1, f"max_len={cfg.max_len}: need >= 1 subword per sentence")
+    need(cfg.d_model >= 2 and cfg.d_model % 2 == 0 and cfg.heads >= 1 and cfg.d_model % cfg.heads == 0,
+         f"d_model={cfg.d_model}, heads={cfg.heads}: need an even d_model that is a multiple of heads (e.g. 256 and 4)")
+    need(cfg.layers >= 1 and cfg.d_ff >= 1, f"layers={cfg.layers}, d_ff={cfg.d_ff}: need >= 1 each")
+    need(0 <= cfg.dropout < 1, f"dropout={cfg.dropout}: need 0 <= dropout < 1")
+    need(0 <= cfg.label_smoothing < 1, f"label_smoothing={cfg.label_smoothing}: need 0 <= label_smoothing < 1")
+    need(cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    need(len(cfg.adam_betas) == 2 and all(0 <= b < 1 for b in cfg.adam_betas),
+         f"adam_betas={cfg.adam_betas}: need two values in [0, 1), e.g. [0.9, 0.98]")
+    need(cfg.adam_eps > 0, f"adam_eps={cfg.adam_eps}: need > 0")
+    need(cfg.lr_schedule in LR_SCHEDULES, f"lr_schedule={cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    need(cfg.warmup_steps >= 1, f"warmup_steps={cfg.warmup_steps}: need >= 1")
+    need(cfg.lr_scale > 0, f"lr_scale={cfg.lr_scale}: need > 0")
+    if cfg.lr_schedule == "inverse_sqrt":
+        need(not cfg.decay_fractions, f"decay_fractions={cfg.decay_fractions}: lr_schedule inverse_sqrt has no decays "
+             "(the whole of training is one phase); set decay_fractions = [] and one policy")
+    if translation:
+        need(cfg.sharpness_every == 0, f"sharpness_every={cfg.sharpness_every}: the sharpness study is for image "
+             "classification; set sharpness_every = 0 for multi30k")
     need(cfg.width > 0, f"width={cfg.width}: need a positive width factor")
     need(cfg.epochs > 0, f"epochs={cfg.epochs}: need a positive number of epochs")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: need >= 1")

@@ -14,8 +14,9 @@ is computed by every executor, outputs, gradients and BN running statistics alik
            images in channels 3r..3r+2. The fastest formulation on a GPU (../shared/GPU.md);
   vmap     any model: `torch.func.vmap` over `functional_call` with the stacked views (in_dims 0).
 
-forward(P, Bf, x, train, shared=False) -> logits (k, B, classes); x is (k, B, ...) (each replica its own
-batch) or, with shared=True, (B, ...) (one batch for all replicas, for evaluation). After the backward pass the caller calls
+forward(P, Bf, x, train, shared=False) -> outputs (k, B, ...); x is (k, B, ...) (each replica its own
+batch) or, with shared=True, (B, ...) (one batch for all replicas, for evaluation); x may be a tuple of such
+tensors, the model's positional inputs (the Transformer's source, target and dropout key). After the backward pass the caller calls
 finish(), which completes the BN running-statistics update in X where an executor deferred it. P may be a leaf that requires grad: its
 gradient then reaches every replica's row through one split (whose backward is one concatenation).
 """
@@ -56,6 +57,11 @@ class Layout:
         return ps, bs
 
 
+def _args(x) -> tuple:
+    """The model's positional inputs: one tensor, or a tuple of them (e.g. source, target, dropout key)."""
+    return x if isinstance(x, tuple) else (x,)
+
+
 class _Exec:
     """Deferred writes of BN running statistics into X (see finish())."""
 
@@ -87,8 +93,9 @@ class LoopExec(_Exec):
                 shared: bool = False) -> torch.Tensor:
         self.model.train(train)
         ps, bs = self.layout.stacked(P, Bf)
+        args = _args(x)
         outs = [functional_call(self.model, ({n: v[j] for n, v in ps.items()}, {n: v[j] for n, v in bs.items()}),
-                                (x if shared else x[j],)) for j in range(P.shape[0])]
+                                args if shared else tuple(a[j] for a in args)) for j in range(P.shape[0])]
         return torch.stack(outs)
 
 
@@ -107,10 +114,10 @@ class VmapExec(LoopExec):
         if train:
             self._pending += [(views[n], bs[n]) for n in views]
 
-        def f(p, b, xb):
-            return functional_call(self.model, (p, b), (xb,))
+        def f(p, b, args):
+            return functional_call(self.model, (p, b), args)
 
-        return vmap(f, in_dims=(0, 0, None if shared else 0))(ps, bs, x)
+        return vmap(f, in_dims=(0, 0, None if shared else 0))(ps, bs, _args(x))
 
 
 class GroupedResNetExec(_Exec):

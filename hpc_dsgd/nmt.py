@@ -56,10 +56,10 @@ def evaluate_loss(model: Seq2SeqTransformer, pairs: EncodedPairs, batch_size: in
 
 
 def translate(model: Seq2SeqTransformer, tok: SubwordTokenizer, pairs: EncodedPairs, batch_size: int = 128,
-              device=None) -> list[str]:
-    """Greedy translations of every source sentence of ``pairs``, detokenised, in order."""
+              device=None, indices=None) -> list[str]:
+    """Greedy translations of the source sentences of ``pairs`` (all, or those at ``indices``), detokenised, in order."""
     out = []
-    for b in pairs.batches(batch_size):
+    for b in pairs.batches(batch_size, indices):
         src = b.src.to(device) if device is not None else b.src
         out += [tok.decode(ids) for ids in greedy_decode(model, src, tok.bos_id, tok.eos_id)]
     return out

@@ -11,17 +11,18 @@ replicas fully identical, and the averaged model's statistics are the average of
 Consensus quantities (Xi, Theta, phi) are computed over the d parameters only, as in the paper.
 num_batches_tracked (an integer counter, unused with a fixed BN momentum) is not stored.
 
-One local step (all on the data's device, no host synchronisation until the caller reads the scalars):
-  1. the k mini-batches: indices from the epoch's permutation (data-centre i.i.d. shards), images
-     gathered from the device-resident uint8 training set, cropped and flipped with counter-based
-     random numbers of (seed, global replica id, iteration) (data/augment.py), normalised;
+What is trained comes from a workload (workloads/): the model, the k mini-batches, the loss, the local
+optimizer. One local step (all on the data's device, no host synchronisation until the caller reads the
+scalars, for a capturable workload):
+  1. the k mini-batches: indices from the epoch's permutation (data-centre i.i.d. shards), turned into
+     inputs by the workload (images: gathered from the device-resident uint8 set, cropped and flipped with
+     counter-based random numbers of (seed, global replica id, iteration), normalised);
   2. forward and backward of all k replicas by the executor (loop | grouped | vmap), gradients into G;
-  3. SGD with (Nesterov) momentum, no dampening, weight decay, vectorised over the k rows with
-     torch.optim.SGD's arithmetic; the momentum M (k, d) stays local; the learning rate is a device
-     tensor.
-On CUDA (cuda_graph = true) steps 1-3 are captured once as a CUDA graph and replayed every iteration:
-the iteration, batch index and learning rate live in static device tensors, the epoch permutation in
-a static device buffer, so one capture serves the whole run.
+  3. the local optimizer on all k rows at once (optim.py: SGD with Nesterov momentum, or Adam); its state
+     (k, d) blocks stay local; the SGD learning rate is a device tensor.
+On CUDA (cuda_graph = true, and a workload with fixed shapes) steps 1-3 are captured once as a CUDA graph
+and replayed every iteration: the iteration, batch index and learning rate live in static device tensors,
+the epoch permutation in a static device buffer, so one capture serves the whole run.
 """
 from __future__ import annotations
 
@@ -30,13 +31,10 @@ import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .comm import World
 from .data import ImageData, epoch_permutation
-from .data.augment import augment_replicas, channel_stats, normalise
 from .execution import Layout, float_buffers, make_executor
-from .models import build_model
 
 GradHook = Callable[[torch.Tensor], None]
 
@@ -50,40 +48,53 @@ def set_precision(precision: str) -> None:
 
 
 class Replicas:
-    def __init__(self, cfg, world: World, data: ImageData, batched_kind: str = "auto"):
-        self.cfg, self.world, self.k = cfg, world, world.k
+    def __init__(self, cfg, world: World, workload, batched_kind: str = "auto"):
+        """workload: a Workload (workloads/), or an ImageData (wrapped as image classification)."""
+        if isinstance(workload, ImageData):
+            from .workloads import ImageClassification
+
+            workload = ImageClassification(cfg, workload, world.device)
+        self.cfg, self.world, self.k, self.wl = cfg, world, world.k, workload
         dev = self.device = world.device
         torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
-        proto = build_model(cfg.model, data.num_classes, cfg.width).to(dev)
+        proto = workload.build_model().to(dev)
         self.layout = Layout(proto)
         self.d, self.D = self.layout.d, self.layout.d + self.layout.b
         flat0 = torch.cat([p.detach().reshape(-1) for p in proto.parameters()]
                           + [b.reshape(-1) for _, b in float_buffers(proto)])
         self.X = flat0.repeat(self.k, 1).contiguous()  # (k, D)
         self.G = torch.zeros(self.k, self.d, device=dev)  # (k, d) gradients (before weight decay)
-        self.M = torch.zeros(self.k, self.d, device=dev)  # (k, d) local momentum
+        self.opt = workload.optimizer(self.k, self.d, dev)  # local state: (k, d) blocks, never gossiped
         self.exec = make_executor(cfg.replica_exec, proto, self.layout, batched_kind)
         self.eval_x = torch.empty(self.D, device=dev)  # the averaged model's row
         self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)
-        self.data = data
-        self.mean, self.std = channel_stats(data.mean, data.std, dev)
         self.ids = torch.arange(world.first, world.first + self.k, device=dev)  # global replica ids
         B = cfg.batch_size
-        self.shard = len(data.train_y) // world.n  # every replica's shard of the epoch permutation
+        self.shard = workload.num_train // world.n  # every replica's shard of the epoch permutation
         # static inputs of a step (device tensors, so a captured graph reads their current values)
-        self.perm = torch.empty(len(data.train_y), dtype=torch.int64, device=dev)
+        self.perm = torch.empty(workload.num_train, dtype=torch.int64, device=dev)
         self.t_dev = torch.zeros((), dtype=torch.int64, device=dev)  # iteration (augmentation counter)
         self.b_dev = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
         self.neg_lr = torch.zeros((), dtype=torch.float32, device=dev)  # -learning rate
-        self.stats = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, sum ||g_i||^2
+        self.stats = torch.zeros(4, dtype=torch.float64, device=dev)  # loss sum, correct, predictions, sum ||g_i||^2
         self._slots = torch.arange(B, device=dev)
         self._perm_epoch = -1
-        self.premade: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) instead of the data pipeline
+        self._t, self._lr = 0, 0.0  # the step's iteration and learning rate as host numbers
+        self.premade: tuple | None = None  # (inputs, target) instead of the data pipeline (benchmark)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.capture = dev.type == "cuda" and cfg.cuda_graph
+        self.capture = dev.type == "cuda" and cfg.cuda_graph and workload.capturable and self.opt.capturable
         set_precision(cfg.precision)
         bf16 = cfg.precision == "bf16"
-        self._autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    @property
+    def M(self) -> torch.Tensor:
+        """(k, d) first optimizer state block (SGD momentum, Adam's first moment)."""
+        return self.opt.state["M"]
+
+    @property
+    def data(self):
+        return self.wl.data
 
     @staticmethod
     def _bind(model: torch.nn.Module, row: torch.Tensor) -> torch.nn.Module:
@@ -111,28 +122,24 @@ class Replicas:
         return self.X[:, self.d:]
 
     # -- one local step ----------------------------------------------------------------------
-    def batch_indices(self, b: torch.Tensor | int) -> torch.Tensor:
-        """(k, B) training indices of the local replicas at batch b of the current epoch permutation:
-        replica i reads perm[i*shard + b*B : i*shard + (b+1)*B] (data-centre i.i.d. partition)."""
+    def batch_indices(self, b: torch.Tensor | int, replicas: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, B) training indices of the local replicas (or of `replicas`) at batch b of the current epoch
+        permutation: replica i reads perm[i*shard + b*B : i*shard + (b+1)*B] (data-centre i.i.d. partition)."""
         B = self.cfg.batch_size
-        start = self.ids * self.shard + b * B  # (k,)
+        start = (self.ids if replicas is None else replicas) * self.shard + b * B  # (k,)
         return self.perm[start.view(-1, 1) + self._slots]
 
     def _body(self, grad_hook: GradHook | None = None) -> torch.Tensor:
-        """Data, forward/backward and SGD for all k replicas from the static inputs; returns stats."""
-        data, cfg, B, k = self.data, self.cfg, self.cfg.batch_size, self.k
+        """Data, forward/backward and the optimizer step of all k replicas from the static inputs; returns stats."""
         if self.premade is not None:  # benchmark: fixed batches, no data pipeline
-            x, y = self.premade
+            inputs, target = self.premade
         else:
             with torch.no_grad():
-                idx = self.batch_indices(self.b_dev)
-                x = augment_replicas(data.train_x[idx], cfg.seed, self.ids, self.t_dev, self.mean, self.std)
-                y = data.train_y[idx]  # (k, B)
+                inputs, target = self.wl.batch(self, self.batch_indices(self.b_dev))
         P = self.P.detach().requires_grad_(True)
-        with self._autocast():
-            logits = self.exec.forward(P, self.Bf, x, train=True)  # (k, B, classes)
-        logits = logits.float()
-        loss = F.cross_entropy(logits.reshape(k * B, -1), y.reshape(-1), reduction="sum") / B  # sum of k means
+        with self.autocast():
+            out = self.exec.forward(P, self.Bf, inputs, train=True)  # (k, B, ...)
+        loss, correct, count = self.wl.loss(out, target)
         (grad,) = torch.autograd.grad(loss, P)
         self.exec.finish()
         with torch.no_grad():
@@ -140,23 +147,9 @@ class Replicas:
             grad_sq = self.G.pow(2).sum(dtype=torch.float64)  # sum_i ||g_i||^2 (phi, Prop. 3.3)
             if grad_hook is not None:
                 grad_hook(self.G)
-            self.sgd_step()
-            correct = (logits.argmax(-1) == y).sum()
-            self.stats.copy_(torch.stack([loss.detach().double(), correct.double(), grad_sq]))
+            self.opt.step(self.P, self.G, self.neg_lr, self._lr, self._t)
+            self.stats.copy_(torch.stack([loss.detach().double(), correct.double(), count.double(), grad_sq]))
         return self.stats
-
-    def sgd_step(self) -> None:
-        """torch.optim.SGD(momentum, dampening=0, nesterov, weight_decay) on all k rows at once."""
-        c, P, G, M = self.cfg, self.P, self.G, self.M
-        if c.weight_decay:
-            G.add_(P, alpha=c.weight_decay)
-        if c.momentum:
-            M.mul_(c.momentum).add_(G)  # buf = mu buf + g (first step: buf = g, as M starts at 0)
-            if c.nesterov:
-                G.add_(M, alpha=c.momentum)  # g + mu buf
-            else:
-                G.copy_(M)
-        P.addcmul_(G, self.neg_lr)  # x - lr * update, lr from the device (one capture for all lrs)
 
     def set_inputs(self, t: int, epoch: int, b: int, lr: float) -> None:
         """The step's inputs into the static device tensors (a new permutation once per epoch)."""
@@ -166,15 +159,16 @@ class Replicas:
         self.t_dev.fill_(t)
         self.b_dev.fill_(b)
         self.neg_lr.fill_(-lr)
+        self._t, self._lr = t, lr
 
     def local_step(self, t: int, epoch: int, b: int, lr: float,
-                   grad_hook: GradHook | None = None) -> tuple[float, float, float]:
+                   grad_hook: GradHook | None = None) -> tuple[float, float, float, float]:
         """One local step of every replica at iteration t (batch b of `epoch`, learning rate lr).
 
         grad_hook(G), if given, sees the (k, d) mini-batch gradients after phi's norm and before the
         optimizer update, and may change them in place (e.g. average them: C-SGD); such a step runs
-        eagerly. Returns (sum of mini-batch losses, correct predictions, sum of ||g_i||^2) over the
-        k replicas, read from the device once."""
+        eagerly. Returns (sum of the replicas' mini-batch losses, correct predictions, predictions, sum of
+        ||g_i||^2) over the k replicas, read from the device once."""
         self.set_inputs(t, epoch, b, lr)
         if grad_hook is not None or not self.capture:
             stats = self._body(grad_hook)
@@ -183,13 +177,13 @@ class Replicas:
                 self._capture()
             self.graph.replay()
             stats = self.stats
-        loss, correct, grad_sq = stats.tolist()  # the step's one host synchronisation
-        return loss, correct, grad_sq
+        loss, correct, count, grad_sq = stats.tolist()  # the step's one host synchronisation
+        return loss, correct, count, grad_sq
 
     def _capture(self) -> None:
-        """Capture _body as a CUDA graph. The warm-up steps it needs run on copies: the state (X, M)
-        is restored afterwards, so capturing does not change the trajectory."""
-        saved = (self.X.clone(), self.M.clone())
+        """Capture _body as a CUDA graph. The warm-up steps it needs run on copies: the state (X and the
+        optimizer's) is restored afterwards, so capturing does not change the trajectory."""
+        saved = [self.X.clone()] + [S.clone() for S in self.opt.state.values()]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -199,36 +193,6 @@ class Replicas:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._body()
-        self.X.copy_(saved[0])
-        self.M.copy_(saved[1])
+        for dst, src in zip([self.X] + list(self.opt.state.values()), saved):
+            dst.copy_(src)
         torch.cuda.synchronize(self.device)
-
-    # -- evaluation ------------------------------------------------------------------------
-    @torch.no_grad()
-    def local_correct(self, idx: torch.Tensor, bs: int = 250) -> torch.Tensor:
-        """Correct predictions (k,) of every local replica on the test images idx (BN in eval mode)."""
-        data = self.data
-        correct = torch.zeros(self.k, dtype=torch.int64, device=self.device)
-        for s in range(0, len(idx), bs):
-            sel = idx[s:s + bs].to(data.test_x.device)
-            x = normalise(data.test_x[sel], self.mean, self.std)
-            with self._autocast():
-                out = self.exec.forward(self.P, self.Bf, x, train=False, shared=True)  # (k, B, classes)
-            correct += (out.argmax(-1) == data.test_y[sel]).sum(dim=1)
-        return correct
-
-    @torch.no_grad()
-    def accuracy(self, model: torch.nn.Module, idx: torch.Tensor, bs: int = 500) -> tuple[float, float]:
-        """(correct count, summed loss) of `model` (e.g. the averaged model) on test images idx."""
-        data = self.data
-        model.eval()
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        for s in range(0, len(idx), bs):
-            sel = idx[s:s + bs].to(data.test_x.device)
-            with self._autocast():
-                out = model(normalise(data.test_x[sel], self.mean, self.std)).float()
-            y = data.test_y[sel]
-            correct += (out.argmax(1) == y).sum()
-            loss += F.cross_entropy(out, y, reduction="sum")
-        return float(correct), float(loss)

@@ -1,9 +1,16 @@
-"""Learning-rate schedule and phases (paper Sec. 4.1-4.2).
+"""Learning-rate schedules and phases (paper Sec. 4.1-4.2).
+
+step (image classification):
 
 Iteration t (0-based) uses lr(t). Warm-up: linear from warmup_lr to the linearly scaled peak over
 the first warmup_epochs. Decay: lr /= decay_factor once the samples seen reach each fraction of the
 total, i.e. from the first iteration t >= fraction * total_iters. Phase k (1-based) is the stretch
 between the (k-1)-th and k-th decay; warm-up belongs to phase 1.
+
+inverse_sqrt (translation, Vaswani et al. 2017 Eq. 3): lr(t) = lr_scale * d_model^-0.5 *
+min(s^-0.5, s * w^-1.5) at step s = t + 1, with w = warmup_steps at mini-batch 64 scaled down linearly
+by the global mini-batch n * batch_size (Kong et al. 2021, Sec. 4.2). No decay: the whole of training
+is one phase (Sec. 3.3).
 """
 from __future__ import annotations
 
@@ -26,8 +33,13 @@ class Schedule:
         ipe = num_train // (cfg.n * cfg.batch_size)
         if ipe < 1:
             raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the "
-                             f"{num_train} training images: an epoch would have no iteration; lower n or batch_size")
+                             f"{num_train} training samples: an epoch would have no iteration; lower n or batch_size")
         total = max(1, round(cfg.epochs * ipe))
+        if getattr(cfg, "lr_schedule", "step") == "inverse_sqrt":
+            from .nmt import scaled_warmup_steps
+
+            warm = scaled_warmup_steps(cfg.n, cfg.batch_size, cfg.warmup_steps)
+            return InverseSqrtSchedule(ipe, total, warm, 0.0, 0.0, (), 1.0, d_model=cfg.d_model, scale=cfg.lr_scale)
         return cls(ipe, total, round(cfg.warmup_epochs * ipe), cfg.warmup_lr, cfg.peak_lr(),
                    tuple(math.ceil(f * total) for f in cfg.decay_fractions), cfg.decay_factor)
 
@@ -47,3 +59,16 @@ class Schedule:
         """[first, last) iteration of every phase."""
         edges = (0,) + self.decay_iters + (self.total_iters,)
         return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+@dataclass(frozen=True)
+class InverseSqrtSchedule(Schedule):
+    """One phase; lr(t) = scale * d_model^-0.5 * min((t+1)^-0.5, (t+1) * warmup_iters^-1.5)."""
+
+    d_model: int = 256
+    scale: float = 1.0
+
+    def lr(self, t: int) -> float:
+        from .nmt import inverse_sqrt_lr
+
+        return inverse_sqrt_lr(t + 1, self.d_model, self.warmup_iters, self.scale)

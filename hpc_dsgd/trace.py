@@ -5,9 +5,12 @@ Schema (SCHEMA_VERSION 1):
                    n, ranks, replicas_per_rank, topology, p, spectral_gap, iters_per_epoch,
                    total_iters, phase_bounds (P x 2), versions_json, code_revision, created, finished
   /iter/<col>      one row per iteration, 1-D chunked extendable datasets: it, epoch, phase, lr,
-                   loss, acc, gossip_steps, bytes_sent, time (+ the consensus columns of later issues)
-  /epoch/<col>     one row per evaluation: epoch, it, train_loss, train_acc, test_acc_avg,
-                   test_loss_avg, test_acc_local_mean, test_acc_local_std, images_per_s, elapsed
+                   loss, acc, predictions (images or target tokens: acc is correct / predictions),
+                   gossip_steps, bytes_sent, time (+ the consensus columns of later issues)
+  /epoch/<col>     one row per evaluation: epoch, it, train_loss, train_acc, elapsed, and the workload's
+                   columns: image classification test_acc_avg, test_loss_avg, test_acc_local_mean,
+                   test_acc_local_std, images_per_s; translation val_loss_avg, val_nll_avg, val_ppl_avg,
+                   bleu_avg, val_ppl_local_mean, val_ppl_local_std, sentences_per_s (attr `workload`)
   /phase/<col>     one row per finished phase: phase, first_it, last_it, gossip_steps, bytes_sent, ...
   /sharpness/<col> one row per model per measurement (sharpness_every): epoch, it, replica (-1 = the
                    averaged model), lambda_max, converged, tol_reached, tol, hvps, method (0 lanczos,

@@ -1,6 +1,8 @@
-"""The training loop: config -> world -> data -> replicas -> iterations -> trace.
+"""The training loop: config -> world -> workload (data, model, optimizer, schedule) -> replicas -> iterations -> trace.
 
-One iteration (paper eq. D-SGD): every replica takes a local SGD step on its own mini-batch, then
+One code path for every workload (workloads/): image classification and translation differ only in
+what the workload object supplies. One iteration (paper eq. D-SGD): every replica takes a local
+optimizer step on its own mini-batch, then
 the phase's policy communicates (gossip X <- W X, or exact averaging); all scalars of the
 iteration travel in one small Allreduce; rank 0 appends them to the HDF5 trace.
 """
@@ -21,9 +23,7 @@ from mpi4py import MPI
 from . import __version__
 from .comm import Gossiper, World, allreduce_scalars, global_mean, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
-from .data import load_dataset
 from .replica import Replicas
-from .schedule import Schedule
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
                          list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
@@ -32,6 +32,7 @@ from .faults import fault_point
 from .signals import StopRequest
 from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
 from .trace import TraceWriter, read_trace
+from .workloads import make_workload
 
 
 def code_revision() -> str:
@@ -52,19 +53,6 @@ def versions() -> dict:
             "numpy": np.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
             "cuda": torch.version.cuda or "none"}
-
-
-def evaluate(world: World, reps: Replicas, data, local_idx: torch.Tensor) -> dict:
-    """Test accuracy (%) of the averaged model (test set split over ranks) and of every local model."""
-    reps.eval_x.copy_(global_mean(world, reps.X).to(reps.eval_x.dtype))  # xbar, BN buffers included
-    mine = torch.arange(world.rank, len(data.test_y), world.ranks)
-    c_avg, l_avg = reps.accuracy(reps.eval_model, mine)
-    accs = (100.0 / len(local_idx)) * reps.local_correct(local_idx).double()  # (k,) all replicas at once
-    s = allreduce_scalars(world.comm, [c_avg, l_avg, float(accs.sum()), float(accs.pow(2).sum())])
-    n, N = world.n, len(data.test_y)
-    mean = s[2] / n
-    return {"test_acc_avg": 100.0 * s[0] / N, "test_loss_avg": s[1] / N, "test_acc_local_mean": mean,
-            "test_acc_local_std": math.sqrt(max(s[3] / n - mean * mean, 0.0))}
 
 
 @dataclass
@@ -147,8 +135,12 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if not path:
         return LoopState(), how, None
     man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
+    missing = [name for name in ("X",) + reps.opt.names if name not in tensors]
+    if missing:  # the same manifest on every rank: all refuse alike
+        raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} state for optimizer {cfg.optimizer!r}")
     reps.X.copy_(tensors["X"])
-    reps.M.copy_(tensors["M"])
+    for name, S in reps.opt.state.items():
+        S.copy_(tensors[name])
     if rank_state is not None:
         restore_rank_state(rank_state)
     try:
@@ -191,22 +183,20 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     set_determinism(world.device, cfg.deterministic)
     rank0 = world.rank == 0
-    data = load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device)
-    sched = Schedule.from_config(cfg, len(data.train_y))
+    wl = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
+    sched = wl.schedule()
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     p = topo.p()
-    reps = Replicas(cfg, world, data)
+    reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
     xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
-    g = torch.Generator().manual_seed(cfg.seed + 17)
-    local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
     st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
     if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
         raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
                               f"Xi_max {xi_max}, the run was controlled against {st.xi_max}")
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,
-                  opt_state=[reps.M])
+                  opt_state=list(reps.opt.state.values()))
     stats = PhaseStats(st.stats)
 
     trace = None
@@ -225,7 +215,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                  "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
                  "parameters": reps.d, "row_length": reps.D, "executor": reps.exec.name,
                  "precision": cfg.precision, "deterministic": cfg.deterministic,
-                 "cuda_graph": bool(reps.capture)}
+                 "cuda_graph": bool(reps.capture), "optimizer": cfg.optimizer, **wl.trace_attrs()}
         if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
             trace = TraceWriter(tpath, {}, mode="a")
             for grp, rows in st.trace_pos.items():
@@ -247,7 +237,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
 
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
-    ipe, imgs = sched.iters_per_epoch, cfg.n * cfg.batch_size
+    ipe, imgs, rate = sched.iters_per_epoch, cfg.n * cfg.batch_size, f"{wl.samples}_per_s"
+    unit = {"images": "img/s", "sentences": "sent/s"}.get(wl.samples, "samples/s")
     acc, t_train, last = np.array(st.acc), st.t_train, dict(st.last or {})
     last_ckpt, ckpt_path, stopped = time.monotonic(), "", False
     for t in range(st.it, end):
@@ -256,10 +247,10 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
         periodic_due = rank0 and cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes
         flags = [float(stop is not None and stop.requested()), float(periodic_due)]
-        row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], data, t, epoch, b, lr,
+        row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], t, epoch, b, lr,
                                              phase, sched, flags)
         t_train += time.perf_counter() - tic
-        acc += (row["loss"] * cfg.n, row["acc"] * imgs / 100.0, imgs)
+        acc += (row["loss"], row["acc"] * row["predictions"] / 100.0, row["predictions"])
         stats.add(row)
         if rank0:
             trace.append("iter", **row, time=t_train)
@@ -271,25 +262,24 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             stats = PhaseStats()
         if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:  # end of an epoch: progress line, evaluation
             ep = (t + 1) / ipe
-            train = dict(epoch=ep, it=t, train_loss=acc[0] / max(acc[2] / cfg.batch_size, 1),
-                         train_acc=100.0 * acc[1] / max(acc[2], 1), images_per_s=(t + 1) * imgs / t_train,
+            train = dict(epoch=ep, it=t, train_loss=acc[0] / max(t + 1 - epoch * ipe, 1),
+                         train_acc=100.0 * acc[1] / max(acc[2], 1), **{rate: (t + 1) * imgs / t_train},
                          elapsed=t_train)
             acc[:] = 0
             evaluated = (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters
             if evaluated:
-                last = {**evaluate(world, reps, data, local_idx), **train}
+                last = {**wl.evaluate(world, reps), **train}
             if cfg.sharpness_every and ((t + 1) % (ipe * cfg.sharpness_every) == 0 or t + 1 == sched.total_iters):
-                for srow in measure_sharpness(cfg, world, reps, data, ep, t):  # collective: every rank
+                for srow in measure_sharpness(cfg, world, reps, wl.data, ep, t):  # collective: every rank
                     if rank0:
                         trace.append("sharpness", **srow)
                         log(f"epoch {ep:6.2f} {describe_sharpness(srow)}", flush=True)
             if rank0:
                 if evaluated:
                     trace.append("epoch", **last)
-                test = (f"test(avg) {last['test_acc_avg']:5.1f}% test(local) {last['test_acc_local_mean']:5.1f}%"
-                        if evaluated else "test(avg)     -  test(local)     - ")
-                log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4f} loss {train['train_loss']:.4f} "
-                    f"train {train['train_acc']:5.1f}% {test} {train['images_per_s']:7.0f} img/s "
+                test = wl.describe(last if evaluated else None)
+                log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4g} loss {train['train_loss']:.4f} "
+                    f"train {train['train_acc']:5.1f}% {test} {train[rate]:7.0f} {unit} "
                     f"ETA {_hms(t_train / (t + 1) * (end - t - 1))}", flush=True)
                 trace.flush()
         elif rank0 and trace.due(cfg.trace_flush_seconds):
@@ -302,7 +292,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                               world.comm.bcast(trace.rows() if rank0 else None, root=0), xi_max)
             ckpt_path = save_checkpoint(
                 world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
-                {"X": reps.X, "M": reps.M}, list(world.replica_ids), [{} for _ in world.replica_ids],
+                {"X": reps.X, **reps.opt.state}, list(world.replica_ids), [{} for _ in world.replica_ids],
                 {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
                  "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
             last_ckpt = time.monotonic()
@@ -312,10 +302,10 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                     f"checkpoint {ckpt_path} written after iteration {t}; exiting for requeue", flush=True)
             break
     if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
-        log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4f} loss "
-            f"{acc[0] / max(acc[2] / cfg.batch_size, 1):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
+        log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4g} loss "
+            f"{acc[0] / max(t + 1 - (t // ipe) * ipe, 1):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
             f"(stopped after iteration {t} of {sched.total_iters}, mid-epoch: not evaluated) "
-            f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} img/s", flush=True)
+            f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} {unit}", flush=True)
     if rank0:
         status = "finished" if end == sched.total_iters and not stopped else "stopped"
         trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -338,14 +328,14 @@ def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
     trace.flush()
 
 
-def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, epoch, b, lr, phase, sched,
+def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t, epoch, b, lr, phase, sched,
               flags: list[float]) -> tuple[dict, np.ndarray]:
     """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce
     (which also carries the ranks' stop/checkpoint flags, summed).
 
     Returns the trace row (global values, identical on every rank) and the summed flags."""
     n = cfg.n
-    loss, correct, grad_sq = reps.local_step(t, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
+    loss, correct, count, grad_sq = reps.local_step(t, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
         ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
@@ -353,19 +343,19 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, data, t, 
     xi_pre = xi_sq_local(world, reps.P) if measure else 0.0  # Xi of x^(t+1/2), for Lemma A.1
     res = policy.communicate(reps.X, reps.d, ctx)
     xi_post = xi_sq_local(world, reps.P) if measure and not math.isfinite(res.xi) else 0.0
-    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post]
-                          + list(flags))
+    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post,
+                                       count] + list(flags))
     if not policy.needs_phi:
         ctx.phi = math.sqrt(s[4] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
     xi = res.xi if math.isfinite(res.xi) else (math.sqrt(max(s[6], 0.0) / n) if measure else NAN)
     return dict(it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s[0] / n,
-                acc=100.0 * s[1] / (n * cfg.batch_size), gossip_steps=res.steps, bytes_sent=int(s[2]),
+                acc=100.0 * s[1] / max(s[7], 1.0), predictions=int(s[7]), gossip_steps=res.steps, bytes_sent=int(s[2]),
                 theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
                 xi=xi if measure or math.isfinite(res.xi) else NAN,
                 xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
                 target=res.target, controlled=res.controlled, planned_steps=res.planned,
-                hit_cap=int(res.hit_cap)), s[7:]
+                hit_cap=int(res.hit_cap)), s[8:]
 
 
 def set_determinism(device: torch.device, deterministic: bool) -> None:

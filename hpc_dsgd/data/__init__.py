@@ -1,4 +1,5 @@
-"""Data sets (no MPI): the offline digits stand-in, CIFAR-10 (in memory) and ImageNet-32 (memory-mapped cache)."""
+"""Data sets (no MPI): the offline digits stand-in, CIFAR-10 (in memory), ImageNet-32 (memory-mapped cache) and
+Multi30k (parallel text; the translation workload tokenizes it)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from hpc_dsgd.data.base import DataError, ImageData
 from hpc_dsgd.data.cifar10 import check_cifar10, load_cifar10
 from hpc_dsgd.data.digits import load_digits32
 from hpc_dsgd.data.imagenet32 import check_imagenet32, load_imagenet32
+from hpc_dsgd.data.multi30k import Multi30k, load_multi30k
 from hpc_dsgd.data.partition import epoch_permutation, replica_shard
 
-DATASETS = ("digits", "cifar10", "imagenet32")
+DATASETS = ("digits", "cifar10", "imagenet32", "multi30k")
 
 
 def check_dataset(name: str, root: str | None) -> None:
@@ -27,11 +29,19 @@ def check_dataset(name: str, root: str | None) -> None:
                             "train_data_batch_10 and val_data (or Imagenet32_train/ and Imagenet32_val/), got none")
         check_imagenet32(root)  # also converts the pickles into the memory-mappable cache on first use
         return
+    if name == "multi30k":
+        if root is None:
+            raise DataError("data set 'multi30k' needs data_dir: the directory holding train.en/.de, val.en/.de and "
+                            "test_2016_flickr.en/.de (plain or .gz), got none")
+        load_multi30k(root)  # every file present, UTF-8, no blank line, the two languages aligned
+        return
     raise DataError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
 
 
-def load_dataset(name: str, root: str | None) -> ImageData:
-    """Check, then load data set ``name`` into memory (CPU tensors)."""
+def load_dataset(name: str, root: str | None) -> ImageData | Multi30k:
+    """Check, then load data set ``name`` into memory (CPU tensors; multi30k: the sentence pairs)."""
+    if name == "multi30k" and root is not None:
+        return load_multi30k(root)
     check_dataset(name, root)
     if name == "digits":
         return load_digits32()

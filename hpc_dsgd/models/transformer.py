@@ -11,7 +11,15 @@ Adam's two moments, so a smaller model keeps the (n, d) blocks small. ``num_laye
 ``num_layers=6`` gives the width-halved, full-depth variant.
 
 Built from ``torch.nn`` layers (``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``, post-norm
-as in the paper, ReLU, dropout 0.1, batch first). Sinusoidal positions (Sec. 3.5), computed on the fly (no
+as in the paper, ReLU, batch first). Dropout is the paper's (Sec. 5.4, P_drop = 0.1): on the output of every
+sub-layer before the residual sum, and on the sums of embeddings and positions; no attention-weight or
+feed-forward-inner dropout (later tensor2tensor additions). Its masks are COUNTER-BASED: ``forward`` takes a
+0-dim int64 ``key`` (the workload derives it from (seed, replica, iteration)), and the mask of dropout site s
+is a hash of (key, s, element index) (data/augment.py's hash). So the masks are the same under ``vmap`` over k
+replicas and in a loop, on any rank split, on CPU and GPU, and need no generator state; without a key
+(plain use) dropout draws from torch's generator as ``nn.Dropout`` does.
+
+Sinusoidal positions (Sec. 3.5), computed on the fly (no
 buffer: the replica block holds only parameters and BN-style state). Embeddings: **tied** three ways
 (source embedding, target embedding, pre-softmax projection share one (V, d_model) matrix, Sec. 3.4), which
 the joint source-target BPE vocabulary allows; embeddings are multiplied by sqrt(d_model). Initialisation as
@@ -27,6 +35,29 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from hpc_dsgd.data.augment import _M32, _mix
+
+
+class CounterDropout(nn.Module):
+    """Dropout whose mask is a hash of (the owner's current key, this site, element index); see above."""
+
+    def __init__(self, p: float, site: int, owner: "Seq2SeqTransformer") -> None:
+        super().__init__()
+        self.p, self.site = p, site
+        self._owner = [owner]  # a list: not a submodule (no recursion in named_modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        key = self._owner[0]._key
+        if key is None:
+            return F.dropout(x, self.p, True)
+        h = _mix((key.to(torch.int64) + self.site) & _M32)
+        idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+        bits = _mix((h + idx) & _M32)  # uniform on [0, 2^32)
+        keep = bits >= int(self.p * 2 ** 32)
+        return torch.where(keep, x / (1.0 - self.p), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def sinusoidal_positions(T: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -56,38 +87,50 @@ class Seq2SeqTransformer(nn.Module):
         if d_model % nhead:
             raise ValueError(f"d_model={d_model} must be a multiple of nhead={nhead}")
         self.pad_id, self.d_model = pad_id, d_model
+        self._key: torch.Tensor | None = None  # the dropout key of the current forward
         self.embed = nn.Embedding(vocab_size, d_model)  # shared: source, target, output projection
-        self.dropout = nn.Dropout(dropout)
-        enc = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
-        dec = nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+        enc = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, 0.0, batch_first=True)
+        dec = nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, 0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(enc, num_layers, enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(dec, num_layers)
+        sites = iter(range(1, 10 ** 6))
+        self.drop_src, self.drop_tgt = CounterDropout(dropout, 0, self), CounterDropout(dropout, next(sites), self)
+        for layer in list(self.encoder.layers) + list(self.decoder.layers):  # residual dropout after each sub-layer
+            layer.dropout = nn.Identity()  # no feed-forward-inner dropout
+            for name in ("dropout1", "dropout2", "dropout3"):
+                if hasattr(layer, name):
+                    setattr(layer, name, CounterDropout(dropout, next(sites), self))
         for name, p in self.named_parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, drop: nn.Module) -> torch.Tensor:
         x = self.embed(ids) * math.sqrt(self.d_model)  # (B, T, d)
-        return self.dropout(x + sinusoidal_positions(ids.shape[1], self.d_model, ids.device, x.dtype))
+        return drop(x + sinusoidal_positions(ids.shape[1], self.d_model, ids.device, x.dtype))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(memory (B, S, d), source padding mask (B, S), True = pad)."""
         src_pad = src == self.pad_id
-        return self.encoder(self._embed(src), src_key_padding_mask=src_pad), src_pad
+        return self.encoder(self._embed(src, self.drop_src), src_key_padding_mask=src_pad), src_pad
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) of the next token at every target position (causal)."""
         T = tgt_in.shape[1]
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=tgt_in.device), 1)  # True = may not attend
-        y = self.decoder(self._embed(tgt_in), memory, tgt_mask=causal, tgt_key_padding_mask=tgt_in == self.pad_id,
+        y = self.decoder(self._embed(tgt_in, self.drop_tgt), memory, tgt_mask=causal, tgt_key_padding_mask=tgt_in == self.pad_id,
                          memory_key_padding_mask=src_pad)
         return F.linear(y, self.embed.weight)  # tied pre-softmax projection
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        memory, src_pad = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad)
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V); ``key`` (0-dim int64) makes the dropout masks counter-based (see the module doc)."""
+        self._key = key
+        try:
+            memory, src_pad = self.encode(src)
+            return self.decode(tgt_in, memory, src_pad)
+        finally:
+            self._key = None
 
 
 @torch.no_grad()
@@ -118,9 +161,10 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, bos_id: int, eos
         model.train(was_training)
 
 
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int, epsilon: float = 0.1
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(smoothed loss sum, NLL sum, token count) over the non-pad target positions; all 0-dim tensors.
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int, epsilon: float = 0.1,
+                        dims: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(smoothed loss sum, NLL sum, token count) over the non-pad target positions: 0-dim tensors, or
+    summed over ``dims`` only (e.g. dims=(1, 2) of (k, B, T) targets: one sum per replica).
 
     Per token: (1 - eps) * NLL(target) + eps * mean over the vocabulary of -log p (uniform smoothing, as
     Szegedy et al. 2016 and torch's ``cross_entropy(label_smoothing=eps)``). The logits of positions whose
@@ -134,5 +178,8 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
     nll = -lp.gather(-1, target[..., None]).squeeze(-1)  # (B, T)
     smooth = -lp.mean(dim=-1)
     zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
-    loss = torch.where(keep, (1.0 - epsilon) * nll + epsilon * smooth, zero).sum()
-    return loss, torch.where(keep, nll, zero).sum().detach(), keep.sum()
+    loss = torch.where(keep, (1.0 - epsilon) * nll + epsilon * smooth, zero)
+    nll = torch.where(keep, nll, zero).detach()
+    if dims is None:
+        return loss.sum(), nll.sum(), keep.sum()
+    return loss.sum(dims), nll.sum(dims), keep.sum(dims)

@@ -101,9 +101,9 @@ def test_weights_are_views_of_the_block():
     """Between steps the block X is the only storage: changing a row changes that replica's outputs."""
     reps = _replicas("batched")
     idx = torch.arange(20)
-    before = reps.local_correct(idx).clone()
+    before = reps.wl.local_correct(reps, idx).clone()
     reps.X[2, :reps.d] = 0.0  # replica 2 loses its weights (its classifier now outputs zeros)
-    after = reps.local_correct(idx)
+    after = reps.wl.local_correct(reps, idx)
     assert torch.equal(after[[0, 1, 3]], before[[0, 1, 3]])
     assert after[2] == (reps.data.test_y[idx] == 0).sum()  # all-zero logits: argmax is class 0
 

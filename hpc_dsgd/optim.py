@@ -1,0 +1,69 @@
+"""Local optimizers on a rank's (k, d) parameter block: one update for all k replicas at once.
+
+Each optimizer's state is a dict of (k, d) blocks, row j belonging to local replica j. The state stays on
+its replica: it is never gossiped (only X is), it is checkpointed per replica under its names ("M", "V"),
+and the C-SGD policy averages it once on entry (consensus.py). Both follow torch.optim's arithmetic
+step for step, so a single-process simulation with one torch.optim optimizer per replica is the reference
+(tests/mpi/test_dsgd.py, tests/mpi/test_translation.py):
+
+  sgd   torch.optim.SGD(momentum, dampening=0, nesterov, weight_decay): state M (momentum buffer). The
+        learning rate is read from a device tensor, so the step can be captured once in a CUDA graph;
+  adam  torch.optim.Adam(betas, eps, weight_decay) without amsgrad: state M (exp_avg) and V (exp_avg_sq);
+        the step count is the iteration t + 1 (every replica steps at every iteration), so it needs no
+        state of its own and a resumed or branched run continues the bias correction exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class LocalSGD:
+    names = ("M",)
+    capturable = True  # reads the learning rate from a device tensor
+
+    def __init__(self, cfg, k: int, d: int, device):
+        self.momentum, self.nesterov, self.wd = cfg.momentum, cfg.nesterov, cfg.weight_decay
+        self.state = {"M": torch.zeros(k, d, device=device)}
+
+    def step(self, P: torch.Tensor, G: torch.Tensor, neg_lr: torch.Tensor, lr: float, t: int) -> None:
+        """P -= lr * update(G); G is overwritten. neg_lr: -lr as a 0-dim device tensor."""
+        M = self.state["M"]
+        if self.wd:
+            G.add_(P, alpha=self.wd)
+        if self.momentum:
+            M.mul_(self.momentum).add_(G)  # buf = mu buf + g (first step: buf = g, as M starts at 0)
+            if self.nesterov:
+                G.add_(M, alpha=self.momentum)  # g + mu buf
+            else:
+                G.copy_(M)
+        P.addcmul_(G, neg_lr)
+
+
+class LocalAdam:
+    names = ("M", "V")
+    capturable = False  # the bias corrections are host floats of the step count
+
+    def __init__(self, cfg, k: int, d: int, device):
+        (self.b1, self.b2), self.eps, self.wd = cfg.adam_betas, cfg.adam_eps, cfg.weight_decay
+        self.state = {"M": torch.zeros(k, d, device=device), "V": torch.zeros(k, d, device=device)}
+
+    def step(self, P: torch.Tensor, G: torch.Tensor, neg_lr: torch.Tensor, lr: float, t: int) -> None:
+        M, V = self.state["M"], self.state["V"]
+        if self.wd:
+            G.add_(P, alpha=self.wd)
+        M.lerp_(G, 1.0 - self.b1)
+        V.mul_(self.b2).addcmul_(G, G, value=1.0 - self.b2)
+        step = t + 1
+        bc1, bc2 = 1.0 - self.b1 ** step, 1.0 - self.b2 ** step
+        denom = (V.sqrt() / bc2 ** 0.5).add_(self.eps)
+        P.addcdiv_(M, denom, value=-lr / bc1)
+
+
+def make_optimizer(cfg, k: int, d: int, device):
+    if cfg.optimizer == "adam":
+        return LocalAdam(cfg, k, d, device)
+    if cfg.optimizer == "sgd":
+        return LocalSGD(cfg, k, d, device)
+    raise ValueError(f"optimizer={cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")

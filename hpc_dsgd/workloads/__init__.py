@@ -1,0 +1,45 @@
+"""Workloads: what a run trains, as the D-SGD loop sees it.
+
+The loop (train.py), the replica block and its executors (replica.py, execution.py), gossip and consensus
+control (comm.py, consensus.py), traces, checkpoints and the tools are ONE code path for every workload. A
+workload supplies only what differs between tasks:
+
+  build_model()          the model of one replica (called under torch.manual_seed(cfg.seed): every replica
+                         starts from the same initial model);
+  optimizer(k, d, dev)   the local optimizer on the (k, d) block (optim.py: SGD with Nesterov momentum, or Adam);
+  schedule()             the learning rate per iteration and the phases (schedule.py);
+  batch(reps, idx)       the k mini-batches of the current iteration from idx (k, B), replica j's training
+                         indices (the epoch permutation's data-centre i.i.d. shards, chosen by the loop);
+                         returns (inputs, target) on the device; random numbers are counter-based in
+                         (seed, global replica id, iteration), so they never depend on the rank split;
+  loss(out, target)      (sum over the k replicas of each replica's mean loss, correct predictions, predictions)
+                         from the executor's outputs (k, B, ...);
+  evaluate(world, reps)  a collective evaluation of the averaged model and the local models -> trace columns;
+  describe(metrics)      the evaluation's part of the progress line.
+
+Workloads: ImageClassification (digits, cifar10, imagenet32; ResNet-20 at any width, small_cnn) and
+Translation (multi30k; the Transformer). How to add one: see the README, "Adding a workload".
+"""
+from __future__ import annotations
+
+from .image import ImageClassification
+from .translation import Translation
+
+WORKLOADS = {"image": ImageClassification, "translation": Translation}
+
+
+def workload_of(dataset: str) -> type:
+    """The workload class that trains on `dataset`."""
+    for cls in WORKLOADS.values():
+        if dataset in cls.datasets:
+            return cls
+    raise ValueError(f"no workload trains on dataset {dataset!r}")
+
+
+def make_workload(cfg, world, run_dir: str, how: str = "fresh"):
+    """Load the run's data (collective: every rank of world.comm calls it) and build its workload.
+    how: 'fresh', 'resume' or 'branch' (a translation run keeps its tokenizer across resumes)."""
+    return workload_of(cfg.dataset).load(cfg, world, run_dir, how)
+
+
+__all__ = ["WORKLOADS", "ImageClassification", "Translation", "make_workload", "workload_of"]
