@@ -22,12 +22,14 @@ gradient then reaches every replica's row through one split (whose backward is o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 EXECS = ("batched", "loop")  # config values of replica_exec
 
@@ -55,6 +57,20 @@ class Layout:
         ps = {n: t.view(k, *s) for n, s, t in zip(self.pnames, self.pshapes, P.split(self.psizes, dim=1))}
         bs = {n: t.view(k, *s) for n, s, t in zip(self.bnames, self.bshapes, Bf.split(self.bsizes, dim=1))}
         return ps, bs
+
+
+@contextlib.contextmanager
+def _vmappable_attention():
+    """Attention as plain matrix products under vmap: the math SDPA backend, and no fused fast path of
+    nn.MultiheadAttention / nn.TransformerEncoderLayer. The fused and flash kernels have no batching rule,
+    and vmap would run them replica by replica (the same numbers, k times slower)."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _args(x) -> tuple:
@@ -117,7 +133,8 @@ class VmapExec(LoopExec):
         def f(p, b, args):
             return functional_call(self.model, (p, b), args)
 
-        return vmap(f, in_dims=(0, 0, None if shared else 0))(ps, bs, _args(x))
+        with _vmappable_attention():
+            return vmap(f, in_dims=(0, 0, None if shared else 0))(ps, bs, _args(x))
 
 
 class GroupedResNetExec(_Exec):

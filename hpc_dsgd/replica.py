@@ -154,7 +154,7 @@ class Replicas:
     def set_inputs(self, t: int, epoch: int, b: int, lr: float) -> None:
         """The step's inputs into the static device tensors (a new permutation once per epoch)."""
         if epoch != self._perm_epoch:
-            self.perm.copy_(epoch_permutation(len(self.data.train_y), epoch, self.cfg.seed))
+            self.perm.copy_(epoch_permutation(self.wl.num_train, epoch, self.cfg.seed))
             self._perm_epoch = epoch
         self.t_dev.fill_(t)
         self.b_dev.fill_(b)
