@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Write the ready config files for the paper's Tables 2-7 (and their reference runs) into configs/.
+"""Write the ready config files for the paper's Tables 2-7 and Figure 3 (and their reference runs) into configs/.
 
-    python tools/make_paper_configs.py            # (re)writes configs/table{2,3,4,5,6,7}/
+    python tools/make_paper_configs.py            # (re)writes configs/table{2,3,4,5,6,7}/ and configs/figure3/
 
-Every file inherits configs/cifar10_resnet20.toml, except Table 3's (configs/imagenet32_resnet20_3.toml). "Xi_max" cells are plain gossip in that phase (the
+Every file inherits configs/cifar10_resnet20.toml, except Table 3's (configs/imagenet32_resnet20_3.toml) and
+Figure 3's (configs/multi30k_transformer.toml). "Xi_max" cells are plain gossip in that phase (the
 paper: target Xi_max = the normal, uncontrolled decentralized training); "f Xi_max" cells use the
 target policy with factor f against the per-phase Xi_max of the reference run named in the file.
-Run order: reference runs first (Table 1's ring runs, and the references in table4/ and table6/), then
-the controlled runs; see configs/README.md.
+Run order: reference runs first (Table 1's ring runs, the references in table3/, table4/ and table6/, and
+figure3/ring.toml), then the controlled runs; see configs/README.md.
 """
 import os
 
@@ -107,6 +108,15 @@ def main():
             write(f"table7/e{e1}_{FRAC[f]}.toml",
                   f"Table 7: n=32, phase 1 = {e1} epochs with target {FRAC[f]} (zero = allreduce), phases 2-3 gossip.",
                   name=f"table7_e{e1}_{FRAC[f]}", n=32, **sched, **dec([f, 1.0, 1.0], ref))
+    # Figure 3: Transformer on Multi30k, n = 32, one phase: All-Reduce (complete), ring, ring with target
+    # 1/4 Xi_max (reference: the ring run), exponential graph.
+    for stem, topo, lv, what in (("complete", "complete", 0.0, "All-Reduce (complete), exact averaging"),
+                                 ("ring", "ring", 1.0, "ring, plain gossip (the reference of ring_target_quarter)"),
+                                 ("ring_target_quarter", "ring", 0.25, "ring, target 1/4 Xi_max of figure3_ring"),
+                                 ("exponential", "exponential", 1.0, "exponential graph, plain gossip")):
+        write(f"figure3/{stem}.toml", f"Figure 3: Transformer on Multi30k, n=32, {what}.", name=f"figure3_{stem}",
+              n=32, topology=topo, **dec([lv], "figure3_ring"),
+              base="multi30k_transformer.toml")
 
 
 if __name__ == "__main__":

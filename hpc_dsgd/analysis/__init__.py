@@ -2,8 +2,8 @@
 
 - `tables`: mean +- std over seeds per experiment, presets laying out the paper's Tables 1-7
   (`python tools/tables.py DIR [--preset tableN] [--paper] [--format md|latex|csv]`).
-- `figures`: Figures 1, 2, 4 and the Xi-vs-Theta check of Lemma A.1 (matplotlib, Agg backend)
-  (`python tools/figures.py fig1|fig2|theta-xi|fig4 ...`).
+- `figures`: Figures 1-4 and the Xi-vs-Theta check of Lemma A.1 (matplotlib, Agg backend)
+  (`python tools/figures.py fig1|fig2|fig3|theta-xi|fig4 ...`).
 - `gossip_sim`: the gossip-only consensus simulation of Figure 4 (pure numpy).
 
 Submodules are imported on first use, so `python -m hpc_dsgd.analysis.tables` runs cleanly and importing

@@ -2,6 +2,7 @@
 
     python tools/figures.py fig1 runs/ring32/ -o fig1.png           # Xi over epochs, phase boundaries
     python tools/figures.py fig2 runs/dec1/ runs/ring/ -o fig2.png  # training loss / train acc / test acc
+    python tools/figures.py fig3 runs/figure3_* -o fig3.png         # Multi30k: training loss / Xi / val ppl, BLEU
     python tools/figures.py theta-xi runs/x/trace.h5 -o thxi.png    # measured Xi vs Theta, Xi = (2/p) Theta
     python tools/figures.py fig4 --n 32 --steps 60 -o fig4.png      # gossip-only simulation (Sec. 5)
     python tools/figures.py surface CKPT [CKPT ...] -o s1d.png --contour s2d.png   # loss-surface slices
@@ -27,7 +28,7 @@ from .gossip_sim import FIG4_TOPOLOGIES, simulate_all  # noqa: E402
 from .tables import find_traces  # noqa: E402
 
 DPI = 100
-SIZE_WIDE = (12.0, 4.0)  # inches: three panels (Figure 2)
+SIZE_WIDE = (12.0, 4.0)  # inches: three panels (Figures 2 and 3)
 SIZE_ONE = (6.0, 4.5)  # inches: one panel
 
 
@@ -131,28 +132,53 @@ def fig1_consensus(traces, out_png: str) -> str:
                        r"Evolution of the consensus distance $\Xi$", 6)
 
 
-def fig2_learning_curves(traces, out_png: str) -> str:
-    """Figure 2: (a) training loss, (b) training accuracy, (c) test accuracy of the averaged model, per
-    epoch, one line per run."""
-    trs = _load(traces)
-    fig, axes = plt.subplots(1, 3, figsize=SIZE_WIDE)
-    panels = (("train_loss", "training loss"), ("train_acc", "training accuracy (%)"),
-              ("test_acc_avg", "test accuracy (%)"))
-    for tr in trs:
-        ep = np.asarray(tr.epoch.get("epoch", []), dtype=float)
-        for ax, (col, _) in zip(axes, panels):
-            y = np.asarray(tr.epoch.get(col, np.full(len(ep), np.nan)), dtype=float)
-            ax.plot(ep[: len(y)], y[: len(ep)], lw=1, label=_label(tr))
-    for ax, (col, name), tag in zip(axes, panels, "abc"):
+def _panel_row(trs, panels, out_png: str, labels=None) -> str:
+    """One row of panels (SIZE_WIDE), one line per run and panel. A panel is (group, column, name, log):
+    the column of the trace's `epoch` or `iter` group over epochs (unmeasured NaN points left out), on a
+    log scale if `log` and every plotted value is positive. The legend (`labels`, default _label) is in
+    the last panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=SIZE_WIDE)
+    for tr, lab in zip(trs, labels or [_label(tr) for tr in trs]):
+        for ax, (group, col, _, _) in zip(axes, panels):
+            x = _iter_epochs(tr) if group == "iter" else np.asarray(tr.epoch.get("epoch", []), dtype=float)
+            y = np.asarray(getattr(tr, group).get(col, []), dtype=float)
+            m = min(len(x), len(y))
+            ok = np.isfinite(y[:m])
+            ax.plot(x[:m][ok], y[:m][ok], lw=1, label=lab)
+    for ax, (_, _, name, log), tag in zip(axes, panels, "abcdef"):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(f"({tag}) {name}")
         ax.grid(alpha=0.3)
-    if all(np.all(np.asarray(tr.epoch.get("train_loss", [1.0])) > 0) for tr in trs):
-        axes[0].set_yscale("log")
-    axes[2].legend(fontsize=6)
+        ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+        if log and any(y.size for y in ys) and all((y > 0).all() for y in ys):
+            ax.set_yscale("log")
+    axes[-1].legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, out_png, SIZE_WIDE)
+
+
+def fig2_learning_curves(traces, out_png: str) -> str:
+    """Figure 2: (a) training loss, (b) training accuracy, (c) test accuracy of the averaged model, per
+    epoch, one line per run."""
+    return _panel_row(_load(traces), (("epoch", "train_loss", "training loss", True),
+                                      ("epoch", "train_acc", "training accuracy (%)", False),
+                                      ("epoch", "test_acc_avg", "test accuracy (%)", False)), out_png)
+
+
+def fig3_learning_curves(traces, out_png: str) -> str:
+    """Figure 3: learning curves of the Transformer on Multi30k: (a) training loss per epoch, (b) consensus
+    distance Xi over epochs, (c) validation perplexity of the averaged model per epoch; one line per run,
+    its legend label with the run's final test BLEU (last finite `bleu_avg`) where the trace has one."""
+    trs = _load(traces)
+    labels = []
+    for tr in trs:
+        bleu = np.asarray(tr.epoch.get("bleu_avg", []), dtype=float)
+        bleu = bleu[np.isfinite(bleu)]
+        labels.append(_label(tr) + (f", BLEU {bleu[-1]:.1f}" if bleu.size else ""))
+    return _panel_row(trs, (("epoch", "train_loss", "training loss", True),
+                            ("iter", "xi", r"consensus distance $\Xi_t$", True),
+                            ("epoch", "val_ppl_avg", "validation perplexity", False)), out_png, labels)
 
 
 def theta_vs_xi(trace, out_png: str) -> str:
@@ -204,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tools/figures.py", description="The paper's figures from traces.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, hlp in (("fig1", "Figure 1: Xi over epochs with phase boundaries"),
-                      ("fig2", "Figure 2: training loss, training accuracy, test accuracy")):
+                      ("fig2", "Figure 2: training loss, training accuracy, test accuracy"),
+                      ("fig3", "Figure 3 (Multi30k): training loss, Xi, validation perplexity; final BLEU")):
         p = sub.add_parser(name, help=hlp)
         p.add_argument("traces", nargs="+", help="trace files or directories (searched for *.h5)")
         p.add_argument("-o", "--out", required=True, help="output PNG")
@@ -237,6 +264,8 @@ def main(argv=None) -> int:
             out = fig1_consensus(args.traces, args.out)
         elif args.cmd == "fig2":
             out = fig2_learning_curves(args.traces, args.out)
+        elif args.cmd == "fig3":
+            out = fig3_learning_curves(args.traces, args.out)
         elif args.cmd == "theta-xi":
             out = theta_vs_xi(args.trace, args.out)
         elif args.cmd == "surface":

@@ -244,6 +244,46 @@ def test_figures_write_pngs_of_the_expected_size(runs_dir, tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
+def write_mt_trace(path, topology: str, bleu: float | None, epochs: int = 4) -> str:
+    """A one-phase Multi30k trace: epoch columns train_loss, val_ppl_avg (and bleu_avg, NaN until the last
+    epoch, unless bleu is None), iter column xi (NaN on unmeasured iterations)."""
+    cfg = config(name=f"figure3_{topology}", topology=topology, dataset="multi30k", model="transformer",
+                 decay_fractions=[], policies=["gossip"], target_factors=[1.0], epochs=float(epochs))
+    w = TraceWriter(str(path), {"config_json": json.dumps(cfg, sort_keys=True), "n": 32, "topology": topology,
+                                "iters_per_epoch": 10, "total_iters": 10 * epochs})
+    for it in range(10 * epochs):
+        w.append("iter", it=it, epoch=(it + 1) / 10, loss=9.0 * math.exp(-it / 30),
+                 xi=0.3 * math.exp(-it / 20) if it % 3 == 0 else math.nan)
+    for e in range(epochs):
+        extra = {} if bleu is None else {"bleu_avg": bleu if e == epochs - 1 else math.nan}
+        w.append("epoch", epoch=e + 1, it=10 * (e + 1), train_loss=6.0 / (e + 1), val_ppl_avg=40.0 / (e + 1) + 5,
+                 **extra)
+    w.set_attrs(status="finished")
+    w.flush()
+    return str(path)
+
+
+def test_fig3_learning_curves_with_bleu_in_the_legend(tmp_path, monkeypatch):
+    wide = (int(figures.SIZE_WIDE[1] * figures.DPI), int(figures.SIZE_WIDE[0] * figures.DPI))
+    runs = [write_mt_trace(tmp_path / f"{topo}.h5", topo, bleu)  # exponential: no bleu_avg column, still drawn
+            for topo, bleu in (("ring", 27.34), ("complete", 28.96), ("exponential", None))]
+    seen = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, out, size: (seen.append(fig), save(fig, out, size))[1])
+    out = figures.fig3_learning_curves(runs, str(tmp_path / "f3.png"))
+    assert _png_shape(out)[:2] == wide
+    (a, b, c) = seen[0].axes
+    assert [len(line.get_xdata()) for line in a.get_lines()] == [4, 4, 4]
+    assert [len(line.get_xdata()) for line in b.get_lines()] == [14, 14, 14]  # xi measured every third iteration
+    assert b.get_yscale() == "log" and c.get_yscale() == "linear"
+    legend = [t.get_text() for t in c.get_legend().get_texts()]
+    assert legend[0].endswith(", BLEU 27.3") and legend[1].endswith(", BLEU 29.0")
+    assert legend[2].startswith("figure3_exponential") and "BLEU" not in legend[2]
+    assert figures.main(["fig3", str(tmp_path), "-o", str(tmp_path / "cli3.png")]) == 0
+    assert _png_shape(str(tmp_path / "cli3.png"))[:2] == wide
+    assert (tmp_path / "cli3.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("name", ["ring", "torus", "exponential"])
 def test_gossip_simulation_contracts_at_rate_p(name):
     """Assumption 1 for a fixed W: Xi_k <= (1 - p)^(k/2) Xi_0."""

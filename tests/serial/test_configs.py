@@ -2,6 +2,7 @@
 paper-table files land in the cells of the table tool's presets that the paper puts them in."""
 import glob
 import os
+import tomllib
 
 import pytest
 
@@ -48,3 +49,27 @@ def test_paper_configs_fill_the_papers_cells(table, pattern, expect):
     assert lay.rows[r] == row
     group, label = lay.columns[c]
     assert (label if isinstance(col, str) else (group, label)) == col
+
+
+def _raw_toml(path):
+    """A config file's keys as TOML gives them, `base` files first (no Config fields, no validation)."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    base = data.pop("base", None)
+    return {**(_raw_toml(os.path.join(os.path.dirname(path), base)) if base else {}), **data}
+
+
+@pytest.mark.parametrize("stem, topology, policies, factors, reference", [
+    ("complete", "complete", ["allreduce"], [1.0], None),
+    ("ring", "ring", ["gossip"], [1.0], None),
+    ("ring_target_quarter", "ring", ["target"], [0.25], "runs/figure3_ring/trace.h5"),
+    ("exponential", "exponential", ["gossip"], [1.0], None),
+])
+def test_figure3_configs(stem, topology, policies, factors, reference):
+    """Figure 3 (Transformer on Multi30k, n = 32): the four runs, one phase each, on the Multi30k recipe."""
+    raw = _raw_toml(os.path.join(ROOT, "configs", "figure3", f"{stem}.toml"))
+    assert raw["name"] == f"figure3_{stem}" and raw["n"] == 32
+    assert (raw["topology"], raw["policies"], raw["target_factors"]) == (topology, policies, factors)
+    assert raw.get("reference_trace") == reference
+    assert (raw["dataset"], raw["model"], raw["optimizer"], raw["decay_fractions"]) == (
+        "multi30k", "transformer", "adam", [])
