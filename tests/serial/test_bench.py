@@ -25,3 +25,50 @@ def test_bench_json_under_mpiexec(tmp_path):
     assert j["device"] == "cpu" and j["cuda_aware_mpi"] is False and j["cuda_graph"] is False
     assert all(isinstance(x, float) for x in j["parts_ms"].values())
     assert "batched/loop local step" in p.stdout
+
+
+def test_translation_bench_json_under_mpiexec(tmp_path):
+    """--workload translation: the Multi30k Transformer (Adam, label-smoothed loss) on synthetic sentences,
+    the same modes (no CUDA graph), sentences/s = ranks x k x batch / (s per iteration)."""
+    out = tmp_path / "bench.json"
+    p, _ = launch(["bench", "--workload", "translation", "--replicas-per-rank", "2", "--rounds", "1",
+                   "--batch-size", "4", "--d-model", "32", "--layers", "1", "--d-ff", "64", "--vocab", "300",
+                   "--json", str(out)], ranks=2, timeout=120)
+    assert p.returncode == 0, p.stderr
+    j = json.loads(out.read_text())
+    assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi"}
+    for m, v in j["modes"].items():
+        assert set(v) == {"ms_per_iteration", "sentences_per_s", "samples_per_s"}
+        assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
+        assert math.isclose(v["samples_per_s"], 2 * 2 * 4 / (v["ms_per_iteration"] / 1e3), rel_tol=1e-9)
+        assert v["sentences_per_s"] == v["samples_per_s"]
+    assert j["workload"] == "translation" and j["samples"] == "sentences" and j["model"] == "transformer"
+    assert j["n"] == 4 and j["batch_size"] == 4 and j["exec"] == "vmap" and j["cuda_graph"] is False
+    assert (j["d_model"], j["layers"], j["d_ff"], j["vocab_size"], j["optimizer"]) == (32, 1, 64, 300, "adam")
+    # tied embedding 300 x 32 + one encoder and one decoder layer of width 32 (d_ff 64) + their norms
+    assert j["d"] == 300 * 32 + (4 * 32 * 32 + 4 * 32 + 2 * 32 * 64 + 64 + 32 + 4 * 32) \
+        + (8 * 32 * 32 + 8 * 32 + 2 * 32 * 64 + 64 + 32 + 6 * 32) + 2 * 2 * 32
+    assert "bench: workload translation, transformer d_model 32" in p.stdout and f"(d={j['d']})" in p.stdout
+    assert "sentences/s" in p.stdout
+
+
+def test_translation_batches_are_multi30k_like():
+    """The synthetic stand-in is the Translation workload itself on random ids: mean lengths about 13 and 14
+    subwords (+ <eos>), padded as the workload pads, no special id inside a sentence, default batch 64."""
+    import torch
+
+    from hpc_dsgd.bench import DEFAULT_BATCH, IdTokenizer, synthetic_translation
+    from hpc_dsgd.config import Config
+    from hpc_dsgd.workloads import Translation
+
+    cfg = Config(n=2, dataset="multi30k", model="transformer", vocab_size=300, batch_size=8, optimizer="adam")
+    wl = synthetic_translation(cfg, 4000, "cpu")
+    assert isinstance(wl, Translation) and wl.num_train == 4000 and DEFAULT_BATCH["translation"] == 64
+    assert abs((wl.src_len - 1).double().mean() - 13) < 0.5 and abs((wl.tgt_len - 1).double().mean() - 14) < 0.5
+    pad, bos, eos = IdTokenizer.pad_id, IdTokenizer.bos_id, IdTokenizer.eos_id
+    rows = torch.arange(4000)
+    assert (wl.src_all[rows, wl.src_len - 1] == eos).all() and (wl.tgt_out_all[rows, wl.tgt_len - 1] == eos).all()
+    assert (wl.tgt_in_all[:, 0] == bos).all() and (wl.tgt_in_all[:, 1:wl.tgt_out_all.shape[1]] ==
+                                                  wl.tgt_out_all[:, :-1].masked_fill(wl.tgt_out_all[:, :-1] == eos, pad)).all()
+    body = wl.src_all[:, :-1][torch.arange(wl.src_all.shape[1] - 1) < (wl.src_len - 1)[:, None]]
+    assert body.min() >= 3 and body.max() < 300

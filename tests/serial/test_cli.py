@@ -32,6 +32,9 @@ def launch(args, ranks=4, timeout=120, env=None):
     ("topology=torus", "torus"),  # n=8 works as 2x4; use a prime n below
     ("bogus_key=1", "unknown config key(s) bogus_key"),
     ("epochs=\"ten\"", "epochs='ten': expected float"),
+    ("lr_schedule=inverse_sqrt", "lr_schedule inverse_sqrt has no decays"),
+    ("model=transformer", "transformer is the multi30k model"),
+    ("optimizer=adagrad", "optimizer='adagrad': choose one of sgd, adam"),
 ])
 def test_bad_config_refused_on_every_rank(override, needle, tmp_path):
     extra = ["--set", "n=7"] if override == "topology=torus" else []
@@ -47,6 +50,21 @@ def test_missing_cifar_directory_says_where_files_go(tmp_path):
     p, _ = launch(["train", QUICK, "--set", "dataset=cifar10", "--set", f"data_dir={tmp_path}/nope"], ranks=4)
     assert p.returncode == 2
     assert f"{tmp_path}/nope" in p.stderr and "download=True" in p.stderr
+
+
+def test_missing_multi30k_files_named_and_nothing_written(tmp_path):
+    """The paper's Multi30k recipe with an empty data directory: one message naming the six files, their
+    layout and where to get them; exit 2 before any work (no run directory, no tokenizer)."""
+    (tmp_path / "m30k").mkdir()
+    (tmp_path / "m30k" / "train.en").write_text("A dog runs.\n", encoding="utf-8")
+    p, _ = launch(["train", os.path.join(ROOT, "configs", "multi30k_transformer.toml"), "--set", f"out_dir={tmp_path}/runs",
+                   "--set", f"data_dir={tmp_path}/m30k", "--set", "n=4"], ranks=4)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("hpc_dsgd: error") == 1
+    for needle in ("missing train.de, val.en, val.de, test_2016_flickr.en, test_2016_flickr.de", "plain or .gz",
+                   "data/task1/raw", "github.com/multi30k/dataset"):
+        assert needle in p.stderr, needle
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_exception_on_one_rank_ends_the_job_quickly(tmp_path):

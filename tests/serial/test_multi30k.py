@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import gzip
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from hpc_dsgd.config import Config
+from hpc_dsgd.data.augment import counter_hash
 from hpc_dsgd.data.base import DataError
 from hpc_dsgd.data.multi30k import (
     EncodedPairs,
@@ -24,6 +28,8 @@ from hpc_dsgd.data.multi30k import (
     tokenizer_for_run,
 )
 from hpc_dsgd.models.transformer import Seq2SeqTransformer, greedy_decode, label_smoothed_loss, sinusoidal_positions
+from hpc_dsgd.optim import LocalAdam
+from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.nmt import corpus_bleu, evaluate_bleu, evaluate_loss, inverse_sqrt_lr, scaled_warmup_steps
 
 from multi30k_corpus import corpus, fabricate  # tests/multi30k_corpus.py
@@ -211,9 +217,7 @@ def test_transformer_is_base_halved_tied_xavier_and_trains_shapes():
 def test_k_replicas_under_vmap_equal_k_separate_models():
     """The general batched path (torch.func.functional_call + vmap over a leading replica axis of the
     parameters, as DESIGN.md plans for non-ResNet models) gives each replica its own loss and gradient."""
-    import warnings
-
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad
 
     torch.manual_seed(0)
     V, k = 40, 3
@@ -272,3 +276,65 @@ def test_inverse_sqrt_schedule_and_warmup_scaling():
     lrs = [inverse_sqrt_lr(s, d, w) for s in range(1, 1000)]
     assert max(lrs) == lrs[w - 1] == pytest.approx(d ** -0.5 * w ** -0.5)
     assert lrs[9] == pytest.approx(10 * d ** -0.5 * w ** -1.5) and lrs[499] == pytest.approx(d ** -0.5 / math.sqrt(500))
+
+
+def test_schedule_from_config_is_one_inverse_sqrt_phase():
+    cfg = Config(n=32, batch_size=64, epochs=10.0, lr_schedule="inverse_sqrt", decay_fractions=[], policies=["gossip"],
+                 warmup_epochs=0.0, d_model=256, lr_scale=2.0)
+    s = Schedule.from_config(cfg, 29000)
+    assert (s.iters_per_epoch, s.total_iters, s.warmup_iters) == (14, 140, 125)
+    assert s.phase_bounds() == [(0, 140)] and {s.phase(t) for t in range(140)} == {1}
+    assert [s.lr(t) for t in range(140)] == [inverse_sqrt_lr(t + 1, 256, 125, 2.0) for t in range(140)]
+
+
+def test_local_adam_is_torch_adam_on_every_row():
+    """optim.LocalAdam on a (k, d) block = one torch.optim.Adam per row, bitwise (changing lr, weight decay)."""
+    k, d = 3, 40
+    cfg = Config(optimizer="adam", adam_betas=[0.9, 0.98], adam_eps=1e-9, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    P = torch.randn(k, d, generator=g)
+    rows = [torch.nn.Parameter(P[i].clone()) for i in range(k)]
+    opts = [torch.optim.Adam([r], lr=1.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3) for r in rows]
+    local = LocalAdam(cfg, k, d, "cpu")
+    for t in range(12):
+        G = torch.randn(k, d, generator=g) * (10.0 ** -(t % 4))
+        lr = 1e-3 * (t + 1)
+        for i, (r, o) in enumerate(zip(rows, opts)):
+            r.grad = G[i].clone()
+            o.param_groups[0]["lr"] = lr
+            o.step()
+        local.step(P, G.clone(), torch.tensor(-lr), lr, t)
+    for i, (r, o) in enumerate(zip(rows, opts)):
+        assert torch.equal(P[i], r.detach())
+        assert torch.equal(local.state["M"][i], o.state[r]["exp_avg"])
+        assert torch.equal(local.state["V"][i], o.state[r]["exp_avg_sq"])
+
+
+def test_counter_dropout_masks_are_per_key_and_equal_under_vmap():
+    """Dropout keyed by (seed, replica, iteration): k replicas under vmap get exactly the masks each gets
+    alone; another key gives another mask; the drop rate is p; evaluation ignores the key."""
+    torch.manual_seed(0)
+    m = Seq2SeqTransformer(50, 0, d_model=16, nhead=2, num_layers=1, dim_feedforward=32, dropout=0.3).train()
+    src, tgt = torch.randint(3, 50, (3, 4, 6)), torch.randint(3, 50, (3, 4, 5))
+    keys = counter_hash(7, torch.arange(3), 11, torch.zeros(3, dtype=torch.int64), 3)
+    params = {n: p.detach().expand(3, *p.shape) for n, p in m.named_parameters()}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes a slow batching fallback for CPU attention
+        batched = vmap(lambda p, s, t, key: functional_call(m, p, (s, t, key)))(params, src, tgt, keys)
+        alone = torch.stack([m(src[i], tgt[i], keys[i]) for i in range(3)])
+        again = m(src[0], tgt[0], keys[0])
+        other = m(src[0], tgt[0], keys[1])
+        m.eval()
+        evals = [m(src[0], tgt[0], keys[0]), m(src[0], tgt[0], keys[1])]
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, alone[0]) and not torch.allclose(other, alone[0])
+    assert torch.equal(evals[0], evals[1])
+    drop = m.drop_src
+    x = torch.ones(200_000)
+    m._key = keys[0]
+    drop.train()
+    y = drop(x)
+    m._key = None
+    rate = float((y == 0).float().mean())
+    assert abs(rate - 0.3) < 4 * math.sqrt(0.3 * 0.7 / x.numel()), rate
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
