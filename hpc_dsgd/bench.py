@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=Config.vocab_size, help="translation: vocabulary size (default 8000)")
     ap.add_argument("--d-model", type=int, default=Config.d_model, help="translation: Transformer width (default 256)")
     ap.add_argument("--heads", type=int, default=Config.heads, help="translation: attention heads (default 4)")
-    ap.add_argument("--layers", type=int, default=Config.layers, help="translation: encoder and decoder layers each (default 3)")
+    ap.add_argument("--layers", type=int, default=Config.layers,
+                    help="translation: encoder and decoder layers each (default 3)")
     ap.add_argument("--d-ff", type=int, default=Config.d_ff, help="translation: feed-forward width (default 1024)")
     ap.add_argument("--topology", default="ring")
     ap.add_argument("--exec", dest="exec_", default="batched", choices=EXECS, help="replica execution (default batched)")

@@ -1,11 +1,14 @@
 """The benchmark command as a user runs it: `mpiexec -n 4 python -m hpc_dsgd bench ... --json FILE` on the
-CPU writes, per mode, ms per iteration and images/s, and the run's description, all with the right types."""
+CPU writes, per mode, ms per iteration and samples/s (images/s; sentences/s with --workload translation),
+and the run's description, all with the right types."""
 from __future__ import annotations
 
 import json
 import math
 
 from test_cli import launch
+
+from hpc_dsgd.models.transformer import Seq2SeqTransformer
 
 
 def test_bench_json_under_mpiexec(tmp_path):
@@ -16,15 +19,17 @@ def test_bench_json_under_mpiexec(tmp_path):
     j = json.loads(out.read_text())
     assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "loop_local"}
     for m, v in j["modes"].items():
-        assert set(v) == {"ms_per_iteration", "images_per_s"}
+        assert set(v) == {"ms_per_iteration", "images_per_s", "samples_per_s"}
         assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
         # images/s counts every replica's batch: ranks x k x batch per iteration
         assert math.isclose(v["images_per_s"], 4 * 2 * 4 / (v["ms_per_iteration"] / 1e3), rel_tol=1e-9)
+        assert v["samples_per_s"] == v["images_per_s"]
     assert j["ranks"] == 4 and j["replicas_per_rank"] == 2 and j["n"] == 8 and isinstance(j["replicas_per_rank"], int)
     assert j["exec"] == "grouped" and j["precision"] == "fp32" and j["deterministic"] is True
     assert j["device"] == "cpu" and j["cuda_aware_mpi"] is False and j["cuda_graph"] is False
     assert all(isinstance(x, float) for x in j["parts_ms"].values())
-    assert "batched/loop local step" in p.stdout
+    assert j["workload"] == "image" and j["samples"] == "images" and j["model"] == "resnet20"
+    assert "batched/loop local step" in p.stdout and "bench: workload image, resnet20 width 0.25" in p.stdout
 
 
 def test_translation_bench_json_under_mpiexec(tmp_path):
@@ -45,9 +50,8 @@ def test_translation_bench_json_under_mpiexec(tmp_path):
     assert j["workload"] == "translation" and j["samples"] == "sentences" and j["model"] == "transformer"
     assert j["n"] == 4 and j["batch_size"] == 4 and j["exec"] == "vmap" and j["cuda_graph"] is False
     assert (j["d_model"], j["layers"], j["d_ff"], j["vocab_size"], j["optimizer"]) == (32, 1, 64, 300, "adam")
-    # tied embedding 300 x 32 + one encoder and one decoder layer of width 32 (d_ff 64) + their norms
-    assert j["d"] == 300 * 32 + (4 * 32 * 32 + 4 * 32 + 2 * 32 * 64 + 64 + 32 + 4 * 32) \
-        + (8 * 32 * 32 + 8 * 32 + 2 * 32 * 64 + 64 + 32 + 6 * 32) + 2 * 2 * 32
+    model = Seq2SeqTransformer(300, 0, d_model=32, nhead=4, num_layers=1, dim_feedforward=64)  # the workload's model
+    assert j["d"] == sum(q.numel() for q in model.parameters())
     assert "bench: workload translation, transformer d_model 32" in p.stdout and f"(d={j['d']})" in p.stdout
     assert "sentences/s" in p.stdout
 
@@ -68,7 +72,7 @@ def test_translation_batches_are_multi30k_like():
     pad, bos, eos = IdTokenizer.pad_id, IdTokenizer.bos_id, IdTokenizer.eos_id
     rows = torch.arange(4000)
     assert (wl.src_all[rows, wl.src_len - 1] == eos).all() and (wl.tgt_out_all[rows, wl.tgt_len - 1] == eos).all()
-    assert (wl.tgt_in_all[:, 0] == bos).all() and (wl.tgt_in_all[:, 1:wl.tgt_out_all.shape[1]] ==
-                                                  wl.tgt_out_all[:, :-1].masked_fill(wl.tgt_out_all[:, :-1] == eos, pad)).all()
+    shifted = wl.tgt_out_all[:, :-1]  # the decoder input is <bos> + the target without its <eos>
+    assert (wl.tgt_in_all[:, 0] == bos).all() and (wl.tgt_in_all[:, 1:] == shifted.masked_fill(shifted == eos, pad)).all()
     body = wl.src_all[:, :-1][torch.arange(wl.src_all.shape[1] - 1) < (wl.src_len - 1)[:, None]]
     assert body.min() >= 3 and body.max() < 300
