@@ -324,6 +324,9 @@ def main(argv: list[str]) -> int:
             if args.replica is not None and not 0 <= args.replica < int(cfg_d.get("n", 0)):
                 raise ConfigError(f"--replica {args.replica}: the checkpoint holds replicas 0..{int(cfg_d.get('n', 0)) - 1}")
             cfg = from_dict(cfg_d, ranks=1, check_files=True)
+            if cfg.dataset == "multi30k":
+                raise ConfigError(f"{args.checkpoint} is a multi30k (translation) run: the sharpness study measures "
+                                  "image-classification checkpoints (digits, cifar10, imagenet32)")
             from .data import load_dataset
 
             ntrain = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_y)

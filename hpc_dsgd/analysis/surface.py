@@ -107,6 +107,9 @@ def averaged_model(checkpoint: str, data_dir: str | None = None):
     if data_dir:
         cfg_d["data_dir"] = data_dir
     cfg = from_dict(cfg_d, ranks=1, check_files=True)
+    if cfg.dataset == "multi30k":
+        raise ValueError(f"{checkpoint} is a multi30k (translation) run: loss surfaces are drawn for "
+                         "image-classification checkpoints (digits, cifar10, imagenet32)")
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
     _, tensors, _, _ = load_checkpoint(checkpoint, list(range(cfg.n)), "cpu", verify=False)
     row = tensors["X"].to(torch.float64).mean(0)

@@ -17,12 +17,14 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from hpc_dsgd.analysis.surface import averaged_model
 from hpc_dsgd.config import from_dict
 from hpc_dsgd.data import epoch_permutation, replica_shard
 from hpc_dsgd.data.augment import counter_hash
 from hpc_dsgd.data.multi30k import EncodedPairs, SubwordTokenizer, load_multi30k, pad_batch
 from hpc_dsgd.models.transformer import Seq2SeqTransformer, label_smoothed_loss
 from hpc_dsgd.nmt import inverse_sqrt_lr, scaled_warmup_steps
+from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.topology import Topology
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
@@ -220,3 +222,6 @@ def test_stop_and_resume_is_bitwise(tmp_path_factory, data_dir):
         np.testing.assert_array_equal(a["loss"], b["loss"])
         np.testing.assert_array_equal(b["it"], np.arange(6))
         assert full.metrics["bleu_avg"] == rest.metrics["bleu_avg"]
+        with pytest.raises(ValueError, match="multi30k .translation. run: loss surfaces"):
+            averaged_model(rest.checkpoint)
+    assert sharpness_main([rest.checkpoint]) == 2  # refused with one message: an image-classification study
