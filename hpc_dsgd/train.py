@@ -21,7 +21,7 @@ import torch
 from mpi4py import MPI
 
 from . import __version__
-from .comm import Gossiper, World, allreduce_scalars, global_mean, make_world
+from .comm import Gossiper, World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .replica import Replicas
 from .topology import Topology

@@ -39,6 +39,22 @@ def gather_rows(comm, X):
     return np.concatenate(rows) if comm.Get_rank() == 0 else None
 
 
+def results_per_split(tmp, make_cfg) -> dict:
+    """Run make_cfg(out_dir, ranks) on R, ..., 1 ranks (every divisor of the world size R, the other ranks
+    idle): R x n/R, ..., 1 x n. Rank 0 of the world gets {ranks: the gathered final (n, D) block}."""
+    world = MPI.COMM_WORLD
+    R, results = world.Get_size(), {}
+    for ranks in [s for s in range(R, 0, -1) if R % s == 0]:
+        sub = world.Split(0 if world.Get_rank() < ranks else MPI.UNDEFINED, world.Get_rank())
+        if sub != MPI.COMM_NULL:
+            X = gather_rows(sub, run(make_cfg(f"{tmp}/{ranks}", ranks), sub, log=lambda *a, **k: None).X)
+            if sub.Get_rank() == 0:
+                results[ranks] = X
+            sub.Free()
+        world.Barrier()
+    return results
+
+
 def reference(cfg):
     """Single process, all n replicas, torch.optim.SGD, dense float64 W_t: an independent simulation
     (one ordinary module per replica, each batch augmented on its own at (seed, replica, iteration))."""
@@ -106,18 +122,9 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory, replica_exec):
         pytest.skip("one process has a single split; run under mpiexec -n 4 to compare 4x1, 2x2 and 1x4")
     n = math.lcm(N, R)
     tmp = world.bcast(str(tmp_path_factory.mktemp("split")) if world.Get_rank() == 0 else None)
-    results = {}
-    for ranks in [s for s in range(R, 0, -1) if R % s == 0]:
-        color = 0 if world.Get_rank() < ranks else MPI.UNDEFINED
-        sub = world.Split(color, world.Get_rank())
-        if sub != MPI.COMM_NULL:
-            cfg = from_dict(small_cfg(f"{tmp}/{ranks}", n=n, topology="ring", policies=["gossip", "allreduce", "gossip"],
-                                      max_iterations=ITERS, replica_exec=replica_exec), ranks=ranks)
-            X = gather_rows(sub, run(cfg, sub, log=lambda *a, **k: None).X)
-            if sub.Get_rank() == 0:
-                results[ranks] = X
-            sub.Free()
-        world.Barrier()
+    results = results_per_split(tmp, lambda out, ranks: from_dict(small_cfg(
+        out, n=n, topology="ring", policies=["gossip", "allreduce", "gossip"], max_iterations=ITERS,
+        replica_exec=replica_exec), ranks=ranks))
     if world.Get_rank() == 0:
         for ranks, X in results.items():
             if ranks > 1 and replica_exec == "loop":

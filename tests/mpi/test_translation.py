@@ -30,6 +30,7 @@ from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 from hpc_dsgd.workloads.translation import STREAM_DROPOUT
 from multi30k_corpus import fabricate  # tests/multi30k_corpus.py
+from test_dsgd import gather_rows, results_per_split  # tests/mpi is on sys.path under pytest
 
 QUIET = dict(log=lambda *a, **k: None)
 N = 4
@@ -58,11 +59,6 @@ def tcfg(tmp, data_dir, ranks=None, **kw):
 def shared_tmp(factory, name):
     comm = MPI.COMM_WORLD
     return comm.bcast(str(factory.mktemp(name)) if comm.Get_rank() == 0 else None)
-
-
-def gather_rows(comm, X):
-    rows = comm.gather(X.numpy(), root=0)
-    return np.concatenate(rows) if comm.Get_rank() == 0 else None
 
 
 def reference(cfg, tokenizer_json):
@@ -169,17 +165,8 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory, data_dir, replica_
     if R == 1:
         pytest.skip("one process has a single split; run under mpiexec -n 4 to compare 4x1, 2x2 and 1x4")
     tmp = shared_tmp(tmp_path_factory, "split")
-    results = {}
-    for ranks in [s for s in range(R, 0, -1) if R % s == 0]:
-        color = 0 if world.Get_rank() < ranks else MPI.UNDEFINED
-        sub = world.Split(color, world.Get_rank())
-        if sub != MPI.COMM_NULL:
-            cfg = tcfg(f"{tmp}/{ranks}", data_dir, ranks=ranks, n=math.lcm(N, R), replica_exec=replica_exec)
-            X = gather_rows(sub, run(cfg, sub, **QUIET).X)
-            if sub.Get_rank() == 0:
-                results[ranks] = X
-            sub.Free()
-        world.Barrier()
+    results = results_per_split(tmp, lambda out, ranks: tcfg(out, data_dir, ranks=ranks, n=math.lcm(N, R),
+                                                             replica_exec=replica_exec))
     if world.Get_rank() == 0:
         for ranks, X in results.items():
             if replica_exec == "loop":

@@ -9,7 +9,6 @@ import gzip
 import math
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -247,7 +246,7 @@ def test_k_replicas_under_vmap_equal_k_separate_models():
 
 
 def test_adam_lowers_the_loss_and_greedy_decoding_translates(tmp_path, tok):
-    splits = fabricate(tmp_path)
+    fabricate(tmp_path)
     d = load_multi30k(str(tmp_path))
     train = EncodedPairs(d.train, tok)
     torch.manual_seed(0)
