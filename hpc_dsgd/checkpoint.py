@@ -730,17 +730,23 @@ def check_compatible(saved_meta: dict, cfg_dict: dict, keys: Iterable[str] | Non
                      exclude: Iterable[str] = ()) -> list[str]:
     """Differences "key: checkpoint=... config=..." between the checkpoint's config and cfg_dict, over
     `keys` (None: every key of either side) minus the fnmatch patterns in `exclude`. Empty = compatible.
+    A config key the checkpoint predates (absent from its config) matches the key's default value.
     Resume: check_compatible(m["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT);
     branch: check_compatible(m["meta"], cfg.to_dict(), keys=BRANCH_MUST_MATCH)."""
+    from .config import Config
+
     saved = saved_config(saved_meta)
     names = list(keys) if keys is not None else sorted(set(saved) | set(cfg_dict))
     patterns = list(exclude)
     absent = "<absent>"
+    defaults = Config().to_dict()
     out = []
     for key in names:
         if any(fnmatch.fnmatchcase(key, p) for p in patterns):
             continue
         a, b = saved.get(key, absent), cfg_dict.get(key, absent)
+        if a is absent and key in defaults and b == defaults[key]:
+            continue  # a key added after the checkpoint was written, at its default: the behaviour the run had
         if a != b:
             out.append(f"{key}: checkpoint={json.dumps(a) if a is not absent else absent} "
                        f"config={json.dumps(b) if b is not absent else absent}")

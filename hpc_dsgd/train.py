@@ -250,7 +250,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], t, epoch, b, lr,
                                              phase, sched, flags)
         t_train += time.perf_counter() - tic
-        acc += (row["loss"], row["acc"] * row["predictions"] / 100.0, row["predictions"])
+        acc += (row["loss"] * cfg.n, row["acc"] * row["predictions"] / 100.0, row["predictions"])  # epoch sums
         stats.add(row)
         if rank0:
             trace.append("iter", **row, time=t_train)
@@ -262,7 +262,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             stats = PhaseStats()
         if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:  # end of an epoch: progress line, evaluation
             ep = (t + 1) / ipe
-            train = dict(epoch=ep, it=t, train_loss=acc[0] / max(t + 1 - epoch * ipe, 1),
+            train = dict(epoch=ep, it=t, train_loss=acc[0] / (cfg.n * max(t + 1 - epoch * ipe, 1)),
                          train_acc=100.0 * acc[1] / max(acc[2], 1), **{rate: (t + 1) * imgs / t_train},
                          elapsed=t_train)
             acc[:] = 0
@@ -303,7 +303,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             break
     if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
         log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4g} loss "
-            f"{acc[0] / max(t + 1 - (t // ipe) * ipe, 1):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
+            f"{acc[0] / (cfg.n * max(t + 1 - (t // ipe) * ipe, 1)):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
             f"(stopped after iteration {t} of {sched.total_iters}, mid-epoch: not evaluated) "
             f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} {unit}", flush=True)
     if rank0:

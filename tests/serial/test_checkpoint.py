@@ -246,6 +246,11 @@ def test_check_compatible_lists_exactly_the_differing_keys():
     # keys only one side knows are differences too; a config dict works as meta directly
     d = same.to_dict() | {"checkpoint_minutes": 30.0, "new_key": 1}
     assert check_compatible(saved.to_dict(), d, exclude=RESUME_MUST_MATCH_EXCEPT) == ["new_key: checkpoint=<absent> config=1"]
+    # a checkpoint that predates a config key ran with that key's default: it matches the default only
+    old = {k: v for k, v in saved.to_dict().items() if k not in ("optimizer", "vocab_size")}
+    assert check_compatible(old, saved.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT) == []
+    adam = Config(**{**saved.to_dict(), "optimizer": "adam"}).to_dict()
+    assert check_compatible(old, adam, keys=BRANCH_MUST_MATCH) == ['optimizer: checkpoint=<absent> config="adam"']
 
 
 def test_list_checkpoints_of_missing_run(tmp_path):
