@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="local mini-batch per replica (default: the paper's, 32 images or 64 sentences)")
     ap.add_argument("--model", default=None, help="image model (default resnet20); translation: transformer")
     ap.add_argument("--width", type=float, default=1.0, help="image model width factor")
+    ap.add_argument("--classes", type=int, default=10,
+                    help="image classes (default 10, CIFAR-10; 1000 with --width 3 --batch-size 64: an ImageNet-32 iteration)")
     ap.add_argument("--vocab", type=int, default=Config.vocab_size, help="translation: vocabulary size (default 8000)")
     ap.add_argument("--d-model", type=int, default=Config.d_model, help="translation: Transformer width (default 256)")
     ap.add_argument("--heads", type=int, default=Config.heads, help="translation: attention heads (default 4)")
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                      replica_exec=args.exec_, precision=args.precision, deterministic=args.deterministic,
                      cuda_graph=args.cuda_graph)
         x = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8, generator=g)
-        y = torch.randint(0, 10, (N,), generator=g)
-        data = ImageData("random", x, y, x[:64], y[:64], (0.5,) * 3, (0.25,) * 3, 10).to(world.device)
+        y = torch.randint(0, args.classes, (N,), generator=g)
+        data = ImageData("random", x, y, x[:64], y[:64], (0.5,) * 3, (0.25,) * 3, args.classes).to(world.device)
         lr = 0.01
     reps = Replicas(cfg, world, data)  # the data pipeline on the device
     pre = Replicas(cfg, world, data)  # the same step on fixed batches
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, Adam (d={d}), local batch {B} sentences "
                      f"(synthetic, mean length {SRC_MEAN:g}/{TGT_MEAN:g} subwords)")
         else:
-            model = f"{args.model} width {args.width} (d={d}), local batch {B} images"
+            model = f"{args.model} width {args.width}, {args.classes} classes (d={d}), local batch {B} images"
         print(f"bench: workload {args.workload}, {model}, {world.ranks} ranks x {k} replicas "
               f"(n={n}), {args.topology} (gossip via {kind}), exec {reps.exec.name}, {args.precision}, "
               f"deterministic {args.deterministic}, CUDA graph {reps.capture}, device {dev}, "
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as f:
                 extra = {"vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers,
                          "d_ff": cfg.d_ff, "dropout": cfg.dropout, "optimizer": cfg.optimizer} if translation else \
-                    {"width": args.width, "optimizer": cfg.optimizer}
+                    {"width": args.width, "classes": args.classes, "optimizer": cfg.optimizer}
                 json.dump({"modes": {m: {"ms_per_iteration": 1e3 * med[m], f"{samples}_per_s": per_s[m],
                                          "samples_per_s": per_s[m]} for m in modes},
                            "parts_ms": {name: 1e3 * v for name, v in part.items()},

@@ -25,6 +25,8 @@ bench n32_4x8_fp32_det 4 --replicas-per-rank 8
 bench n1_1x1_fp32_det 1 --replicas-per-rank 1
 bench n1_1x1_fp32_fast 1 --replicas-per-rank 1 --deterministic false
 ROUNDS=5 bench n32_1x32_fp32_det_loop 1 --replicas-per-rank 32 --exec loop
+bench in32_n32_1x32_fp32_det 1 --replicas-per-rank 32 --width 3 --classes 1000 --batch-size 64
+bench in32_n1_1x1_fp32_det 1 --replicas-per-rank 1 --width 3 --classes 1000 --batch-size 64
 bench nmt_n32_1x32_fp32_det 1 --workload translation --replicas-per-rank 32
 bench nmt_n1_1x1_fp32_det 1 --workload translation --replicas-per-rank 1
 "$py" - "$out" <<'PY'

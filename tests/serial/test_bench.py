@@ -8,13 +8,14 @@ import math
 
 from test_cli import launch
 
+from hpc_dsgd.models import resnet20
 from hpc_dsgd.models.transformer import Seq2SeqTransformer
 
 
 def test_bench_json_under_mpiexec(tmp_path):
     out = tmp_path / "bench.json"
     p, _ = launch(["bench", "--replicas-per-rank", "2", "--rounds", "1", "--width", "0.25", "--batch-size", "4",
-                "--compare-loop", "--json", str(out)], ranks=4, timeout=240)
+                "--classes", "1000", "--compare-loop", "--json", str(out)], ranks=4, timeout=240)
     assert p.returncode == 0, p.stderr
     j = json.loads(out.read_text())
     assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "loop_local"}
@@ -29,7 +30,8 @@ def test_bench_json_under_mpiexec(tmp_path):
     assert j["device"] == "cpu" and j["cuda_aware_mpi"] is False and j["cuda_graph"] is False
     assert all(isinstance(x, float) for x in j["parts_ms"].values())
     assert j["workload"] == "image" and j["samples"] == "images" and j["model"] == "resnet20"
-    assert "batched/loop local step" in p.stdout and "bench: workload image, resnet20 width 0.25" in p.stdout
+    assert j["classes"] == 1000 and j["d"] == sum(p.numel() for p in resnet20(num_classes=1000, width=0.25).parameters())
+    assert "batched/loop local step" in p.stdout and "bench: workload image, resnet20 width 0.25, 1000 classes" in p.stdout
 
 
 def test_translation_bench_json_under_mpiexec(tmp_path):
