@@ -18,6 +18,18 @@ import math
 from dataclasses import dataclass
 
 
+def scaled_warmup_steps(n: int, local_batch: int, warmup_at_64: int = 4000) -> int:
+    """Warm-up steps for global mini-batch n * local_batch: 4000 at mini-batch 64, scaled down linearly
+    with the global mini-batch (Kong et al. 2021, Sec. 4.2); at least 1."""
+    return max(1, round(warmup_at_64 * 64 / (n * local_batch)))
+
+
+def inverse_sqrt_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
+    """lr(step) = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), step counted from 1."""
+    step = max(step, 1)
+    return scale * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
 @dataclass(frozen=True)
 class Schedule:
     iters_per_epoch: int  # floor(N_train / (n * batch_size)): every replica sees a fresh shard
@@ -35,9 +47,7 @@ class Schedule:
             raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the "
                              f"{num_train} training samples: an epoch would have no iteration; lower n or batch_size")
         total = max(1, round(cfg.epochs * ipe))
-        if getattr(cfg, "lr_schedule", "step") == "inverse_sqrt":
-            from .nmt import scaled_warmup_steps
-
+        if cfg.lr_schedule == "inverse_sqrt":
             warm = scaled_warmup_steps(cfg.n, cfg.batch_size, cfg.warmup_steps)
             return InverseSqrtSchedule(ipe, total, warm, 0.0, 0.0, (), 1.0, d_model=cfg.d_model, scale=cfg.lr_scale)
         return cls(ipe, total, round(cfg.warmup_epochs * ipe), cfg.warmup_lr, cfg.peak_lr(),
@@ -69,6 +79,4 @@ class InverseSqrtSchedule(Schedule):
     scale: float = 1.0
 
     def lr(self, t: int) -> float:
-        from .nmt import inverse_sqrt_lr
-
         return inverse_sqrt_lr(t + 1, self.d_model, self.warmup_iters, self.scale)

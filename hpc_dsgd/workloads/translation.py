@@ -28,9 +28,9 @@ import torch
 from ..comm import allreduce_scalars, global_mean
 from ..data.augment import counter_hash
 from ..data.base import DataError
-from ..data.multi30k import EncodedPairs, SubwordTokenizer, load_multi30k
+from ..data.multi30k import EncodedPairs, SubwordTokenizer, load_multi30k, tokenizer_for_run
 from ..models.transformer import Seq2SeqTransformer, label_smoothed_loss
-from ..nmt import corpus_bleu, translate
+from ..nmt import corpus_bleu, loss_sums, translate
 from ..optim import make_optimizer
 from ..schedule import Schedule
 
@@ -57,6 +57,7 @@ class Translation:
         pad = tok.pad_id
         self.src_len = (whole.src != pad).sum(1).to(self.device)
         self.tgt_len = (whole.tgt_out != pad).sum(1).to(self.device)
+        self.all_replicas = torch.arange(cfg.n, device=self.device)  # global ids, for the padded length
         g = torch.Generator().manual_seed(cfg.seed + 17)
         self.local_idx = torch.randperm(len(self.val), generator=g)[:cfg.local_eval_samples or None].tolist()
 
@@ -71,13 +72,12 @@ class Translation:
                 parent = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(cfg.branch_from))), "tokenizer.json") \
                     if cfg.branch_from else ""
                 os.makedirs(run_dir, exist_ok=True)
-                if how == "resume" and os.path.isfile(path):
-                    pass  # the run's own tokenizer: its model's vocabulary
+                if how == "fresh" and os.path.isfile(path):
+                    os.remove(path)  # a fresh start trains its own (vocab_size may have changed)
                 elif how == "branch" and os.path.isfile(parent):
                     shutil.copyfile(parent, path + ".tmp")
                     os.replace(path + ".tmp", path)
-                else:
-                    SubwordTokenizer.train(corpus.train.src + corpus.train.tgt, cfg.vocab_size).save(path)
+                tokenizer_for_run(run_dir, corpus.train, cfg.vocab_size)  # resume: the run's own, its model's vocabulary
             except (OSError, ValueError) as e:
                 err = f"cannot prepare the tokenizer {path}: {e}"
         err = world.comm.bcast(err, root=0)
@@ -102,7 +102,7 @@ class Translation:
     # -- training ----------------------------------------------------------------------------
     def batch(self, reps, idx: torch.Tensor):
         """((src, tgt_in, dropout keys), tgt_out) of the k replicas: (k, B, S), (k, B, T), (k,), (k, B, T)."""
-        everyone = reps.batch_indices(reps.b_dev, torch.arange(self.cfg.n, device=idx.device))  # (n, B)
+        everyone = reps.batch_indices(reps.b_dev, self.all_replicas)  # (n, B): every replica's pairs
         S, T = torch.stack([self.src_len[everyone].max(), self.tgt_len[everyone].max()]).tolist()
         key = counter_hash(self.cfg.seed, reps.ids, reps.t_dev, torch.zeros_like(reps.ids), STREAM_DROPOUT)
         return (self.src_all[idx, :S], self.tgt_in_all[idx, :T], key), self.tgt_out_all[idx, :T]
@@ -115,17 +115,6 @@ class Translation:
         return (ls / ntok.clamp(min=1)).sum(), correct, ntok.sum()
 
     # -- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def _avg_loss(self, model, idx: list[int]) -> tuple[float, float, float]:
-        """(label-smoothed loss, NLL, tokens) of `model` on the validation pairs idx, summed."""
-        model.eval()
-        tot = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for b in self.val.batches(EVAL_BATCH, idx):
-            b = b.to(self.device)
-            ls, nll, nt = label_smoothed_loss(model(b.src, b.tgt_in), b.tgt_out, self.tok.pad_id, self.cfg.label_smoothing)
-            tot += torch.stack([ls.double(), nll.double(), nt.double()])
-        return tuple(tot.tolist())
-
     @torch.no_grad()
     def local_ppl(self, reps) -> torch.Tensor:
         """Validation perplexity (k,) of every local replica on the local_eval_samples pairs."""
@@ -157,7 +146,8 @@ class Translation:
     def evaluate(self, world, reps) -> dict:
         reps.eval_x.copy_(global_mean(world, reps.X).to(reps.eval_x.dtype))  # xbar
         model = reps.eval_model
-        loss, nll, tok = self._avg_loss(model, list(range(world.rank, len(self.val), world.ranks)))
+        mine = list(range(world.rank, len(self.val), world.ranks))
+        loss, nll, tok = loss_sums(model, self.val, EVAL_BATCH, self.device, self.cfg.label_smoothing, mine)
         ppl = self.local_ppl(reps)
         bleu = self.bleu(world, model)
         s = allreduce_scalars(world.comm, [loss, nll, tok, float(ppl.sum()), float(ppl.pow(2).sum())])
