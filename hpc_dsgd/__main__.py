@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
+
+ABORT_GRACE_S = 1.0  # seconds a failing rank waits, after printing its traceback, before MPI_Abort
 
 
 def _one_line(msg: str) -> str:
@@ -92,9 +95,14 @@ def _train(argv: list[str]) -> int:
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()
+        sys.stdout.flush()
         if lock is not None:
             lock.release()
         if comm.Get_size() > 1:
+            # The launcher forwards our stderr through its own pipes and drops what it still holds when it
+            # tears the job down on MPI_Abort (seen once with MPICH's hydra on a loaded 2-core machine: the
+            # job ended non-zero with an empty stderr). Give it a moment to forward the traceback first.
+            time.sleep(ABORT_GRACE_S)
             comm.Abort(1)  # the other ranks may be waiting in a collective: end the whole job
         return 1
     finally:

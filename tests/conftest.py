@@ -8,6 +8,7 @@ process manager then tears the job down.
 """
 import os
 import sys
+import time
 
 import pytest
 
@@ -34,6 +35,9 @@ def pytest_runtest_makereport(item, call):
     if report.failed and comm is not None and comm.Get_size() > 1:
         sys.stderr.write(f"\n[rank {comm.Get_rank()}] FAILED {item.nodeid} ({report.when}):\n{report.longreprtext}\n")
         sys.stderr.flush()
+        from hpc_dsgd.__main__ import ABORT_GRACE_S
+
+        time.sleep(ABORT_GRACE_S)  # let the launcher forward the report before it tears the job down
         comm.Abort(1)
 
 
