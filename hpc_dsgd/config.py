@@ -124,6 +124,20 @@ _HINTS = typing.get_type_hints(Config)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+TRANSFORMER_KEYS = ("vocab_size", "max_len", "d_model", "heads", "layers", "d_ff", "dropout", "label_smoothing")
+STEP_SCHEDULE_KEYS = ("base_lr", "base_batch", "warmup_epochs", "warmup_lr", "decay_factor")
+
+
+def inapplicable_keys(cfg: dict) -> frozenset:
+    """The keys of a run's config (as its trace stores it) that nothing reads under the rest of it: the other
+    optimizer's hyper-parameters, the other schedule's, the Transformer's for an image model and the width for
+    the Transformer. Tables leave them out, so that they neither label nor split an experiment."""
+    out = set(("momentum", "nesterov") if cfg.get("optimizer", "sgd") == "adam" else ("adam_betas", "adam_eps"))
+    out |= set(STEP_SCHEDULE_KEYS if cfg.get("lr_schedule", "step") == "inverse_sqrt" else ("warmup_steps", "lr_scale"))
+    out |= {"width"} if cfg.get("model") == "transformer" else set(TRANSFORMER_KEYS)
+    return frozenset(out)
+
+
 def _coerce(key: str, value):
     """Check value against the field's annotation; ints are accepted for floats."""
     hint = _HINTS[key]

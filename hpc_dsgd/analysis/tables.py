@@ -32,6 +32,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from ..config import Config, inapplicable_keys
 from ..trace import SCHEMA_VERSION, TraceError, read_trace
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
@@ -42,6 +43,7 @@ NON_IDENTIFYING = frozenset({
     "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
     "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
 })
+_DEFAULTS = Config().to_dict()
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
 # Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
 MAIN_KEYS = ("dataset", "model", "n", "topology", "momentum", "epochs", "policies", "target_factors")
@@ -52,6 +54,16 @@ IMAGENET_FRACTIONS = (1 / 3, 2 / 3, 8 / 9)  # ... and at 1/3, 2/3, 8/9 (ImageNet
 
 def is_identifying(key: str, ignore: frozenset | set = frozenset()) -> bool:
     return not (key in NON_IDENTIFYING or key in ignore or key.endswith(NON_IDENTIFYING_SUFFIXES))
+
+
+def identity(config: dict, ignore: frozenset | set = frozenset()) -> dict:
+    """The keys that identify a run's experiment. A key its trace predates takes its default (the run behaved
+    as the default, as resume and branch assume), so older and newer traces of one experiment group together;
+    keys nothing reads under the rest of the config (momentum for Adam, width for the Transformer, ...:
+    `config.inapplicable_keys`) are left out, so they neither label nor split an experiment."""
+    full = {**_DEFAULTS, **config}
+    skip = inapplicable_keys(full)
+    return {k: v for k, v in sorted(full.items()) if k not in skip and is_identifying(k, ignore)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,7 +289,7 @@ def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
     with the metric) and say of every other run why it does not count."""
     groups: dict[str, Group] = {}
     for r in runs:
-        ident = {k: v for k, v in sorted(r.config.items()) if is_identifying(k, ignore)}
+        ident = identity(r.config, ignore)
         key = json.dumps(ident, sort_keys=True)
         groups.setdefault(key, Group(key, ident)).runs.append(r)
     for g in groups.values():

@@ -96,7 +96,7 @@ def runs_dir(tmp_path_factory):
 
 
 def _group(groups, exp):
-    want = {k: v for k, v in CFGS[exp].items() if tables.is_identifying(k)}
+    want = tables.identity(CFGS[exp])
     (g,) = [g for g in groups if g.ident == want]
     return g
 
@@ -282,6 +282,32 @@ def test_fig3_learning_curves_with_bleu_in_the_legend(tmp_path, monkeypatch):
     assert figures.main(["fig3", str(tmp_path), "-o", str(tmp_path / "cli3.png")]) == 0
     assert _png_shape(str(tmp_path / "cli3.png"))[:2] == wide
     assert (tmp_path / "cli3.png").stat().st_size > 1000
+
+
+def test_keys_nothing_reads_neither_label_nor_split_an_experiment(tmp_path, capsys):
+    """An Adam/Transformer run's row shows no momentum or width, and two runs differing only in them are one
+    experiment; an SGD run shows momentum and no Adam or Transformer keys; a trace written before the
+    optimizer key existed groups with its SGD twin (a missing key is its default)."""
+    mt = dict(dataset="multi30k", model="transformer", optimizer="adam", lr_schedule="inverse_sqrt",
+              decay_fractions=[], policies=["gossip"], target_factors=[1.0])
+    write_trace(tmp_path / "mt0.h5", config(seed=0, momentum=0.9, width=1.0, **mt), 30.0, epochs=2)
+    write_trace(tmp_path / "mt1.h5", config(seed=1, momentum=0.5, width=3.0, nesterov=False, **mt), 32.0, epochs=2)
+    old = config(seed=1)
+    for k in ("optimizer", "adam_betas", "adam_eps", "lr_schedule", "d_model", "dropout"):
+        old.pop(k)
+    write_trace(tmp_path / "img0.h5", config(seed=0), 90.0)
+    write_trace(tmp_path / "img1.h5", old, 92.0)
+    groups = tables.group_runs(tables.load_runs(str(tmp_path)).runs)
+    assert sorted(len(g.runs) for g in groups) == [2, 2]
+    adam, = [g for g in groups if g.ident["optimizer"] == "adam"]
+    sgd, = [g for g in groups if g.ident["optimizer"] == "sgd"]
+    assert not {"momentum", "nesterov", "width", "base_lr", "warmup_lr"} & set(adam.ident)
+    assert {"adam_betas", "d_model", "dropout", "warmup_steps"} <= set(adam.ident)
+    assert {"momentum", "width", "base_lr"} <= set(sgd.ident)
+    assert not {"adam_betas", "adam_eps", "d_model", "dropout", "label_smoothing", "warmup_steps"} & set(sgd.ident)
+    assert tables.main([str(tmp_path / "mt0.h5"), str(tmp_path / "mt1.h5")]) == 0
+    head = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| dataset"))
+    assert "momentum" not in head and "width" not in head, head
 
 
 @pytest.mark.parametrize("name", ["ring", "torus", "exponential"])
