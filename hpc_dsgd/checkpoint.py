@@ -733,13 +733,12 @@ def check_compatible(saved_meta: dict, cfg_dict: dict, keys: Iterable[str] | Non
     A config key the checkpoint predates (absent from its config) matches the key's default value.
     Resume: check_compatible(m["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT);
     branch: check_compatible(m["meta"], cfg.to_dict(), keys=BRANCH_MUST_MATCH)."""
-    from .config import Config
+    from .config import DEFAULTS as defaults
 
     saved = saved_config(saved_meta)
     names = list(keys) if keys is not None else sorted(set(saved) | set(cfg_dict))
     patterns = list(exclude)
     absent = "<absent>"
-    defaults = Config().to_dict()
     out = []
     for key in names:
         if any(fnmatch.fnmatchcase(key, p) for p in patterns):

@@ -32,7 +32,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from ..config import Config, inapplicable_keys
+from ..config import DEFAULTS, inapplicable_keys
 from ..trace import SCHEMA_VERSION, TraceError, read_trace
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
@@ -43,7 +43,6 @@ NON_IDENTIFYING = frozenset({
     "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
     "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
 })
-_DEFAULTS = Config().to_dict()
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
 # Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
 MAIN_KEYS = ("dataset", "model", "n", "topology", "momentum", "epochs", "policies", "target_factors")
@@ -61,7 +60,7 @@ def identity(config: dict, ignore: frozenset | set = frozenset()) -> dict:
     as the default, as resume and branch assume), so older and newer traces of one experiment group together;
     keys nothing reads under the rest of the config (momentum for Adam, width for the Transformer, ...:
     `config.inapplicable_keys`) are left out, so they neither label nor split an experiment."""
-    full = {**_DEFAULTS, **config}
+    full = {**DEFAULTS, **config}
     skip = inapplicable_keys(full)
     return {k: v for k, v in sorted(full.items()) if k not in skip and is_identifying(k, ignore)}
 
