@@ -81,7 +81,7 @@ RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "tr
 # ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
 BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
                      "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
+                     "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
                      "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
                      "layers", "d_ff", "dropout")
 
@@ -599,6 +599,29 @@ def resolve_resume(run_dir: str, spec: str) -> tuple[str | None, list[tuple[str,
                               f"use --resume auto or a ckpt-XXXXXXXXX directory")
     verify_checkpoint(path)
     return path, []
+
+
+PHASE_ALIAS_RE = re.compile(r"^phase-([0-9]{1,6})$")
+
+
+def resolve_branch(spec: str) -> str:
+    """branch_from: a checkpoint directory, or RUN_DIR/checkpoints/phase-K, the checkpoint written at the end of
+    phase K of that run (what the generated dec-phase-(K+1) configs name, since the iteration depends on the
+    data set size). The alias needs the parent's phase-end checkpoint, read from its manifest (verified later)."""
+    m = PHASE_ALIAS_RE.match(os.path.basename(os.path.normpath(spec)))
+    if m is None or os.path.isdir(spec):
+        return spec
+    ckdir = os.path.dirname(os.path.normpath(spec))
+    run_dir, phase = os.path.dirname(ckdir), int(m.group(1))
+    for path in list_checkpoints(run_dir):
+        try:
+            man = _read_manifest(path)
+        except CheckpointError:
+            continue
+        if man["kind"] == "phase" and man["phase"] == phase:
+            return path
+    raise CheckpointError(f"branch_from={spec!r}: run {run_dir!r} has no intact checkpoint at the end of phase {phase} "
+                          "(has that run finished the phase?)")
 
 
 # -- load --------------------------------------------------------------------------------------

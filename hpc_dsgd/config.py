@@ -73,11 +73,13 @@ class Config:
     decay_factor: float = 10.0  # divisor at each decay
     momentum: float = 0.9  # local momentum (stays on the replica, never gossiped); 0 = plain SGD
     nesterov: bool = True  # Nesterov momentum, no dampening
-    weight_decay: float = 1e-4  # L2 on every parameter, added to the gradient
+    weight_decay: float = 1e-4  # L2 added to the gradient (our choice of 1e-4, the usual ResNet-20 value; the paper does not print it)
+    weight_decay_bn: bool = True  # true: weight decay on every parameter; false: none on normalisation layers' scale and shift (BN, LayerNorm)
     # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
     policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive | csgd (centralized SGD: gradients averaged)
     target_factors: list[float] = field(default_factory=list)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
     reference_trace: str = ""  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
+    reference_traces: list[str] = field(default_factory=list)  # per phase ("" where no target): the reference of each target phase, when they differ (Table 5); empty = reference_trace for all
     control_signal: str = "xi"  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
     max_gossip_steps: int = 50  # cap on gossip steps per iteration under control; iterations that hit it are counted
     measure_every: int = 1  # measure the exact Xi (before and after communication) every this many iterations; 0 = never
@@ -212,6 +214,12 @@ def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
     return cfg
 
 
+def reference_for_phase(cfg, k: int) -> str:
+    """The reference trace whose Xi_max the target of phase k (1-based) uses."""
+    refs = getattr(cfg, "reference_traces", None) or []
+    return refs[k - 1] if refs else cfg.reference_trace
+
+
 def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     """Impossible values, refused before any work (no MPI collective here). check_files=False skips
     what lives outside the config (data directory, reference trace), e.g. to lint config files."""
@@ -293,14 +301,16 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.measure_every >= 0, f"measure_every={cfg.measure_every}: need >= 0 (0 = never)")
     need(0 <= cfg.phi_ema_beta < 1, f"phi_ema_beta={cfg.phi_ema_beta}: need 0 <= beta < 1")
     targets = [k for k, pol in enumerate(cfg.policies, 1) if pol == "target"]
+    need(not cfg.reference_traces or len(cfg.reference_traces) == len(cfg.policies),
+         f"reference_traces={cfg.reference_traces}: need one entry per phase ({len(cfg.policies)}, \"\" where the "
+         "phase has no target) or none (reference_trace then serves every target phase)")
+    for k in targets:
+        need(bool(reference_for_phase(cfg, k)), f"policies[{k - 1}]='target' but phase {k} has no reference: set "
+             "reference_trace (or reference_traces[" f"{k - 1}]) to the trace of the uncontrolled run of this "
+             f"experiment (plain gossip in phase {k})")
     if targets and check_files:
-        need(bool(cfg.reference_trace), f"policies={cfg.policies} use 'target' but reference_trace is empty: "
-             "name the trace of the uncontrolled (gossip) reference run")
         from .consensus import reference_xi_max
-        xi_max = reference_xi_max(cfg.reference_trace, cfg)
-        missing = [k for k in targets if k not in xi_max]
-        need(not missing, f"reference_trace {cfg.reference_trace!r} has no Xi_max for phase(s) {missing}: "
-             "its run must have gossiped and measured Xi (measure_every > 0) through those phases")
+        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
     need(cfg.sharpness_every >= 0, f"sharpness_every={cfg.sharpness_every}: need >= 0 epochs (0 = never)")
     need(cfg.sharpness_samples >= 1, f"sharpness_samples={cfg.sharpness_samples}: need >= 1 training image")
     need(cfg.sharpness_method in SHARPNESS_METHODS,
@@ -314,8 +324,14 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
-    need(not cfg.branch_from or not check_files or os.path.isdir(cfg.branch_from),
-         f"branch_from={cfg.branch_from!r} is not a checkpoint directory (RUN_DIR/checkpoints/ckpt-<iteration>)")
+    if cfg.branch_from and check_files:
+        from .checkpoint import CheckpointError, resolve_branch
+        try:
+            branch = resolve_branch(cfg.branch_from)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        need(os.path.isdir(branch), f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
+             "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
     if check_files:
         check_dataset(cfg.dataset, cfg.data_dir or None)

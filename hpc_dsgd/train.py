@@ -26,7 +26,7 @@ from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_
 from .replica import Replicas
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
+                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state, save_checkpoint,
                          verify_checkpoint)
 from .faults import fault_point
 from .signals import StopRequest
@@ -65,24 +65,33 @@ class RunResult:
 
 
 class PhaseStats:
-    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits."""
+    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits, and whether a control
+    acted: bound_iterations counts the iterations in which the target made gossip more than once, next to
+    pre_control_max (the largest distance one plain gossip step left) and target (the phase's largest
+    target). bound_iterations = 0 under a target policy means the target never bound: the run was plain
+    D-SGD in that phase, and the tables say so."""
 
-    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
+    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations",
+            "bound_iterations", "pre_control_max", "target")
+    NAN_COLS = ("xi_max", "xi_pre_max", "pre_control_max", "target")
 
     def __init__(self, v: dict | None = None):
-        self.v = dict(v) if v else dict.fromkeys(self.COLS, 0.0)
-        if not v:
-            self.v["xi_max"] = self.v["xi_pre_max"] = NAN
+        self.v = dict.fromkeys(self.COLS, 0.0)
+        self.v.update(dict.fromkeys(self.NAN_COLS, NAN))
+        if v:  # a checkpoint written before a column existed leaves it at its start value
+            self.v.update(v)
 
     def add(self, row: dict) -> None:
         v = self.v
-        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre")):
+        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre"), ("pre_control_max", "pre_control"),
+                       ("target", "target")):
             if math.isfinite(row[src]):
                 v[k] = row[src] if not math.isfinite(v[k]) else max(v[k], row[src])
         v["theta_max"] = max(v["theta_max"], row["theta"])
         v["gossip_steps"] += row["gossip_steps"]
         v["bytes_sent"] += row["bytes_sent"]
         v["cap_hits"] += row["hit_cap"]
+        v["bound_iterations"] += int(math.isfinite(row["target"]) and row["gossip_steps"] > 1)
         v["iterations"] += 1
 
 
@@ -116,7 +125,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
                     log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
                 how = "resume" if path else how
             if path is None and cfg.branch_from:
-                path, how = cfg.branch_from, "branch"
+                path, how = resolve_branch(cfg.branch_from), "branch"
             if path:
                 man = verify_checkpoint(path)
                 if how == "resume":
@@ -189,12 +198,13 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     p = topo.p()
     reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
-    xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
+    xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
     st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
-    if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
-        raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
-                              f"Xi_max {xi_max}, the run was controlled against {st.xi_max}")
+    saved = {int(k): v for k, v in (st.xi_max or {}).items()}  # older checkpoints kept every phase of the reference
+    if how == "resume" and st.xi_max and any(saved.get(k) != v for k, v in (xi_max or {}).items()):
+        raise CheckpointError(f"cannot resume from {ckpt_from}: the reference trace(s) now give Xi_max {xi_max}, "
+                              f"the run was controlled against {st.xi_max}")
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,
                   opt_state=list(reps.opt.state.values()))
     stats = PhaseStats(st.stats)
@@ -354,7 +364,7 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t, epoch,
                 theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
                 xi=xi if measure or math.isfinite(res.xi) else NAN,
                 xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
-                target=res.target, controlled=res.controlled, planned_steps=res.planned,
+                target=res.target, controlled=res.controlled, pre_control=res.first, planned_steps=res.planned,
                 hit_cap=int(res.hit_cap)), s[8:]
 
 

@@ -39,7 +39,7 @@ from ..trace import SCHEMA_VERSION, TraceError, read_trace
 # per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
 NON_IDENTIFYING = frozenset({
     "seed", "name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
-    "reference", "reference_trace", "reference_run", "resume", "resume_from", "branch_from",
+    "reference", "reference_trace", "reference_traces", "reference_run", "resume", "resume_from", "branch_from",
     "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
     "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
 })
@@ -81,6 +81,7 @@ class Run:
     stamp: str  # finished (or created) time, to pick the newest copy of a duplicate seed
     counted: bool = False  # set by group_runs: this run's value enters its experiment's mean
     note: str = ""  # set by group_runs: why it is not counted
+    control: list = field(default_factory=list)  # [(kind, text)] for its target phases (control_notes)
 
     @property
     def finished(self) -> bool:
@@ -130,8 +131,8 @@ def _attr(v):
     return v
 
 
-def read_summary(path: str) -> tuple[dict, dict]:
-    """(attrs, /epoch/ columns) of one trace without loading /iter/ (which can be large).
+def read_summary(path: str) -> tuple[dict, dict, dict]:
+    """(attrs, /epoch/ columns, /phase/ columns) of one trace without loading /iter/ (which can be large).
 
     Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and version)."""
     try:
@@ -144,7 +145,8 @@ def read_summary(path: str) -> tuple[dict, dict]:
             if ver is not None and int(ver) <= SCHEMA_VERSION:
                 attrs = {k: _attr(v) for k, v in f.attrs.items()}
                 epoch = {k: ds[()] for k, ds in f["epoch"].items()} if "epoch" in f else {}
-                return attrs, epoch
+                phase = {k: ds[()] for k, ds in f["phase"].items()} if "phase" in f else {}
+                return attrs, epoch, phase
     read_trace(path)  # raises the canonical TraceError for this file
     raise TraceError(f"trace {path!r} cannot be read")  # pragma: no cover (read_trace raised)
 
@@ -155,7 +157,7 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
     runs, skipped = [], []
     for path in files:
         try:
-            attrs, epoch = read_summary(path)
+            attrs, epoch, phase = read_summary(path)
             if "config_json" not in attrs:
                 raise TraceError(f"trace {path!r} has no config_json attribute")
             try:
@@ -172,9 +174,38 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
         stamp = str(attrs.get("finished") or attrs.get("created") or "")
         runs.append(Run(path=path, config=cfg, status=str(attrs.get("status", "unknown")),
                         seed=int(cfg.get("seed", 0)), value=value, last_epoch=last_epoch,
-                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}"))
+                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, phase)))
     root = os.fspath(paths) if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths) else "."
     return RunSet(runs, skipped, root)
+
+
+NEVER_BOUND, CAP_HIT = "target never bound", "cap hit"
+
+
+def control_notes(cfg: dict, phase: dict) -> list[tuple[str, str]]:
+    """Did each target phase's control act? From the trace's /phase/ rows (bound_iterations: iterations in
+    which the target made gossip more than once; cap_hits). A target that never bound left the run plain
+    D-SGD in that phase: its cell equals the Xi_max cell, and the tables say so. Traces that predate the
+    bound_iterations column say nothing here."""
+    out = []
+    pols = cfg.get("policies") or []
+    if "bound_iterations" not in phase or "phase" not in phase:
+        return out
+    for j, k in enumerate(phase["phase"]):
+        k = int(k)
+        if not (1 <= k <= len(pols)) or pols[k - 1] != "target":
+            continue
+        bound, caps = int(phase["bound_iterations"][j]), int(phase.get("cap_hits", [0] * (j + 1))[j])
+        its = int(phase["iterations"][j]) if "iterations" in phase else -1
+        pre, tgt = float(phase.get("pre_control_max", [math.nan] * (j + 1))[j]), float(phase["target"][j]) \
+            if "target" in phase else math.nan
+        if bound == 0:
+            out.append((NEVER_BOUND, f"phase {k}: {NEVER_BOUND} (same as Ξ_max): one gossip step always met the "
+                                     f"target {tgt:.4g} (largest distance it left {pre:.4g}, {its} iterations)"))
+        if caps:
+            out.append((CAP_HIT, f"phase {k}: {CAP_HIT} in {caps} of {its} iterations (max_gossip_steps="
+                                 f"{cfg.get('max_gossip_steps', DEFAULTS['max_gossip_steps'])}): the target was not met there"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +222,7 @@ class CellStats:
     failed: int = 0  # seeds with no finished run, newest copy "failed" (or an unknown status)
     duplicates: int = 0  # extra runs of an already-present seed
     no_metric: int = 0  # finished runs without the metric (no evaluation row)
+    control: tuple = ()  # NEVER_BOUND / CAP_HIT when a counted run's control did not act as asked
 
     @property
     def count(self) -> int:
@@ -216,7 +248,7 @@ class CellStats:
                         (self.no_metric, "without metric"), (self.duplicates, "duplicate")):
             if k:
                 notes.append(f"{k} {what}" + ("s" if what == "duplicate" and k > 1 else ""))
-        return notes
+        return notes + list(self.control)
 
     def text(self, digits: int = 2, fmt: str = "md") -> str:
         """'92.10 ± 0.20', '92.10 (n=1)', '92.10 ± 0.20 (2/3 seeds, 1 unfinished)', or '—'."""
@@ -255,7 +287,9 @@ class Group:
         counted = [r for r in self.runs if r.counted]
         counted.sort(key=lambda r: r.seed)
         st = CellStats(values=[r.value for r in counted], seeds=[r.seed for r in counted],
-                       expected=expected if expected is not None else len(by_seed))
+                       expected=expected if expected is not None else len(by_seed),
+                       control=tuple(k for k in (NEVER_BOUND, CAP_HIT) if any(k == c[0] for r in counted
+                                                                             for c in r.control)))
         for seed, rs in by_seed.items():
             st.duplicates += len(rs) - 1
             if any(r.counted for r in rs):
@@ -668,6 +702,11 @@ def _notes_for(groups_shown: list[Group], runset: RunSet | None, fmt: str) -> li
     return lines
 
 
+def _control_lines(groups_shown: list[Group], runset: RunSet | None) -> list[str]:
+    return [f"{runset.rel(r.path) if runset else r.path} (seed {r.seed}): {text}"
+            for g in groups_shown for r in g.runs if r.counted for _, text in r.control]
+
+
 def _skipped_lines(runset: RunSet | None) -> list[str]:
     return [f"{runset.rel(s.path)}: {s.reason}" for s in runset.skipped] if runset else []
 
@@ -773,6 +812,7 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")
     _emit_notes(out, "Ambiguous cells", _ambiguity_lines(where_cells), fmt)
+    _emit_notes(out, "Control that did not act as asked", _control_lines(list(shown.values()), runset), fmt)
     _emit_notes(out, "Runs not counted", _notes_for(list(shown.values()), runset, fmt), fmt)
     _emit_notes(out, "Skipped files", _skipped_lines(runset), fmt)
     return "\n".join(out)
@@ -821,6 +861,7 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
         out += [r"\bottomrule", r"\end{tabular}"]
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")
+    _emit_notes(out, "Control that did not act as asked", _control_lines(groups, runset), fmt)
     _emit_notes(out, "Runs not counted", _notes_for(groups, runset, fmt), fmt)
     _emit_notes(out, "Skipped files", _skipped_lines(runset), fmt)
     return "\n".join(out)
@@ -835,9 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mean ± std over seeds of a final metric for every experiment found in a directory of "
                     "traces, or laid out as one of the paper's Tables 1-7.")
     ap.add_argument("paths", nargs="+", help="directories searched recursively for *.h5 traces (or trace files)")
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch"],
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch", "lr_sweep"],
                     help="lay out the paper's table (rows, columns, headers); large_batch: C-SGD vs D-SGD, "
-                         "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py)")
+                         "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py); lr_sweep: "
+                         "accuracy per base_lr of each sweep, the best marked (hpc_dsgd/analysis/lr_sweep.py)")
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="output format (default md)")
     ap.add_argument("--metric", default="test_acc_avg",
                     help="/epoch/ column taken at the last evaluation row (default test_acc_avg)")
@@ -858,7 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.paper and (not args.preset or args.preset == "large_batch"):
+    if args.paper and (not args.preset or args.preset in ("large_batch", "lr_sweep")):
         print("hpc_dsgd: error: --paper needs --preset tableN: the paper's values belong to Kong et al.'s tables "
               "(Zhu et al. give their large-batch results as a figure)", file=sys.stderr)
         return 2
@@ -878,6 +920,10 @@ def main(argv=None) -> int:
         from . import large_batch
 
         text = large_batch.render(large_batch.build(groups, args.seeds), args.format, args.digits, runset)
+    elif args.preset == "lr_sweep":
+        from . import lr_sweep
+
+        text = lr_sweep.render(lr_sweep.build(groups, args.seeds), args.format, args.digits, args.metric, runset, groups)
     elif args.preset:
         opt = {"later_epochs": args.later_epochs}
         if args.phase1_epochs:
