@@ -177,6 +177,26 @@ def other_experiment_trace(tmp, run):
     return str(run / "trace.h5")
 
 
+def fabricated_reference(tmp, **changes) -> str:
+    """A finished trace of the quickstart experiment (every phase measured), with `changes` to its config."""
+    from hpc_dsgd.config import load_config
+    from hpc_dsgd.trace import TraceWriter
+
+    cfg = {**load_config(QUICK, ["width=0.25"], check_files=False).to_dict(), **changes}
+    path = str(tmp / "ref" / "trace.h5")
+    w = TraceWriter(path, {"config_json": json.dumps(cfg)})
+    for k in (1, 2, 3):
+        w.append("phase", phase=k, first_it=0, last_it=0, complete=1, xi_max=0.5)
+    w.flush()
+    w.set_attrs(status="finished")
+    return path
+
+
+def ref_case(id, promise, policies, changes, needles):
+    return file_case(id, promise, lambda tmp: fabricated_reference(tmp, **changes),
+                     [f"policies={json.dumps(policies)}", "reference_trace={path}"], ["{path}", *needles])
+
+
 def lock_held_by_me(tmp, run):
     d = tmp / "out" / "quickstart"
     d.mkdir(parents=True)
@@ -223,7 +243,7 @@ CASES = [
     cfg_case("warmup-too-long", "warm-up shorter than training", ["warmup_epochs=30"], ["warmup_epochs=30.0", "epochs=20.0"]),
     cfg_case("momentum", "momentum below 1", ["momentum=1.5"], ["momentum=1.5"]),
     cfg_case("target-without-reference", "a target needs a reference run", ['policies=["target","gossip","gossip"]'],
-             ["reference_trace is empty"]),
+             ["phase 1 has no reference", "reference_trace"]),
     cfg_case("bad-name", "a run name is one path component", ["name=a/b"], ["name='a/b'"]),
     raw_case("config-file-missing", "the config file must exist",
              lambda tmp, run: ["train", str(tmp / "none.toml")], ["{tmp}/none.toml", "does not exist"]),
@@ -247,6 +267,15 @@ CASES = [
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}", "--set", "topology=complete"), {},
                            [f"{run / 'trace.h5'}", "different experiment", "topology"])),
+    ref_case("reference-allreduce-in-target-phase", "Xi_max of a phase comes from plain gossip in that phase",
+             ["allreduce", "target", "allreduce"], {"policies": ["allreduce", "allreduce", "allreduce"]},
+             ["ran policy 'allreduce' in phase 2", "uncontrolled dec-phase-2 run"]),
+    ref_case("reference-controlled-in-target-phase", "a controlled run is no reference for that phase",
+             ["target", "allreduce", "allreduce"], {"policies": ["target", "allreduce", "allreduce"]},
+             ["ran policy 'target' in phase 1"]),
+    ref_case("reference-other-n-and-schedule", "the reference has the same n and schedule",
+             ["target", "allreduce", "allreduce"], {"n": 16, "decay_fractions": [0.3, 0.6]},
+             ["different experiment", "n: reference=16 this run=8", "decay_fractions"]),
     Case("reference-without-xi-max", "the reference run must have measured the phase's Xi_max",
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}"), {},
