@@ -55,11 +55,11 @@ class Config:
     layers: int = 3  # encoder and decoder layers each (see models/transformer.py for why 3)
     d_ff: int = 1024  # feed-forward width
     dropout: float = 0.1  # residual and embedding dropout (Vaswani et al. Sec. 5.4)
-    label_smoothing: float = 0.1
-    # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
+    label_smoothing: float = 0.1  # Vaswani et al. Sec. 5.4 (the paper does not state it)
+    # -- optimisation (paper Sec. 4.2 where it states a value; the rest is ours, as commented) ----
     optimizer: str = "sgd"  # sgd (with momentum/nesterov below: the image recipe) | adam (the translation recipe); its state stays local
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2)
-    adam_eps: float = 1e-9  # adam: epsilon
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2), Vaswani et al.'s
+    adam_eps: float = 1e-9  # adam: epsilon, Vaswani et al.'s
     lr_schedule: str = "step"  # step: warm-up, then lr / decay_factor at decay_fractions (base_lr, warmup_*) | inverse_sqrt: Vaswani et al.'s, one phase
     warmup_steps: int = 4000  # inverse_sqrt: warm-up steps at global mini-batch 64, scaled down linearly by n * batch_size / 64
     lr_scale: float = 1.0  # inverse_sqrt: lr = lr_scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
