@@ -143,7 +143,8 @@ def _checkpoint(argv: list[str]) -> int:
                                  description="Inspect or convert checkpoints (no MPI).")
     sub = ap.add_subparsers(dest="action", required=True)
     v = sub.add_parser("verify", help="check checksums and structure (never runs code from a file)")
-    v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...)")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...), "
+                   "or a run directory (all of its)")
     u = sub.add_parser("upgrade", help="convert format-1 checkpoints (pickles) to format 2: ONLY ones you trust")
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
@@ -152,10 +153,15 @@ def _checkpoint(argv: list[str]) -> int:
 
     rc = 0
     for path in args.paths:
-        paths = list_checkpoints(path) if args.action == "upgrade" and not os.path.isfile(
-            os.path.join(path, "manifest.json")) else [path]
+        if not os.path.isdir(path):
+            what = "does not exist" if not os.path.lexists(path) else "is not a directory"
+            print(f"hpc_dsgd: error: {_one_line(path)} {what}: give a checkpoint directory (RUN_DIR/checkpoints/ckpt-...) "
+                  f"or a run directory", file=sys.stderr)
+            rc = 2
+            continue
+        paths = [path] if os.path.lexists(os.path.join(path, "manifest.json")) else list_checkpoints(path)
         if not paths:
-            print(f"hpc_dsgd: error: {path}: neither a checkpoint nor a run directory with checkpoints",
+            print(f"hpc_dsgd: error: {_one_line(path)}: neither a checkpoint nor a run directory with checkpoints",
                   file=sys.stderr)
             rc = 2
         for p in paths:

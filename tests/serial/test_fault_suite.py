@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS, LOCK_NAME, LOCK_STALE_S, RunL
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
-from ckpt_tamper import RunsCommand, edit_manifest, rewrite_rank_file, to_format1  # noqa: E402
+from ckpt_tamper import (RunsCommand, edit_manifest, rename_rank_file, replace_with_fifo, replace_with_symlink,  # noqa: E402
+                         rewrite_rank_file, stride0_rank_files, to_format1)
 from test_cli import MPIEXEC, QUICK, ROOT  # noqa: E402
 
 RANKS = 2  # every multi-rank promise holds for 2 ranks; 2 keeps the suite inside its time on 2 cores
@@ -72,14 +74,16 @@ def train_args(out, *extra) -> list[str]:
 
 
 def snapshot(root) -> dict[str, str]:
-    """relative path -> sha256 of every file under root (directories as 'dir')."""
+    """relative path -> sha256 of every file under root (directories as 'dir', symlinks as their
+    target, FIFOs and devices as their kind: never opened, a case may plant them)."""
     out = {}
     for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
-        for name in files:
+        for name in dirs + files:
             p = os.path.join(d, name)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = ("-> " + os.readlink(p) if stat.S_ISLNK(st.st_mode) else "dir" if
+                                             stat.S_ISDIR(st.st_mode) else hashlib.sha256(open(p, "rb").read()).hexdigest()
+                                             if stat.S_ISREG(st.st_mode) else f"mode {st.st_mode:o}")
     return out
 
 
@@ -129,6 +133,33 @@ def ckpt_case(id, promise, damage, needles, resume="auto", sets=(), marker=False
         args = train_args(tmp / "out", *[a for s in sets for a in ("--set", s)], "--resume", spec)
         return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
     return Case(id, promise, setup, ranks, marker=marker)
+
+
+def ckpt_cmd_case(id, promise, damage, needles, action="verify", target="{ck}", ranks=None):
+    """`python -m hpc_dsgd checkpoint ACTION TARGET` on a damaged copy of the base run's checkpoint
+    (target "{run}": the run directory, "{ck}": the checkpoint); "sharpness": that command on it."""
+    def setup(tmp, run):
+        ck = with_run(tmp, run)
+        damage(ck, tmp)
+        t = target.format(ck=ck, run=tmp / "out" / "quickstart", tmp=tmp)
+        args = ["sharpness", t, "--samples", "8"] if action == "sharpness" else ["checkpoint", action, t]
+        return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def deep_json(path, depth):
+    with open(path, "w") as f:
+        f.write('{"format": 2, "files": ' + "[" * depth + "]" * depth + "}")
+
+
+def fifo_manifest_copy(tmp, run) -> str:
+    ck = with_run(tmp, run)
+    replace_with_fifo(ck, "manifest.json")
+    return ck
+
+
+def set_loop(key, value):
+    return lambda m: m["meta"]["loop"].update({key: value})
 
 
 def truncate(path, by=100):
@@ -286,6 +317,67 @@ CASES = [
               ["cannot resume from {ck}", 'topology: checkpoint="ring" config="complete"'], sets=["topology=complete"]),
     ckpt_case("resume-path-missing", "an explicit checkpoint that is not there", lambda ck, tmp: None,
               ["{tmp}/nope", "no such directory"], resume="{tmp}/nope"),
+    # checkpoint files that could escape, hang or exhaust (every reader: verify, upgrade, resume, branch, sharpness)
+    ckpt_case("ckpt-rank-file-symlink-dev-zero", "a rank file symlinked to /dev/zero (manifest says 0 bytes) was read "
+              "forever: refused unread", lambda ck, tmp: replace_with_symlink(ck, "rank00001.pt", "/dev/zero"),
+              ["{ck}", "rank00001.pt is a symlink, not a regular file"]),
+    ckpt_cmd_case("ckpt-rank-file-symlink-out", "a rank file symlinked to a file outside the checkpoint (checksum "
+                  "matching) is refused", lambda ck, tmp: (shutil.copy(os.path.join(ck, "rank00000.pt"), tmp / "x.pt"),
+                                                           replace_with_symlink(ck, "rank00000.pt", str(tmp / "x.pt"))),
+                  ["{ck}", "rank00000.pt is a symlink"], target="{run}"),
+    ckpt_case("ckpt-rank-file-fifo", "a rank file that is a FIFO never blocks a reader",
+              lambda ck, tmp: replace_with_fifo(ck, "rank00001.pt"), ["{ck}", "rank00001.pt is a FIFO"], resume="path"),
+    ckpt_case("ckpt-manifest-fifo", "a manifest.json that is a FIFO made --resume auto hang",
+              lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=RANKS),
+    ckpt_cmd_case("ckpt-manifest-fifo-verify", "... and checkpoint verify",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=0),
+    ckpt_cmd_case("ckpt-manifest-fifo-sharpness", "... and the sharpness command",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], action="sharpness"),
+    ckpt_cmd_case("ckpt-rank-file-directory", "a rank file that is a directory",
+                  lambda ck, tmp: (os.remove(os.path.join(ck, "rank00000.pt")), os.mkdir(os.path.join(ck, "rank00000.pt"))),
+                  ["{ck}", "rank00000.pt is a directory"]),
+    ckpt_cmd_case("ckpt-manifest-deep", "a manifest nested 200,000 deep (was a RecursionError)",
+                  lambda ck, tmp: deep_json(os.path.join(ck, "manifest.json"), 200_000), ["{ck}", "nested 200001 levels deep"]),
+    ckpt_case("ckpt-manifest-huge-n", "a manifest n of 1e12 (was a MemoryError)",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m.update(n=10 ** 12)), ["{ck}", "n 1000000000000", "1..1048576"]),
+    ckpt_cmd_case("ckpt-stride0-huge", "rank files holding a stride-0 X of shape [4, 1e11] (a few kB; passed verify, "
+                  "resume tried to allocate 3.2 TB), manifest rewritten to agree: sizes checked against the run's model",
+                  lambda ck, tmp: stride0_rank_files(ck, 10 ** 11),
+                  ["{ck}", "tensors.X has 100000000000 numbers per replica", "resnet20", "17926"], target="{run}"),
+    ckpt_cmd_case("ckpt-stride0-no-config", "the same with the model's size matching and no config to check: the "
+                  "tensor's strides and storage are checked before any use",
+                  lambda ck, tmp: (stride0_rank_files(ck, 17926), edit_manifest(ck, lambda m: m["meta"].pop("config_json"))),
+                  ["{ck}", "rank00000.pt", "key 't.X' is not a contiguous tensor", "strides [0, 0]"]),
+    ckpt_case("ckpt-loop-it-string", "meta.loop.it of the wrong type (was a traceback)",
+              lambda ck, tmp: edit_manifest(ck, set_loop("it", "abc")), ["{ck}", "meta.loop.it", "iteration 5", '"abc"'],
+              resume="path"),
+    ckpt_case("ckpt-loop-acc", "meta.loop.acc not 3 finite numbers",
+              lambda ck, tmp: edit_manifest(ck, set_loop("acc", [1, 2])), ["{ck}", "meta.loop.acc", "3 finite numbers"]),
+    ckpt_case("ckpt-loop-trace-pos", "meta.loop.trace_pos with a negative row count",
+              lambda ck, tmp: edit_manifest(ck, set_loop("trace_pos", {"iter": -3})), ["{ck}", "meta.loop.trace_pos"]),
+    ckpt_case("ckpt-config-json-not-json", "meta.config_json that is not JSON",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="{n = 8")),
+              ["{ck}", "meta.config_json is not JSON"], resume="path"),
+    ckpt_cmd_case("ckpt-config-json-list", "meta.config_json a JSON list",
+                  lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="[1, 2]")),
+                  ["{ck}", "meta.config_json must be a JSON object", "not list"]),
+    ckpt_case("ckpt-config-json-other-n", "meta.config_json's n disagreeing with the manifest's",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json=m["meta"]["config_json"].replace(
+                  '"n": 8', '"n": 16'))), ["{ck}", "meta.config_json's n must be the manifest's n=8, not 16"]),
+    ckpt_cmd_case("ckpt-upgrade-escape", "checkpoint upgrade of a manifest naming ../../../outside/victim.pt wrote "
+                  "outside the checkpoint and left .upgrade.tmp behind: refused, nothing written",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade"),
+    ckpt_cmd_case("ckpt-upgrade-escape-run-dir", "... also when upgrading a whole run directory",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade", target="{run}"),
+    ckpt_cmd_case("ckpt-upgrade-plain-file", "checkpoint upgrade of a plain file (was a traceback)",
+                  lambda ck, tmp: None, ["{ck}/rank00000.pt is not a directory"], action="upgrade", target="{ck}/rank00000.pt"),
+    ckpt_cmd_case("ckpt-verify-missing", "checkpoint verify of a path that is not there",
+                  lambda ck, tmp: None, ["{tmp}/nope does not exist"], target="{tmp}/nope"),
+    Case("branch-from-fifo-manifest", "a branch from a checkpoint whose manifest is a FIFO", lambda tmp, run: (
+        train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={fifo_manifest_copy(tmp, run)}"), {},
+        ["manifest.json is a FIFO"])),
     Case("branch-from-periodic", "a branch starts only from a phase checkpoint",
          lambda tmp, run: (train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={ckpt_of(run)}"), {},
                            [ckpt_of(run), "branch from a phase checkpoint"])),
