@@ -660,17 +660,21 @@ def _check_meta(path: str, m: dict) -> None:
                 ("phi_ema", is_num, "a number (NaN before the first measurement)"),
                 ("t_train", lambda v: fin(v) and v >= 0, "a finite number >= 0"),
                 ("acc", lambda v: isinstance(v, list) and len(v) == 3 and all(fin(x) for x in v), "3 finite numbers"),
-                ("stats", lambda v: v is None or isinstance(v, dict) and all(is_num(x) for x in v.values()),
-                 "null or an object of numbers"),
+                ("stats", lambda v: not v or isinstance(v, dict) and set(_LOOP_STATS) <= set(v)
+                 and all(is_num(x) for x in v.values()), f"null or an object of numbers {list(_LOOP_STATS)}"),
                 ("last", lambda v: v is None or isinstance(v, dict) and all(
                     x is None or isinstance(x, (int, float, str, bool)) for x in v.values()), "null or an object of numbers"),
                 ("trace_pos", lambda v: v is None or isinstance(v, dict) and all(
-                    is_int(x) and 0 <= x < 2 ** 62 for x in v.values()), "null or an object of row counts (integers >= 0)"),
+                    re.match(r"^[a-z_]+$", k) and is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
+                 "null or an object trace group -> row count (an integer >= 0)"),
                 ("xi_max", lambda v: v is None or isinstance(v, dict) and all(
                     isinstance(k, str) and k.lstrip("-").isdigit() and is_num(x) for k, x in v.items()),
                  "null or an object phase -> number")):
             if key in lp:
                 need(ok(lp[key]), f"meta.loop.{key}", f"{what}, not {json.dumps(lp[key])[:80]}")
+
+
+_LOOP_STATS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")  # train.PhaseStats.COLS
 
 
 def _model_sizes(cfg: dict) -> tuple[int, int, bool] | None:
