@@ -37,29 +37,43 @@ def _train(argv: list[str]) -> int:
     from .topology import TopologyError
 
     from .preflight import RunLock, check_run, launch_error
+    from .signals import REQUEUE_EXIT_CODE, StopBeforeStart, StopRequest
 
     comm = MPI.COMM_WORLD
     launch = launch_error(comm.Get_size())
     if launch:  # every task is alone in its world: each says so itself, no collective could help
         print(f"hpc_dsgd: error: {_one_line(launch)}", file=sys.stderr, flush=True)
         return 2
-    error = None
+    # Stop signals are flags from here on: the preparation (the data cache, the tokenizer) polls them
+    # and stops with REQUEUE_EXIT_CODE, the training loop checkpoints first (signals.py).
+    stop = StopRequest()
+    error, stopped = None, None
     try:
         cfg = load_config(args.config, args.overrides, ranks=comm.Get_size())
         check_run(cfg, comm.Get_size())  # the device on this node, the data size, a writable out_dir
     except (ConfigError, TopologyError, ValueError) as e:
         error = str(e)
+    except StopBeforeStart as e:
+        stopped = str(e)
     # Every rank validated on its own (no collective could hang); now agree, so that a value bad on
     # one node only (a data directory missing there) still stops every rank before any work.
-    bad = comm.allgather(error)
+    bad = comm.allgather((error, stopped))
+    if any(s for _, s in bad) and not any(e for e, _ in bad):
+        stop.restore()
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: {next(s for _, s in bad if s)}; nothing to checkpoint yet: exiting for requeue "
+                  f"(exit {REQUEUE_EXIT_CODE})", flush=True)
+        return REQUEUE_EXIT_CODE
+    bad = [e for e, _ in bad]
     if any(bad):
+        stop.restore()
         rank, msg = next((r, m) for r, m in enumerate(bad) if m)
         if comm.Get_rank() == 0:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
             print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
     from .checkpoint import CheckpointError, CheckpointWriteError
-    from .signals import REQUEUE_EXIT_CODE, StopRequest
+    from .data import DataError
     from .trace import TraceError
     from .train import run
 
@@ -75,11 +89,12 @@ def _train(argv: list[str]) -> int:
             error = str(e)
     error = comm.bcast(error, root=0)
     if error:
+        stop.restore()
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
     try:
-        with StopRequest() as stop:
+        with stop:
             result = run(cfg, comm, resume=args.resume, stop=stop)
         if result.stopped:
             return REQUEUE_EXIT_CODE  # checkpointed on SIGUSR1/SIGTERM: the batch script requeues
@@ -88,10 +103,14 @@ def _train(argv: list[str]) -> int:
             print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
                   f"with --resume auto", file=sys.stderr, flush=True)
         return 1
-    except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
+    except (CheckpointError, TraceError, DataError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
+    except StopBeforeStart as e:  # every rank alike (rank 0 decided and told the others)
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: {e}; nothing to checkpoint yet: exiting for requeue (exit {REQUEUE_EXIT_CODE})", flush=True)
+        return REQUEUE_EXIT_CODE
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()
@@ -122,15 +141,13 @@ def _check(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from .config import load_config
-    from .preflight import TRAIN_SIZES
+    from .preflight import check_data_size
 
     try:
         if args.ranks < 1:
             raise ValueError(f"--ranks {args.ranks}: need at least one task")
         cfg = load_config(args.config, args.overrides, ranks=args.ranks)
-        size = TRAIN_SIZES.get(cfg.dataset)
-        if size is not None and size // (cfg.n * cfg.batch_size) < 1:
-            raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} exceeds the {size} training images of {cfg.dataset}")
+        check_data_size(cfg)
     except ValueError as e:
         print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
