@@ -136,14 +136,14 @@ def ckpt_case(id, promise, damage, needles, resume="auto", sets=(), marker=False
     return Case(id, promise, setup, ranks, marker=marker)
 
 
-def ckpt_cmd_case(id, promise, damage, needles, action="verify", target="{ck}", ranks=None):
+def ckpt_cmd_case(id, promise, damage, needles, action="verify", target="{ck}", ranks=None, extra=()):
     """`python -m hpc_dsgd checkpoint ACTION TARGET` on a damaged copy of the base run's checkpoint
     (target "{run}": the run directory, "{ck}": the checkpoint); "sharpness": that command on it."""
     def setup(tmp, run):
         ck = with_run(tmp, run)
         damage(ck, tmp)
         t = target.format(ck=ck, run=tmp / "out" / "quickstart", tmp=tmp)
-        args = ["sharpness", t, "--samples", "8"] if action == "sharpness" else ["checkpoint", action, t]
+        args = ["sharpness", t, "--samples", "8", *extra] if action == "sharpness" else ["checkpoint", action, t]
         return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
     return Case(id, promise, setup, ranks)
 
@@ -396,6 +396,9 @@ CASES = [
                   lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=0),
     ckpt_cmd_case("ckpt-manifest-fifo-sharpness", "... and the sharpness command",
                   lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], action="sharpness"),
+    ckpt_cmd_case("sharpness-cuda-without-gpu", "sharpness --device cuda on a node without a GPU (was a traceback)",
+                  lambda ck, tmp: None, ["--device cuda", "no CUDA device", "--device cpu"], action="sharpness",
+                  extra=("--device", "cuda")),
     ckpt_cmd_case("ckpt-rank-file-directory", "a rank file that is a directory",
                   lambda ck, tmp: (os.remove(os.path.join(ck, "rank00000.pt")), os.mkdir(os.path.join(ck, "rank00000.pt"))),
                   ["{ck}", "rank00000.pt is a directory"]),
@@ -490,7 +493,7 @@ def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
                                    for c in CASES])
 def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
-    if case.id == "device-cuda-without-gpu" and torch.cuda.is_available():
+    if case.id in ("device-cuda-without-gpu", "sharpness-cuda-without-gpu") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is valid here")
     run, _ = base
     args, env, needles = case.setup(tmp_path, run)
