@@ -38,6 +38,7 @@ DEFAULT_VOCAB = 8000  # joint BPE vocabulary; Multi30k's training text has about
 # Multi30k's longest sentence has about 300 characters; a line far longer (one 1 MB "word") would stall the
 # BPE trainer for minutes to hours, so it is refused with its file and line number.
 MAX_LINE_CHARS = 2000
+MAX_FILE_BYTES = 64 << 20  # per file, after decompression (the official train.en is about 2 MB): no gzip bomb
 TOKENIZER_MAX_BYTES = 64 << 20  # a tokenizer.json of 8000 subwords is about 0.5 MB
 
 
@@ -90,14 +91,13 @@ def multi30k_files(root: str) -> dict[tuple[str, str], str]:
 def read_lines(path: str) -> list[str]:
     """The sentences of one file (plain or gzip): UTF-8, one per line, no blank line; DataError naming the file."""
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:  # truncated or not gzip
         raise DataError(f"Multi30k file {path} cannot be read ({type(e).__name__}: {e}): damaged; {HOW_TO_GET}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError(f"Multi30k file {path} holds more than {MAX_FILE_BYTES >> 20} MB of text (the official files "
+                        f"hold about 2 MB); {HOW_TO_GET}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

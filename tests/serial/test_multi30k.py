@@ -407,3 +407,17 @@ def test_stop_signal_during_tokenizer_training_stops_it_at_once():
             SubwordTokenizer.train(slow, 8000)
         assert time.monotonic() - t0 < 5
     assert _bpe_children() == []  # killed and reaped
+
+
+def test_a_gzip_bomb_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    """A .gz that expands beyond MAX_FILE_BYTES (here lowered to 1 MB: 20 MB of one line in 20 kB) is refused
+    naming the file, after reading at most the bound."""
+    from hpc_dsgd.data import multi30k
+
+    fabricate(tmp_path)
+    monkeypatch.setattr(multi30k, "MAX_FILE_BYTES", 1 << 20)
+    with gzip.open(tmp_path / "val.en.gz", "wb") as f:
+        f.write(b"a" * (20 << 20))
+    assert (tmp_path / "val.en.gz").stat().st_size < 100_000
+    with pytest.raises(DataError, match=f"{tmp_path / 'val.en.gz'} holds more than 1 MB of text"):
+        load_multi30k(str(tmp_path))
