@@ -162,17 +162,17 @@ def _regular_file(path: str, fname: str, what: str) -> str:
     path and a regular file there (no symlink, FIFO or device, which could escape, hang or never end)."""
     if not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\0" in fname or fname != os.path.basename(fname):
         raise CheckpointError(f"checkpoint {path}: {what} {fname!r} is not a plain file name inside the checkpoint")
-    fpath = os.path.join(path, fname)
+    fpath, name = os.path.join(path, fname), f"{what} {fname}".strip()
     try:
         st = os.lstat(fpath)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: {what} {fname} is missing") from None
+        raise CheckpointError(f"checkpoint {path}: {name} is missing") from None
     except OSError as e:
-        raise CheckpointError(f"checkpoint {path}: {what} {fname} cannot be read: {e.strerror}") from None
+        raise CheckpointError(f"checkpoint {path}: {name} cannot be read: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else \
             "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
-        raise CheckpointError(f"checkpoint {path}: {what} {fname} is {kind}, not a regular file (refused unread)")
+        raise CheckpointError(f"checkpoint {path}: {name} is {kind}, not a regular file (refused unread)")
     return fpath
 
 
@@ -553,7 +553,7 @@ def upgrade_hint(path: str) -> str:
 def _read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
     if not os.path.lexists(os.path.join(path, MANIFEST)):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing (incomplete or not a checkpoint)")
-    mpath = _regular_file(path, MANIFEST, "manifest")
+    mpath = _regular_file(path, MANIFEST, "")
     try:
         with os.fdopen(_open_regular(mpath), "rb") as f:
             data = f.read(MANIFEST_MAX_BYTES + 1)
