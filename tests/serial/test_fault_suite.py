@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -41,8 +42,10 @@ from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS, LOCK_NAME, LOCK_STALE_S, RunL
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
-from ckpt_tamper import RunsCommand, edit_manifest, rewrite_rank_file, to_format1  # noqa: E402
+from ckpt_tamper import (RunsCommand, edit_manifest, rename_rank_file, replace_with_fifo, replace_with_symlink,  # noqa: E402
+                         rewrite_rank_file, stride0_rank_files, to_format1)
 from test_cli import MPIEXEC, QUICK, ROOT  # noqa: E402
+from multi30k_corpus import fabricate as fabricate_multi30k  # noqa: E402
 
 RANKS = 2  # every multi-rank promise holds for 2 ranks; 2 keeps the suite inside its time on 2 cores
 IPE = 1437 // (8 * 16)  # quickstart: 8 replicas x batch 16 -> 11 iterations per epoch
@@ -72,14 +75,16 @@ def train_args(out, *extra) -> list[str]:
 
 
 def snapshot(root) -> dict[str, str]:
-    """relative path -> sha256 of every file under root (directories as 'dir')."""
+    """relative path -> sha256 of every file under root (directories as 'dir', symlinks as their
+    target, FIFOs and devices as their kind: never opened, a case may plant them)."""
     out = {}
     for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
-        for name in files:
+        for name in dirs + files:
             p = os.path.join(d, name)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = ("-> " + os.readlink(p) if stat.S_ISLNK(st.st_mode) else "dir" if
+                                             stat.S_ISDIR(st.st_mode) else hashlib.sha256(open(p, "rb").read()).hexdigest()
+                                             if stat.S_ISREG(st.st_mode) else f"mode {st.st_mode:o}")
     return out
 
 
@@ -129,6 +134,95 @@ def ckpt_case(id, promise, damage, needles, resume="auto", sets=(), marker=False
         args = train_args(tmp / "out", *[a for s in sets for a in ("--set", s)], "--resume", spec)
         return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
     return Case(id, promise, setup, ranks, marker=marker)
+
+
+def ckpt_cmd_case(id, promise, damage, needles, action="verify", target="{ck}", ranks=None, extra=()):
+    """`python -m hpc_dsgd checkpoint ACTION TARGET` on a damaged copy of the base run's checkpoint
+    (target "{run}": the run directory, "{ck}": the checkpoint); "sharpness": that command on it."""
+    def setup(tmp, run):
+        ck = with_run(tmp, run)
+        damage(ck, tmp)
+        t = target.format(ck=ck, run=tmp / "out" / "quickstart", tmp=tmp)
+        args = ["sharpness", t, "--samples", "8", *extra] if action == "sharpness" else ["checkpoint", action, t]
+        return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def deep_json(path, depth):
+    with open(path, "w") as f:
+        f.write('{"format": 2, "files": ' + "[" * depth + "]" * depth + "}")
+
+
+def fifo_manifest_copy(tmp, run) -> str:
+    ck = with_run(tmp, run)
+    replace_with_fifo(ck, "manifest.json")
+    return ck
+
+
+def set_loop(key, value):
+    return lambda m: m["meta"]["loop"].update({key: value})
+
+
+MULTI30K = os.path.join(ROOT, "configs", "multi30k_transformer.toml")
+TINY_TRANSFORMER = ["name=m30k", "n=4", "vocab_size=300", "d_model=32", "heads=2", "layers=1", "d_ff=64", "batch_size=4",
+                    "checkpoint_minutes=0", "local_eval_samples=4", "warmup_steps=4"]
+
+
+def multi30k_args(out, data_dir, *sets) -> list[str]:
+    return ["train", MULTI30K, "--set", f"out_dir={out}", "--set", f"data_dir={data_dir}",
+            *[a for s in (*TINY_TRANSFORMER, *sets) for a in ("--set", s)]]
+
+
+def multi30k_case(id, promise, damage, sets, needles, ranks=None):
+    """train on a fabricated Multi30k (48 training pairs) that damage(root) may change."""
+    def setup(tmp, run):
+        root = tmp / "multi30k"
+        fabricate_multi30k(root)
+        damage(root)
+        return multi30k_args(tmp / "out", root, *sets), {}, [n.format(root=root) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def long_line(root):
+    lines = (root / "train.de").read_text(encoding="utf-8").splitlines()
+    lines[6] = "Wort" * 250_000  # one 1 MB "word"
+    (root / "train.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def imagenet32_case(id, promise, damage, sets, needles, env=None, cached=False, ranks=None):
+    """train (the quickstart at ImageNet-32) on a fabricated ImageNet-32 (40 training images, test_imagenet32's
+    files) that damage(root, tmp) may change; cached: its cache built first (so the case adds no file)."""
+    def setup(tmp, run):
+        from test_imagenet32 import fabricate as fabricate_imagenet32
+        from hpc_dsgd.data.imagenet32 import prepare_imagenet32
+
+        root = tmp / "imagenet32"
+        fabricate_imagenet32(root)
+        if cached:
+            prepare_imagenet32(str(root))
+        damage(root, tmp)
+        args = train_args(tmp / "out", "--set", "dataset=imagenet32", "--set", f"data_dir={root}",
+                          *[a for s in sets for a in ("--set", s)])
+        return args, {k: v.format(tmp=tmp) for k, v in (env or {}).items()}, [n.format(root=root, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+class _NdarrayCall:
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (np.ndarray, self.args)
+
+
+def zero_stride_batch(root, tmp):
+    """A 200-byte batch whose 'data' is numpy.ndarray((200000, 3072), uint8, b'x', 0, (0, 0)): a zero-stride
+    view of one byte, which passed the restricted unpickler and wrote a 616 MB cache."""
+    import pickle
+
+    blob = pickle.dumps({"data": _NdarrayCall((200_000, 3072), np.dtype("u1"), b"x", 0, (0, 0)), "labels": [1]}, 2)
+    assert len(blob) < 300
+    (root / "Imagenet32_train" / "train_data_batch_2").write_bytes(blob)
 
 
 def truncate(path, by=100):
@@ -315,11 +409,91 @@ CASES = [
               ["cannot resume from {ck}", 'topology: checkpoint="ring" config="complete"'], sets=["topology=complete"]),
     ckpt_case("resume-path-missing", "an explicit checkpoint that is not there", lambda ck, tmp: None,
               ["{tmp}/nope", "no such directory"], resume="{tmp}/nope"),
+    # checkpoint files that could escape, hang or exhaust (every reader: verify, upgrade, resume, branch, sharpness)
+    ckpt_case("ckpt-rank-file-symlink-dev-zero", "a rank file symlinked to /dev/zero (manifest says 0 bytes) was read "
+              "forever: refused unread", lambda ck, tmp: replace_with_symlink(ck, "rank00001.pt", "/dev/zero"),
+              ["{ck}", "rank00001.pt is a symlink, not a regular file"]),
+    ckpt_cmd_case("ckpt-rank-file-symlink-out", "a rank file symlinked to a file outside the checkpoint (checksum "
+                  "matching) is refused", lambda ck, tmp: (shutil.copy(os.path.join(ck, "rank00000.pt"), tmp / "x.pt"),
+                                                           replace_with_symlink(ck, "rank00000.pt", str(tmp / "x.pt"))),
+                  ["{ck}", "rank00000.pt is a symlink"], target="{run}"),
+    ckpt_case("ckpt-rank-file-fifo", "a rank file that is a FIFO never blocks a reader",
+              lambda ck, tmp: replace_with_fifo(ck, "rank00001.pt"), ["{ck}", "rank00001.pt is a FIFO"], resume="path"),
+    ckpt_case("ckpt-manifest-fifo", "a manifest.json that is a FIFO made --resume auto hang",
+              lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=RANKS),
+    ckpt_cmd_case("ckpt-manifest-fifo-verify", "... and checkpoint verify",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=0),
+    ckpt_cmd_case("ckpt-manifest-fifo-sharpness", "... and the sharpness command",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], action="sharpness"),
+    ckpt_cmd_case("sharpness-cuda-without-gpu", "sharpness --device cuda on a node without a GPU (was a traceback)",
+                  lambda ck, tmp: None, ["--device cuda", "no CUDA device", "--device cpu"], action="sharpness",
+                  extra=("--device", "cuda")),
+    ckpt_cmd_case("ckpt-rank-file-directory", "a rank file that is a directory",
+                  lambda ck, tmp: (os.remove(os.path.join(ck, "rank00000.pt")), os.mkdir(os.path.join(ck, "rank00000.pt"))),
+                  ["{ck}", "rank00000.pt is a directory"]),
+    ckpt_cmd_case("ckpt-manifest-deep", "a manifest nested 200,000 deep (was a RecursionError)",
+                  lambda ck, tmp: deep_json(os.path.join(ck, "manifest.json"), 200_000), ["{ck}", "nested 200001 levels deep"]),
+    ckpt_case("ckpt-manifest-huge-n", "a manifest n of 1e12 (was a MemoryError)",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m.update(n=10 ** 12)), ["{ck}", "n 1000000000000", "1..1048576"]),
+    ckpt_cmd_case("ckpt-stride0-huge", "rank files holding a stride-0 X of shape [4, 1e11] (a few kB; passed verify, "
+                  "resume tried to allocate 3.2 TB), manifest rewritten to agree: sizes checked against the run's model",
+                  lambda ck, tmp: stride0_rank_files(ck, 10 ** 11),
+                  ["{ck}", "tensors.X has 100000000000 numbers per replica", "resnet20", "17926"], target="{run}"),
+    ckpt_cmd_case("ckpt-stride0-no-config", "the same with the model's size matching and no config to check: the "
+                  "tensor's strides and storage are checked before any use",
+                  lambda ck, tmp: (stride0_rank_files(ck, 17926), edit_manifest(ck, lambda m: m["meta"].pop("config_json"))),
+                  ["{ck}", "rank00000.pt", "key 't.X' is not a contiguous tensor", "strides [0, 0]"]),
+    ckpt_case("ckpt-loop-it-string", "meta.loop.it of the wrong type (was a traceback)",
+              lambda ck, tmp: edit_manifest(ck, set_loop("it", "abc")), ["{ck}", "meta.loop.it", "iteration 5", '"abc"'],
+              resume="path"),
+    ckpt_case("ckpt-loop-acc", "meta.loop.acc not 3 finite numbers",
+              lambda ck, tmp: edit_manifest(ck, set_loop("acc", [1, 2])), ["{ck}", "meta.loop.acc", "3 finite numbers"]),
+    ckpt_case("ckpt-loop-trace-pos", "meta.loop.trace_pos with a negative row count",
+              lambda ck, tmp: edit_manifest(ck, set_loop("trace_pos", {"iter": -3})), ["{ck}", "meta.loop.trace_pos"]),
+    ckpt_case("ckpt-config-json-not-json", "meta.config_json that is not JSON",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="{n = 8")),
+              ["{ck}", "meta.config_json is not JSON"], resume="path"),
+    ckpt_cmd_case("ckpt-config-json-list", "meta.config_json a JSON list",
+                  lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="[1, 2]")),
+                  ["{ck}", "meta.config_json must be a JSON object", "not list"]),
+    ckpt_case("ckpt-config-json-other-n", "meta.config_json's n disagreeing with the manifest's",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json=m["meta"]["config_json"].replace(
+                  '"n": 8', '"n": 16'))), ["{ck}", "meta.config_json's n must be the manifest's n=8, not 16"]),
+    ckpt_cmd_case("ckpt-upgrade-escape", "checkpoint upgrade of a manifest naming ../../../outside/victim.pt wrote "
+                  "outside the checkpoint and left .upgrade.tmp behind: refused, nothing written",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade"),
+    ckpt_cmd_case("ckpt-upgrade-escape-run-dir", "... also when upgrading a whole run directory",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade", target="{run}"),
+    ckpt_cmd_case("ckpt-upgrade-plain-file", "checkpoint upgrade of a plain file (was a traceback)",
+                  lambda ck, tmp: None, ["{ck}/rank00000.pt is not a directory"], action="upgrade", target="{ck}/rank00000.pt"),
+    ckpt_cmd_case("ckpt-verify-missing", "checkpoint verify of a path that is not there",
+                  lambda ck, tmp: None, ["{tmp}/nope does not exist"], target="{tmp}/nope"),
+    Case("branch-from-fifo-manifest", "a branch from a checkpoint whose manifest is a FIFO", lambda tmp, run: (
+        train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={fifo_manifest_copy(tmp, run)}"), {},
+        ["manifest.json is a FIFO"])),
     Case("branch-from-periodic", "a branch starts only from a phase checkpoint",
          lambda tmp, run: (train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={ckpt_of(run)}"), {},
                            [ckpt_of(run), "branch from a phase checkpoint"])),
     Case("fresh-start-over-a-run", "a fresh start never overwrites an existing run",
          lambda tmp, run: (with_run(tmp, run) and train_args(tmp / "out"), {}, ["already holds a run", "--resume auto"])),
+    # data files that could exhaust the job or stall its preparation
+    imagenet32_case("imagenet32-zero-stride-pickle", "a 200-byte ImageNet-32 batch holding a zero-stride (200000, "
+                    "3072) view (wrote a 616 MB cache): refused, nothing written", zero_stride_batch, [],
+                    ["{root}/Imagenet32_train/train_data_batch_2", "numpy.ndarray(...) is not admitted"], ranks=RANKS),
+    imagenet32_case("imagenet32-batch-larger-than-data", "batch_size x n above the ImageNet-32 training set (was a "
+                    "traceback after the start)", lambda root, tmp: None, [],
+                    ["batch_size=16 x n=8 = 128 exceeds the 40 training images of imagenet32", "batch_size <= 5"],
+                    cached=True),
+    imagenet32_case("imagenet32-cache-env-a-file", "HPC_DSGD_CACHE naming a file (was a traceback)",
+                    lambda root, tmp: (tmp / "afile").write_text("x"), [],
+                    ["HPC_DSGD_CACHE='{tmp}/afile' is not a directory"], env={"HPC_DSGD_CACHE": "{tmp}/afile"}),
+    multi30k_case("multi30k-long-line", "one 1 MB line (stalled the tokenizer's training for hours): refused "
+                  "with file and line", long_line, [], ["{root}/train.de, line 7: 1000000 characters"], ranks=RANKS),
+    multi30k_case("multi30k-batch-larger-than-data", "batch_size x n above the Multi30k training set (was a "
+                  "traceback after the start)", lambda root: None, ["batch_size=16"],
+                  ["batch_size=16 x n=4 = 64 exceeds the 48 training sentence pairs of multi30k", "batch_size <= 12"]),
     # launch and run directory
     raw_case("launch-slurm-singleton", "srun started 4 tasks but MPI formed worlds of 1 (plugin mismatch)",
              lambda tmp, run: train_args(tmp / "out"), ["SLURM_NTASKS=4", "srun --mpi=pmi2", "srun --mpi=list"],
@@ -348,7 +522,7 @@ def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
                                    for c in CASES])
 def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
-    if case.id == "device-cuda-without-gpu" and torch.cuda.is_available():
+    if case.id in ("device-cuda-without-gpu", "sharpness-cuda-without-gpu") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is valid here")
     run, _ = base
     args, env, needles = case.setup(tmp_path, run)
@@ -602,3 +776,61 @@ def test_upgraded_format1_checkpoint_resumes_bitwise(tmp_path, base):
     ta, tb = read_trace(str(a / "quickstart" / "trace.h5")), read_trace(str(b / "quickstart" / "trace.h5"))
     np.testing.assert_array_equal(ta.iter["loss"], tb.iter["loss"])
     np.testing.assert_array_equal(ta.iter["theta"], tb.iter["theta"])
+
+
+def test_tampered_tokenizer_on_resume_is_one_line(tmp_path):
+    """A Multi30k run's tokenizer.json tampered with before --resume auto: one `hpc_dsgd: error:` line naming
+    the file with the tokenizer library's own reason (was a traceback), exit 2, nothing changed."""
+    root = tmp_path / "multi30k"
+    fabricate_multi30k(root)
+    p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=2"), ranks=0)
+    assert p.returncode == 0, p.stderr
+    tok = tmp_path / "out" / "m30k" / "tokenizer.json"
+    tok.write_text(tok.read_text(encoding="utf-8").replace('"<pad>"', '"<pad', 1), encoding="utf-8")
+    before = snapshot(tmp_path)
+    p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=4") + ["--resume", "auto"])
+    errors = [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+    assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"tokenizer file {tok} is not a valid tokenizers JSON file (" in errors[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_sigterm_during_tokenizer_training_stops_the_preparation(tmp_path):
+    """SIGTERM to both ranks while rank 0 trains the Multi30k tokenizer (on a corpus that would take about a
+    minute): every rank stops within seconds (the training runs in a child process that is killed), says
+    what it stopped and exits 75 (requeue: nothing to checkpoint yet); no tokenizer.json, no child left."""
+    import random
+
+    root = tmp_path / "multi30k"
+    fabricate_multi30k(root)
+    rng = random.Random(0)
+    for lang in ("en", "de"):  # 1500 lines of 2000 letters: slow to learn merges from, within the line limit
+        (root / f"train.{lang}").write_text("".join("".join(rng.choice("abcdefghij") for _ in range(2000)) + "\n"
+                                                    for _ in range(1500)), encoding="utf-8")
+    p = cli(multi30k_args(tmp_path / "out", root, "vocab_size=8000", "batch_size=2"), popen=True)
+    deadline = time.monotonic() + 120
+    while True:  # until a rank has a bpe.py child
+        ranks = rank_pids(str(tmp_path))
+        kids = [pid for pid in rank_pids("bpe.py") if _ppid(pid) in ranks]
+        if kids:
+            break
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the tokenizer's training did not start"
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == REQUEUE_EXIT_CODE, (out, err)
+    assert time.monotonic() - t0 < 15
+    assert "stop requested by signal SIGTERM during training the Multi30k tokenizer" in out, out
+    assert "Traceback" not in err, err
+    assert not (tmp_path / "out" / "m30k" / "tokenizer.json").exists()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in kids)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
