@@ -60,7 +60,7 @@ def _train(argv: list[str]) -> int:
         return 2
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .signals import REQUEUE_EXIT_CODE, StopRequest
-    from .trace import TraceError
+    from .trace import TraceError, TraceWriteError
     from .train import run
 
     # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
@@ -87,6 +87,10 @@ def _train(argv: list[str]) -> int:
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
                   f"with --resume auto", file=sys.stderr, flush=True)
+        return 1
+    except TraceWriteError as e:  # a full disk: rank 0 names the file system; the rows are in the trace or a checkpoint
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 1
     except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:
