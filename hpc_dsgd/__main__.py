@@ -71,8 +71,11 @@ def _train(argv: list[str]) -> int:
             lock = RunLock(os.path.join(cfg.out_dir, cfg.name)).acquire()
             if lock.taken_over:
                 print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
-        except (ValueError, OSError) as e:
+        except ValueError as e:
             error = str(e)
+        except OSError as e:  # the reason in words, not a raw errno
+            error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {os.path.join(cfg.out_dir, cfg.name)}: " \
+                    f"{(e.strerror or str(e)).lower()}"
     error = comm.bcast(error, root=0)
     if error:
         if comm.Get_rank() == 0:
