@@ -29,11 +29,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from ..config import DEFAULTS, inapplicable_keys
-from ..trace import SCHEMA_VERSION, TraceError, read_trace
+from ..trace import TraceError, parse_config, read_trace
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
 # per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
@@ -122,31 +121,12 @@ def find_traces(paths) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def _attr(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def read_summary(path: str) -> tuple[dict, dict]:
     """(attrs, /epoch/ columns) of one trace without loading /iter/ (which can be large).
 
-    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and version)."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        f = None
-    if f is not None:
-        with f:
-            ver = f.attrs.get("schema_version")
-            if ver is not None and int(ver) <= SCHEMA_VERSION:
-                attrs = {k: _attr(v) for k, v in f.attrs.items()}
-                epoch = {k: ds[()] for k, ds in f["epoch"].items()} if "epoch" in f else {}
-                return attrs, epoch
-    read_trace(path)  # raises the canonical TraceError for this file
-    raise TraceError(f"trace {path!r} cannot be read")  # pragma: no cover (read_trace raised)
+    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and field)."""
+    tr = read_trace(path, groups=("epoch",))
+    return tr.attrs, tr.epoch
 
 
 def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
@@ -156,12 +136,7 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
     for path in files:
         try:
             attrs, epoch = read_summary(path)
-            if "config_json" not in attrs:
-                raise TraceError(f"trace {path!r} has no config_json attribute")
-            try:
-                cfg = json.loads(attrs["config_json"])
-            except json.JSONDecodeError as e:
-                raise TraceError(f"trace {path!r}: config_json is not valid JSON ({e})") from None
+            cfg = parse_config(path, attrs)
         except (TraceError, OSError, KeyError) as e:
             skipped.append(Skipped(path, str(e)))
             continue
