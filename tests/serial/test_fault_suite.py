@@ -229,14 +229,14 @@ def malformed_reference(kind):
             elif kind == "config-list":
                 f.attrs["config_json"] = "[1, 2]"
             elif kind == "2d-column":
-                del f["phase/xi_max"]
-                f["phase/xi_max"] = np.zeros((1, 3))
+                del f["iter/loss"]
+                f["iter/loss"] = np.zeros((5, 3))
             else:
-                del f["phase/xi_max"]
-                f["phase/xi_max"] = h5py.ExternalLink(str(tmp / "gone.h5"), "/x")
+                del f["iter/loss"]
+                f["iter/loss"] = h5py.ExternalLink(str(tmp / "gone.h5"), "/x")
         args = train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set", f"reference_trace={p}")
         needle = {"no-config": "config_json", "config-list": "config_json must be a JSON object",
-                  "2d-column": "/phase/xi_max must be a 1-D", "dangling": "/phase/xi_max is a link"}[kind]
+                  "2d-column": "/iter/loss must be a 1-D", "dangling": "/iter/loss is a link"}[kind]
         return args, {}, [str(p), needle]
     return setup
 
