@@ -1,7 +1,7 @@
 """HDF5 trace: one file per run, written by rank 0 as the run goes.
 
 Schema (SCHEMA_VERSION 1):
-  /                attrs: schema_version, status (running|finished|failed), config_json, config_toml,
+  /                attrs: schema_version, status (running|finished|stopped: max_iterations or a signal), config_json, config_toml,
                    n, ranks, replicas_per_rank, topology, p, spectral_gap, iters_per_epoch,
                    total_iters, phase_bounds (P x 2), versions_json, code_revision, created, finished
   /iter/<col>      one row per iteration, 1-D chunked extendable datasets: it, epoch, phase, lr,

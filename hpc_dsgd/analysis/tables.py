@@ -164,6 +164,7 @@ class CellStats:
     expected: int  # seeds asked for (--seeds), else every seed seen in the experiment
     unfinished: int = 0  # seeds with no finished run, newest copy still "running" (or crashed)
     failed: int = 0  # seeds with no finished run, newest copy "failed" (or an unknown status)
+    stopped: int = 0  # seeds with no finished run, newest copy "stopped" (max_iterations or a signal): not a failure
     duplicates: int = 0  # extra runs of an already-present seed
     no_metric: int = 0  # finished runs without the metric (no evaluation row)
 
@@ -187,7 +188,7 @@ class CellStats:
             notes.append(f"{self.count} seeds, {self.expected} asked")
         elif self.count == 1:
             notes.append("n=1")
-        for k, what in ((self.unfinished, "unfinished"), (self.failed, "failed"),
+        for k, what in ((self.unfinished, "unfinished"), (self.stopped, "stopped"), (self.failed, "failed"),
                         (self.no_metric, "without metric"), (self.duplicates, "duplicate")):
             if k:
                 notes.append(f"{k} {what}" + ("s" if what == "duplicate" and k > 1 else ""))
@@ -204,7 +205,7 @@ class CellStats:
         else:
             core = None
         notes = self.annotations()
-        if core is None and not (self.unfinished or self.failed or self.no_metric):
+        if core is None and not (self.unfinished or self.stopped or self.failed or self.no_metric):
             return EMPTY[fmt]
         if tex:
             core = f"${core}$" if core else EMPTY[fmt]
@@ -213,6 +214,11 @@ class CellStats:
 
 
 EMPTY = {"md": "—", "latex": "---", "csv": ""}
+
+
+def seeds_cell(seeds: list[int], fmt: str) -> str:
+    """How many seeds count and which: '3 (0,1,2)', '1 (7)'; never a bare seed that reads like a count."""
+    return f"{len(seeds)} ({','.join(map(str, seeds))})" if seeds else EMPTY[fmt]
 
 
 @dataclass
@@ -241,6 +247,8 @@ class Group:
             newest = max(rs, key=lambda r: r.stamp)
             if newest.status == "running":
                 st.unfinished += 1
+            elif newest.status == "stopped":
+                st.stopped += 1
             else:
                 st.failed += 1
         return st
@@ -288,6 +296,9 @@ def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
                 elif r.status == "running":
                     r.note = f"unfinished (status 'running': still running or crashed; last evaluation " \
                              f"at epoch {r.last_epoch:g} of {fmt_value(r.config.get('epochs'))})"
+                elif r.status == "stopped":
+                    r.note = f"stopped (max_iterations or a signal; resume it to finish) after epoch " \
+                             f"{r.last_epoch:g} of {fmt_value(r.config.get('epochs'))}: not counted"
                 else:
                     r.note = f"status {r.status!r}: not counted"
     return sorted(groups.values(), key=_group_order)
@@ -782,7 +793,7 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
     keys = _list_keys(groups) if groups else list(MAIN_KEYS)
     head = keys + ["seeds", f"{metric} (mean ± std)"]
     rows = [[fmt_value(g.ident.get(k)) for k in keys]
-            + [",".join(map(str, g.stats(expected).seeds)) or EMPTY[fmt], g.stats(expected).text(digits, fmt)]
+            + [seeds_cell(g.stats(expected).seeds, fmt), g.stats(expected).text(digits, fmt)]
             for g in groups]
     info = f"{len(groups)} experiment(s); {metric} at the last evaluation, mean ± sample std over seeds"
     if fmt == "md":
