@@ -76,7 +76,7 @@ def _open(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
             time.sleep(0.05)
 
 
-def _mount(path: str) -> str:
+def mount_of(path: str) -> str:
     """'the file system mounted at M (type)' holding path."""
     p = os.path.realpath(path)
     while not os.path.ismount(p):
@@ -259,7 +259,7 @@ class TraceWriter:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     st = os.statvfs(d)
                     raise TraceWriteError(
-                        f"trace {self.path}: {_mount(d)} is full (or over quota): this flush needs "
+                        f"trace {self.path}: {mount_of(d)} is full (or over quota): this flush needs "
                         f"{_mib(len(image))} free ({len(image)} bytes: the new copy is written beside the old one), "
                         f"{_mib(st.f_bavail * st.f_frsize)} are free; trace.h5 still holds the "
                         f"{self._disk['iter']} iteration rows of the previous flush") from None

@@ -25,13 +25,14 @@ from .comm import Gossiper, World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .replica import Replicas
 from .topology import Topology
-from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, CheckpointWriteError, check_compatible,
+from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
                          list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
                          verify_checkpoint)
+from .checkpoint import CheckpointWriteError
 from .faults import fault_point
 from .signals import StopRequest
 from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
-from .trace import TraceError, TraceWriteError, TraceWriter, read_trace
+from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
 from .workloads import make_workload
 
 
@@ -275,8 +276,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
                 + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
         except (TraceError, TraceWriteError, OSError) as e:  # every rank stops alike, before any iteration
-            setup_err = (type(e).__name__, f"cannot write run directory {run_dir}: {e.strerror or e}"
-                         if isinstance(e, OSError) else str(e))
+            setup_err = (type(e).__name__, str(e) if not isinstance(e, OSError) else
+                         f"cannot write run directory {run_dir}: {e.strerror or e} (on {mount_of(run_dir)})")
     setup_err = world.comm.bcast(setup_err, root=0)
     if setup_err:
         gossiper.free()

@@ -15,7 +15,8 @@ does not exist afterwards).
 
 Faults during a run (the tests after the table) each state their promise in their docstring: kill -9
 of one rank and of all ranks mid-iteration and mid-checkpoint, SIGTERM, a full disk during a
-checkpoint write, two runs on one run directory, stale locks, and a converted format-1 checkpoint
+checkpoint write and during a trace write (injected, and a real full tmpfs where the suite runs as
+root), the fsync order of trace and checkpoint, two runs on one run directory, stale locks, and a converted format-1 checkpoint
 resuming bitwise like the original. kill -9 of the whole job during a checkpoint and SIGUSR1 are in
 test_faults.py."""
 from __future__ import annotations
