@@ -74,7 +74,8 @@ def _train(argv: list[str]) -> int:
         return 2
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .data import DataError
-    from .trace import TraceError
+    from .signals import REQUEUE_EXIT_CODE, StopRequest
+    from .trace import TraceError, TraceWriteError
     from .train import run
 
     # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
@@ -85,8 +86,11 @@ def _train(argv: list[str]) -> int:
             lock = RunLock(os.path.join(cfg.out_dir, cfg.name)).acquire()
             if lock.taken_over:
                 print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
-        except (ValueError, OSError) as e:
+        except ValueError as e:
             error = str(e)
+        except OSError as e:  # the reason in words, not a raw errno
+            error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {os.path.join(cfg.out_dir, cfg.name)}: " \
+                    f"{(e.strerror or str(e)).lower()}"
     error = comm.bcast(error, root=0)
     if error:
         stop.restore()
@@ -102,6 +106,10 @@ def _train(argv: list[str]) -> int:
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
                   f"with --resume auto", file=sys.stderr, flush=True)
+        return 1
+    except TraceWriteError as e:  # a full disk: rank 0 names the file system; the rows are in the trace or a checkpoint
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 1
     except (CheckpointError, TraceError, DataError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:

@@ -7,8 +7,11 @@ Errors are ValueError (ConfigError) naming the key, the value and what would be 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,10 @@ SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LR_SCHEDULES = ("step", "inverse_sqrt")
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,199}")  # one path component: no '/', '..', NUL, leading '-' or '.'
+CONFIG_MAX_BYTES = 1 << 20  # a config file is a few kB: a larger one is refused before it is read
 
 
 class ConfigError(ValueError):
@@ -160,6 +167,10 @@ def _check_scalar(key, typ, value):
         return float(value)
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):
         raise ConfigError(f"{key}={value!r}: expected {typ.__name__}, got {type(value).__name__}")
+    if typ is float and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: need a finite number")
+    if typ is str and "\0" in value:
+        raise ConfigError(f"{key}={value!r}: contains a NUL character")
     return value
 
 
@@ -177,38 +188,66 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def _read_toml(path: str, seen: tuple = ()) -> dict:
-    if not os.path.isfile(path):
+def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict:
+    """The keys of a config file after its `base` chain; sources (if given) gets key -> the file that set it."""
+    if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} is not a regular file")
+    if os.path.getsize(path) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"config file {path!r} has {os.path.getsize(path)} bytes: a config is at most "
+                          f"{CONFIG_MAX_BYTES} bytes of TOML")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
     base = data.pop("base", None)  # `base = "other.toml"`: inherit, then override
     if base is not None:
+        if not isinstance(base, str) or not base or "\0" in base:
+            raise ConfigError(f"config file {path!r}: base={base!r}: expected the path of another config file "
+                              f"(a string, relative to this file's directory)")
         bpath = os.path.join(os.path.dirname(path), base)
-        if bpath in seen:
-            raise ConfigError(f"config {path!r}: base chain loops through {bpath!r}")
-        merged = _read_toml(bpath, seen + (path,))
+        chain = seen + (os.path.realpath(path),)
+        if os.path.realpath(bpath) in chain:  # normalised: ./a.toml, a.toml and links to it are one file
+            raise ConfigError(f"config file {path!r}: base={base!r} loops back to {bpath!r}: a base chain must end")
+        merged = _read_toml(bpath, chain, sources)
         merged.update(data)
-        return merged
-    return data
+    else:
+        merged = data
+    if sources is not None:
+        sources.update(dict.fromkeys(data, path))
+    return merged
 
 
 def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1, check_files: bool = True) -> Config:
     """Read a TOML file (or defaults), apply overrides, validate for `ranks` MPI processes."""
-    data = _read_toml(path) if path else {}
+    sources: dict = {}
+    data = _read_toml(path, sources=sources) if path else {}
     for text in overrides:
         k, v = parse_override(text)
         data[k] = v
-    return from_dict(data, ranks, check_files)
+        sources.pop(k, None)
+    try:
+        return from_dict(data, ranks, check_files)
+    except ConfigError as e:  # a value from a file: name the file too (a --set value is named by its key alone)
+        key = re.match(r"(?:unknown config key\(s\) )?([A-Za-z_]\w*)", str(e))
+        if key and key.group(1) in sources:
+            raise ConfigError(f"config file {sources[key.group(1)]!r}: {e}") from None
+        raise
 
 
 def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, FIELDS, n=1, cutoff=0.6)) else k
+                 for k in unknown]
+        raise ConfigError(f"unknown config key(s) {', '.join(hints)}; the keys and their meaning are in "
+                          f"hpc_dsgd/config.py (class Config) and the README")
     cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
     validate(cfg, ranks, check_files)
     return cfg
@@ -282,7 +321,11 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.warmup_epochs <= fr[0] * cfg.epochs if fr else True,
          f"warmup_epochs={cfg.warmup_epochs}: warm-up belongs to phase 1 and must end by the first decay "
          f"at epoch {fr[0] * cfg.epochs if fr else 0:g}")
-    need(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r}: need a non-empty run name without '/'")
+    need(RUN_NAME.fullmatch(cfg.name) is not None, f"name={cfg.name!r}: a run name is one directory name of at most 200 "
+         "letters, digits and . _ - + = , @, starting with a letter, digit or _ (e.g. 'ring_n32_s0'): no '/', '..', NUL, "
+         "space or leading '-'")
+    need(bool(cfg.out_dir), "out_dir='': need a directory (e.g. 'runs')")
+    need(0 <= cfg.seed < 2**32, f"seed={cfg.seed}: need 0 <= seed < 2**32")
     need(not os.path.exists(cfg.out_dir) or os.path.isdir(cfg.out_dir),
          f"out_dir={cfg.out_dir!r} exists and is not a directory")
     need(cfg.decay_factor >= 1, f"decay_factor={cfg.decay_factor}: need >= 1")
@@ -333,5 +376,6 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
         need(os.path.isdir(branch), f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
              "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
+    need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")
     if check_files:
         check_dataset(cfg.dataset, cfg.data_dir or None)

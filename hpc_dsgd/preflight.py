@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -98,11 +99,30 @@ def check_run(cfg, ranks: int) -> None:
     check_data_size(cfg)
     if cfg.dataset == "cifar10" and cfg.data_dir:
         _check_cifar10_md5(cfg.data_dir)
-    parent = os.path.abspath(cfg.out_dir)
-    while not os.path.exists(parent):
+    check_out_dir(cfg.out_dir, cfg.name)
+
+
+def check_out_dir(out_dir: str, name: str) -> None:
+    """The run directory out_dir/name can be created and written: ConfigError naming out_dir and the reason
+    (a file in the way, a read-only file system, no permission, a full disk) otherwise. Probes by creating and
+    removing an empty directory where the run directory would be created."""
+    run_dir = os.path.abspath(os.path.join(out_dir, name))
+    parent = run_dir
+    while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir={cfg.out_dir!r}: {parent} is not writable by this user; choose another out_dir")
+    if not os.path.isdir(parent):
+        what = ("a dangling symbolic link" if os.path.islink(parent) and not os.path.exists(parent)
+                else "a file" if os.path.isfile(parent) else "not a directory")
+        raise ConfigError(f"out_dir={out_dir!r}: {parent} is {what}, in the way of the run directory {run_dir}: "
+                          f"choose another out_dir (or name), or move it away")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hpc_dsgd-probe-", dir=parent))
+    except OSError as e:
+        reason = {errno.EACCES: "permission denied for this user", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left on the device",
+                  errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, (e.strerror or str(e)).lower())
+        raise ConfigError(f"out_dir={out_dir!r}: the run directory {run_dir} cannot be created in {parent}: "
+                          f"{reason}; choose another out_dir") from None
 
 
 def _check_cifar10_md5(root: str) -> None:

@@ -29,11 +29,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from ..config import DEFAULTS, inapplicable_keys
-from ..trace import SCHEMA_VERSION, TraceError, read_trace
+from ..trace import TraceError, parse_config, read_trace
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
 # per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
@@ -123,32 +122,12 @@ def find_traces(paths) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def _attr(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def read_summary(path: str) -> tuple[dict, dict, dict]:
     """(attrs, /epoch/ columns, /phase/ columns) of one trace without loading /iter/ (which can be large).
 
-    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and version)."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        f = None
-    if f is not None:
-        with f:
-            ver = f.attrs.get("schema_version")
-            if ver is not None and int(ver) <= SCHEMA_VERSION:
-                attrs = {k: _attr(v) for k, v in f.attrs.items()}
-                epoch = {k: ds[()] for k, ds in f["epoch"].items()} if "epoch" in f else {}
-                phase = {k: ds[()] for k, ds in f["phase"].items()} if "phase" in f else {}
-                return attrs, epoch, phase
-    read_trace(path)  # raises the canonical TraceError for this file
-    raise TraceError(f"trace {path!r} cannot be read")  # pragma: no cover (read_trace raised)
+    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and field)."""
+    tr = read_trace(path, groups=("epoch", "phase"))
+    return tr.attrs, tr.epoch, tr.phase
 
 
 def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
@@ -158,12 +137,7 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
     for path in files:
         try:
             attrs, epoch, phase = read_summary(path)
-            if "config_json" not in attrs:
-                raise TraceError(f"trace {path!r} has no config_json attribute")
-            try:
-                cfg = json.loads(attrs["config_json"])
-            except json.JSONDecodeError as e:
-                raise TraceError(f"trace {path!r}: config_json is not valid JSON ({e})") from None
+            cfg = parse_config(path, attrs)
         except (TraceError, OSError, KeyError) as e:
             skipped.append(Skipped(path, str(e)))
             continue
@@ -220,6 +194,7 @@ class CellStats:
     expected: int  # seeds asked for (--seeds), else every seed seen in the experiment
     unfinished: int = 0  # seeds with no finished run, newest copy still "running" (or crashed)
     failed: int = 0  # seeds with no finished run, newest copy "failed" (or an unknown status)
+    stopped: int = 0  # seeds with no finished run, newest copy "stopped" (max_iterations or a signal): not a failure
     duplicates: int = 0  # extra runs of an already-present seed
     no_metric: int = 0  # finished runs without the metric (no evaluation row)
     control: tuple = ()  # NEVER_BOUND / CAP_HIT when a counted run's control did not act as asked
@@ -244,7 +219,7 @@ class CellStats:
             notes.append(f"{self.count} seeds, {self.expected} asked")
         elif self.count == 1:
             notes.append("n=1")
-        for k, what in ((self.unfinished, "unfinished"), (self.failed, "failed"),
+        for k, what in ((self.unfinished, "unfinished"), (self.stopped, "stopped"), (self.failed, "failed"),
                         (self.no_metric, "without metric"), (self.duplicates, "duplicate")):
             if k:
                 notes.append(f"{k} {what}" + ("s" if what == "duplicate" and k > 1 else ""))
@@ -261,7 +236,7 @@ class CellStats:
         else:
             core = None
         notes = self.annotations()
-        if core is None and not (self.unfinished or self.failed or self.no_metric):
+        if core is None and not (self.unfinished or self.stopped or self.failed or self.no_metric):
             return EMPTY[fmt]
         if tex:
             core = f"${core}$" if core else EMPTY[fmt]
@@ -270,6 +245,11 @@ class CellStats:
 
 
 EMPTY = {"md": "—", "latex": "---", "csv": ""}
+
+
+def seeds_cell(seeds: list[int], fmt: str) -> str:
+    """How many seeds count and which: '3 (0,1,2)', '1 (7)'; never a bare seed that reads like a count."""
+    return f"{len(seeds)} ({','.join(map(str, seeds))})" if seeds else EMPTY[fmt]
 
 
 @dataclass
@@ -300,6 +280,8 @@ class Group:
             newest = max(rs, key=lambda r: r.stamp)
             if newest.status == "running":
                 st.unfinished += 1
+            elif newest.status == "stopped":
+                st.stopped += 1
             else:
                 st.failed += 1
         return st
@@ -347,6 +329,9 @@ def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
                 elif r.status == "running":
                     r.note = f"unfinished (status 'running': still running or crashed; last evaluation " \
                              f"at epoch {r.last_epoch:g} of {fmt_value(r.config.get('epochs'))})"
+                elif r.status == "stopped":
+                    r.note = f"stopped (max_iterations or a signal; resume it to finish) after epoch " \
+                             f"{r.last_epoch:g} of {fmt_value(r.config.get('epochs'))}: not counted"
                 else:
                     r.note = f"status {r.status!r}: not counted"
     return sorted(groups.values(), key=_group_order)
@@ -847,7 +832,7 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
     keys = _list_keys(groups) if groups else list(MAIN_KEYS)
     head = keys + ["seeds", f"{metric} (mean ± std)"]
     rows = [[fmt_value(g.ident.get(k)) for k in keys]
-            + [",".join(map(str, g.stats(expected).seeds)) or EMPTY[fmt], g.stats(expected).text(digits, fmt)]
+            + [seeds_cell(g.stats(expected).seeds, fmt), g.stats(expected).text(digits, fmt)]
             for g in groups]
     info = f"{len(groups)} experiment(s); {metric} at the last evaluation, mean ± sample std over seeds"
     if fmt == "md":

@@ -404,3 +404,18 @@ def test_lr_sweep_preset_picks_the_best_mean_over_seeds(tmp_path):
     assert sum(r[-2] == "1" for r in csv_rows[1:]) == 2
     out = tables.main([str(tmp_path), "--preset", "lr_sweep", "--seeds", "2"])
     assert out == 0
+
+
+def test_seeds_column_counts_and_names_seeds_and_stopped_is_not_failed(tmp_path, capsys):
+    """The flat table's seeds column says how many seeds count and which ('2 (3,5)'), never a bare seed value
+    that reads as a count; a run stopped by max_iterations (trace status 'stopped') is 'stopped', not 'failed'."""
+    for seed, status in ((3, "finished"), (5, "finished"), (8, "stopped")):
+        write_trace(tmp_path / f"s{seed}" / "trace.h5", config(seed=seed), 90.0 + seed, status=status)
+    write_trace(tmp_path / "one" / "trace.h5", config(seed=7, topology="complete"), 93.0)
+    assert tables.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    ring = next(line for line in out.splitlines() if "| ring" in line)
+    complete = next(line for line in out.splitlines() if "| complete" in line)
+    assert "| 2 (3,5) |" in ring and "(2/3 seeds, 1 stopped)" in ring and "failed" not in out, out
+    assert "| 1 (7) |" in complete
+    assert "stopped (max_iterations or a signal; resume it to finish)" in out

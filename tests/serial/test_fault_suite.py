@@ -15,7 +15,8 @@ does not exist afterwards).
 
 Faults during a run (the tests after the table) each state their promise in their docstring: kill -9
 of one rank and of all ranks mid-iteration and mid-checkpoint, SIGTERM, a full disk during a
-checkpoint write, two runs on one run directory, stale locks, and a converted format-1 checkpoint
+checkpoint write and during a trace write (injected, and a real full tmpfs where the suite runs as
+root), the fsync order of trace and checkpoint, two runs on one run directory, stale locks, and a converted format-1 checkpoint
 resuming bitwise like the original. kill -9 of the whole job during a checkpoint and SIGUSR1 are in
 test_faults.py."""
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -310,6 +312,50 @@ def not_hdf5(tmp):
     return str(p)
 
 
+def config_file(text: bytes, name="c.toml", base=None):
+    """A config file under tmp (written as bytes: encodings are part of the case) -> train args."""
+    def args_of(tmp, run):
+        (tmp / name).write_bytes(text)
+        return ["train", str(tmp / name), "--set", f"out_dir={tmp / 'out'}"]
+    return args_of
+
+
+def trace_of(ck) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(ck)), "trace.h5")
+
+
+def shorten_trace(ck, tmp, rows=3):
+    from hpc_dsgd.trace import TraceWriter
+
+    TraceWriter(trace_of(ck), {}, mode="a").truncate("iter", rows)
+
+
+def malformed_reference(kind):
+    """A copy of the base run's trace with one defect, as a reference trace (file_case's make(tmp) needs the run:
+    the base run's trace is found through the fixture-made copy in tmp/ref.h5 by the setup below)."""
+    def setup(tmp, run):
+        import h5py
+
+        p = tmp / "ref.h5"
+        shutil.copy(run / "trace.h5", p)
+        with h5py.File(p, "a") as f:
+            if kind == "no-config":
+                del f.attrs["config_json"]
+            elif kind == "config-list":
+                f.attrs["config_json"] = "[1, 2]"
+            elif kind == "2d-column":
+                del f["iter/loss"]
+                f["iter/loss"] = np.zeros((5, 3))
+            else:
+                del f["iter/loss"]
+                f["iter/loss"] = h5py.ExternalLink(str(tmp / "gone.h5"), "/x")
+        args = train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set", f"reference_trace={p}")
+        needle = {"no-config": "config_json", "config-list": "config_json must be a JSON object",
+                  "2d-column": "/iter/loss must be a 1-D", "dangling": "/iter/loss is a link"}[kind]
+        return args, {}, [str(p), needle]
+    return setup
+
+
 def bad_toml(tmp):
     p = tmp / "bad.toml"
     p.write_text("n = [1,\n")
@@ -339,6 +385,25 @@ CASES = [
     cfg_case("target-without-reference", "a target needs a reference run", ['policies=["target","gossip","gossip"]'],
              ["phase 1 has no reference", "reference_trace"]),
     cfg_case("bad-name", "a run name is one path component", ["name=a/b"], ["name='a/b'"]),
+    cfg_case("name-dotdot", "'..' would write into out_dir's parent", ["name=.."], ["name='..'", "one directory name"]),
+    cfg_case("name-leading-dash", "a name read as an option", ["name=-rf"], ["name='-rf'", "leading '-'"]),
+    cfg_case("name-nul", "a NUL in a name (named by key)", ['name="a\\u0000b"'], ["name='a\\x00b'", "NUL"]),
+    cfg_case("unknown-key-suggests", "a typo gets the closest key, not a list of all", ["topolgy=ring"],
+             ["topolgy (did you mean topology?)"]),
+    cfg_case("epochs-inf", "non-finite values are refused, not run to NaN", ["epochs=inf"], ["epochs=inf", "finite"]),
+    cfg_case("base-lr-inf", "an infinite learning rate", ["base_lr=inf"], ["base_lr=inf", "finite"]),
+    cfg_case("weight-decay-inf", "an infinite weight decay", ["weight_decay=inf"], ["weight_decay=inf", "finite"]),
+    cfg_case("momentum-nan", "NaN compares false with every bound", ["momentum=nan"], ["momentum=nan", "finite"]),
+    cfg_case("seed-negative", "seeds are >= 0", ["seed=-5"], ["seed=-5", "0 <= seed"]),
+    raw_case("config-base-self-dot", "a base that is the file itself through ./ (normalised before the loop check)",
+             config_file(b'base = "./c.toml"\nn = 8\n'), ["{tmp}/c.toml", "base='./c.toml' loops back"]),
+    raw_case("config-base-not-string", "base = 5", config_file(b"base = 5\n"), ["{tmp}/c.toml", "base=5"]),
+    raw_case("config-not-utf8", "a config file in Latin-1 is named", config_file(b'name = "caf\xe9"\n'),
+             ["{tmp}/c.toml", "not UTF-8"]),
+    raw_case("config-file-key-named", "a bad value read from a file names the file and the key",
+             config_file(b'epochs = inf\n'), ["{tmp}/c.toml", "epochs=inf"]),
+    file_case("out-dir-file-in-the-way", "a file where out_dir's parent directory should be", a_file,
+              ["out_dir={path}/runs"], ["out_dir='{path}/runs'", "{path} is a file, in the way"]),
     raw_case("config-file-missing", "the config file must exist",
              lambda tmp, run: ["train", str(tmp / "none.toml")], ["{tmp}/none.toml", "does not exist"]),
     raw_case("config-not-toml", "the config file must be TOML", lambda tmp, run: bad_toml(tmp),
@@ -374,6 +439,10 @@ CASES = [
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}"), {},
                            [f"{run / 'trace.h5'}", "no per-phase xi_max"])),
+    Case("reference-no-config", "a reference trace without config_json", malformed_reference("no-config")),
+    Case("reference-config-list", "config_json that is a JSON list", malformed_reference("config-list")),
+    Case("reference-2d-column", "a 2-D column", malformed_reference("2d-column"), ranks=RANKS),
+    Case("reference-dangling-link", "an external link to a missing file", malformed_reference("dangling")),
     # checkpoints
     ckpt_case("ckpt-truncated", "a truncated rank file is named",
               lambda ck, tmp: truncate(os.path.join(ck, "rank00001.pt")), ["{ck}", "rank00001.pt", "truncated"]),
@@ -407,6 +476,14 @@ CASES = [
               ["cannot resume from {ck}", "n: checkpoint=8 config=16"], sets=["n=16"]),
     ckpt_case("ckpt-other-topology", "resuming on another topology", lambda ck, tmp: None,
               ["cannot resume from {ck}", 'topology: checkpoint="ring" config="complete"'], sets=["topology=complete"]),
+    ckpt_case("trace-shorter-than-checkpoint", "a trace truncated to before its checkpoint's position: refused, "
+              "never resumed with a gap", shorten_trace,
+              ["cannot resume from {ck}", "/iter: 3 rows, the checkpoint records 5", "gap"], ranks=RANKS),
+    ckpt_case("trace-unreadable", "a damaged trace with an intact checkpoint: one line, no OSError traceback",
+              lambda ck, tmp: truncate(trace_of(ck), by=os.path.getsize(trace_of(ck)) // 2),
+              ["cannot resume from {ck}", "not a readable HDF5 file"]),
+    ckpt_case("trace-missing", "a checkpoint whose trace is gone", lambda ck, tmp: os.remove(trace_of(ck)),
+              ["cannot resume from {ck}", "does not exist"]),
     ckpt_case("resume-path-missing", "an explicit checkpoint that is not there", lambda ck, tmp: None,
               ["{tmp}/nope", "no such directory"], resume="{tmp}/nope"),
     # checkpoint files that could escape, hang or exhaust (every reader: verify, upgrade, resume, branch, sharpness)
@@ -559,10 +636,16 @@ def test_malicious_pickle_runs_when_unpickled(tmp_path):
 
 
 def test_stop_before_first_epoch_end_prints_a_progress_line(base):
-    """A run stopped by max_iterations before its first epoch end still prints a final progress line."""
+    """A run stopped by max_iterations before its first epoch end still prints a final progress line, over the
+    run's epoch count (20), naming the iteration its checkpoint is named by; then a closing line with the
+    checkpoint, the trace and the wall time."""
     _, out = base
     last = out.strip().splitlines()[-1]
-    assert last.startswith(f"epoch {BASE_ITS / IPE:6.2f}/") and "stopped after iteration 4" in last and "loss" in last
+    stop = out.strip().splitlines()[-2]
+    assert stop.startswith(f"epoch {BASE_ITS / IPE:6.2f}/20 ") and f"stopped at iteration {BASE_ITS} of" in stop
+    assert "loss" in stop and re.search(r" lr \d\.\d{3}e[+-]\d\d loss ", stop), stop  # lr in a fixed width
+    assert last.startswith(f"hpc_dsgd: stopped at iteration {BASE_ITS} of 220, checkpoint ") and \
+        last.endswith("s") and f"ckpt-{BASE_ITS:09d}; trace " in last and "wall time" in last
 
 
 # -- faults during a run --------------------------------------------------------------------------
@@ -669,6 +752,122 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path):
     verify_checkpoint(str(prev))
     resume_finishes(tmp_path)
     assert snapshot(prev) == before  # a phase checkpoint: kept, unchanged
+
+
+def error_lines(p) -> list[str]:
+    return [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+
+
+def test_full_disk_during_trace_write_keeps_rows_checkpoints_and_resumes(tmp_path):
+    """ENOSPC in the middle of the trace flush that would hold 8 iteration rows (injected): the run stops at the
+    next iteration with a checkpoint that keeps the 2 rows the trace could not take, exit 1 and one error line
+    naming the trace, the file system and the bytes needed; trace.h5 holds rows 0-6 and reads. --resume auto
+    writes the kept rows and finishes: the trace equals an uninterrupted run's (every column, bitwise). A
+    further --resume auto on the finished run says so and changes nothing (the trace's bytes included)."""
+    run = tmp_path / "a" / "quickstart"
+    p = short_train(tmp_path / "a", env={"HPC_DSGD_INJECT_FAULT": "rank=0,it=8,at=trace_write,kind=enospc"})
+    errors = error_lines(p)
+    assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    for needle in (str(run / "trace.h5"), "file system mounted at", "bytes", "ckpt-000000009", "--resume auto"):
+        assert needle in errors[0], (needle, errors[0])
+    np.testing.assert_array_equal(read_trace(str(run / "trace.h5")).iter["it"], np.arange(7))
+    verify_checkpoint(str(run / "checkpoints" / "ckpt-000000009"))
+    resume_finishes(tmp_path / "a")
+    ref = short_train(tmp_path / "b")
+    assert ref.returncode == 0, ref.stderr
+    ta, tb = read_trace(str(run / "trace.h5")), read_trace(str(tmp_path / "b" / "quickstart" / "trace.h5"))
+    for g in ("iter", "epoch", "phase"):
+        assert getattr(ta, g).keys() == getattr(tb, g).keys()
+        for k in getattr(ta, g):
+            if k not in ("time", "elapsed", "images_per_s"):
+                np.testing.assert_array_equal(getattr(ta, g)[k], getattr(tb, g)[k], err_msg=f"{g}/{k}")
+    before = snapshot(run)
+    p = short_train(tmp_path / "a")
+    assert p.returncode == 0 and "run already finished at iteration 22" in p.stdout, p.stdout + p.stderr
+    assert snapshot(run) == before
+
+
+def test_full_tmpfs_during_a_run_then_resume(tmp_path):
+    """A real full disk (a 24 MiB tmpfs as out_dir, filled up while the run writes its trace every iteration;
+    needs root): exit 1 (no SIGSEGV), one error line naming the file system; trace.h5 reads and holds a prefix
+    of the iterations at least as long as before the disk filled; after the space is freed, --resume auto
+    finishes with every iteration exactly once."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(fs)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        trace = fs / "quickstart" / "trace.h5"
+        p = short_train(fs, ["--set", "epochs=4"], popen=True)  # 44 iterations: time to fill the disk mid-run
+        wait_rows(p, trace, 3)
+        seen = trace_rows(trace)
+        with open(fs / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        out, err = p.communicate(timeout=120)
+        errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+        assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in err, (p.returncode, err)
+        assert f"file system mounted at {fs} (tmpfs)" in errors[0] and "free" in errors[0], errors[0]
+        its = read_trace(str(trace)).iter["it"]
+        assert len(its) >= seen
+        np.testing.assert_array_equal(its, np.arange(len(its)))
+        os.remove(fs / "filler")
+        p = short_train(fs, ["--set", "epochs=4"])
+        assert p.returncode == 0, p.stderr
+        tr = read_trace(str(trace))
+        np.testing.assert_array_equal(tr.iter["it"], np.arange(4 * IPE))
+        assert tr.attrs["status"] == "finished"
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=True)
+
+
+def test_trace_is_durable_before_the_checkpoint_that_records_it(tmp_path, monkeypatch):
+    """The fsync order, observed: before every checkpoint directory is renamed into place, the trace holding
+    the position it records was fsynced, renamed into place and its directory fsynced, with no trace write
+    in between; the position recorded is the rows the trace then held."""
+    from mpi4py import MPI
+
+    from hpc_dsgd.config import load_config
+    from hpc_dsgd.train import run
+
+    events, real = [], {f: getattr(os, f) for f in ("fsync", "replace", "rename")}
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real["fsync"](fd)
+
+    def move(kind):
+        def f(a, b):
+            events.append((kind, os.fspath(a), os.fspath(b)))
+            real[kind](a, b)
+        return f
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", move("replace"))
+    monkeypatch.setattr(os, "rename", move("rename"))
+    cfg = load_config(QUICK, [f"out_dir={tmp_path}", "n=2", "width=0.25", "epochs=2", "warmup_epochs=0.5",
+                              "checkpoint_minutes=0", "trace_flush_seconds=1000", "max_iterations=100"])
+    run(cfg, MPI.COMM_SELF, log=lambda *a, **k: None)
+    monkeypatch.undo()
+    rd = str(tmp_path / "quickstart")
+    tr = os.path.join(rd, "trace.h5")
+    commits = [i for i, e in enumerate(events) if e[0] == "rename" and e[1].endswith(".tmp")
+               and os.path.basename(e[2]).startswith("ckpt-")]
+    assert len(commits) >= 3  # the three phase ends
+    for i in commits:
+        j = max(k for k in range(i) if events[k][:3] == ("replace", tr + ".tmp", tr))
+        assert ("fsync", tr + ".tmp") in events[:j] and ("fsync", rd) in events[j:i], events[:i]
+        assert not any(e[0] == "fsync" and e[1] == tr + ".tmp" for e in events[j:i])  # no later trace write
+    for ck in list_checkpoints(rd):
+        pos = json.load(open(os.path.join(ck, "manifest.json")))["meta"]["loop"]["trace_pos"]
+        assert pos["iter"] == int(os.path.basename(ck).split("-")[1])
 
 
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
