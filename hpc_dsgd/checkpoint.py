@@ -650,7 +650,8 @@ def _check_meta(path: str, m: dict) -> None:
     if "loop" in meta:
         lp = meta["loop"]
         need(isinstance(lp, dict), "meta.loop", "an object")
-        known = {"it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max"}
+        known = {"it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max",
+                 "trace_pending"}
         extra = sorted(set(lp) - known)
         need(not extra, "meta.loop", f"an object with keys {sorted(known)}, not {extra}")
         for key, ok, what in (
@@ -669,7 +670,13 @@ def _check_meta(path: str, m: dict) -> None:
                  "null or an object trace group -> row count (an integer >= 0)"),
                 ("xi_max", lambda v: v is None or isinstance(v, dict) and all(
                     isinstance(k, str) and k.lstrip("-").isdigit() and is_num(x) for k, x in v.items()),
-                 "null or an object phase -> number")):
+                 "null or an object phase -> number"),
+                ("trace_pending", lambda v: v is None or isinstance(v, dict) and all(
+                    g in ("iter", "epoch", "phase", "sharpness") and isinstance(cols, dict) and all(
+                        isinstance(c, str) and re.match(r"^[A-Za-z0-9_]+$", c) and isinstance(x, list) and all(
+                            is_num(y) or y in (None, "nan", "inf", "-inf") for y in x)
+                        for c, x in cols.items()) for g, cols in v.items()),
+                 "null or an object trace group -> column -> list of values (rows a full disk kept out of the trace)")):
             if key in lp:
                 need(ok(lp[key]), f"meta.loop.{key}", f"{what}, not {json.dumps(lp[key])[:80]}")
 
