@@ -22,6 +22,14 @@ the file. Loading never runs code from a file. Format 1 (pickled rank files, the
 is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
 upgrade PATH` (upgrade_checkpoint; the original is kept as PATH.format1).
 
+Bounded, contained reading (every reader: verify, resume, branch, upgrade, sharpness, surfaces): a
+file name from a manifest must be rank<5 digits>.pt; every file is lstat-checked to be a regular file
+before it is opened (no symlink out, no FIFO or device that could hang or never end) and opened
+O_NONBLOCK|O_NOFOLLOW; manifest.json is at most MANIFEST_MAX_BYTES and JSON_MAX_DEPTH deep, its fields
+typed and in range (n <= MAX_REPLICAS, meta.loop, meta.config_json) and, for a training checkpoint, its
+per-replica tensor sizes those of the run's model; every tensor of a rank file, inspected memory-mapped,
+must be contiguous and own exactly its elements before anything is copied.
+
 Atomicity: every rank writes its file into ckpt-XXX.tmp/ under a temporary name, flushes, fsyncs
 and renames it; after an agreement (every rank reports success or its error, so no rank waits
 forever) rank 0 writes the manifest the same way, fsyncs the directory, renames ckpt-XXX.tmp ->
