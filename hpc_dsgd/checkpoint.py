@@ -168,7 +168,8 @@ def _fsync_dir(path: str) -> None:
 def _regular_file(path: str, fname: str, what: str) -> str:
     """path/fname after checking, with lstat and before any open, that fname is one plain name inside
     path and a regular file there (no symlink, FIFO or device, which could escape, hang or never end)."""
-    if not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\0" in fname or fname != os.path.basename(fname):
+    if (not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\0" in fname
+            or fname != os.path.basename(fname)):
         raise CheckpointError(f"checkpoint {path}: {what} {fname!r} is not a plain file name inside the checkpoint")
     fpath, name = os.path.join(path, fname), f"{what} {fname}".strip()
     try:
@@ -625,13 +626,15 @@ def _check_manifest(path: str, m: dict) -> None:
                  f"{fname}: key {k!r} (a known name, a dtype and a shape)")
         ids += e["replica_ids"]
         need(len(ids) <= m["n"], f"the files hold more than n={m['n']} replica ids")
-    need(len(ids) == m["n"] and sorted(ids) == list(range(m["n"])), f"the files' replica ids are not 0..{m['n'] - 1} exactly once")
+    need(len(ids) == m["n"] and sorted(ids) == list(range(m["n"])),
+         f"the files' replica ids are not 0..{m['n'] - 1} exactly once")
     _check_meta(path, m)
 
 
 def _check_meta(path: str, m: dict) -> None:
     """The run description in meta, where present: config_json a JSON object whose n agrees with the
-    manifest's (and, in a training checkpoint, one with meta.loop, whose model fits the tensor sizes); loop the loop state of train.py, typed and in range.
+    manifest's (and, in a training checkpoint, one with meta.loop, whose model fits the tensor sizes);
+    loop the loop state of train.py, typed and in range.
     A key absent here is the caller's to require (train.py refuses a manifest without meta.loop)."""
     meta = m["meta"]
 
@@ -648,7 +651,8 @@ def _check_meta(path: str, m: dict) -> None:
         try:
             cfg = _parse_json(cj.encode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError) as e:
-            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: meta.config_json is not JSON ({e})") from None
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: meta.config_json is not JSON "
+                                  f"({e})") from None
         need(isinstance(cfg, dict) and all(isinstance(k, str) for k in cfg), "meta.config_json",
              f"a JSON object (the run's config), not {type(cfg).__name__}")
         if "n" in cfg:
@@ -668,7 +672,8 @@ def _check_meta(path: str, m: dict) -> None:
                 ("stats", lambda v: not v or isinstance(v, dict) and set(_LOOP_STATS) <= set(v)
                  and all(is_num(x) for x in v.values()), f"null or an object of numbers {list(_LOOP_STATS)}"),
                 ("last", lambda v: v is None or isinstance(v, dict) and all(
-                    x is None or isinstance(x, (int, float, str, bool)) for x in v.values()), "null or an object of numbers"),
+                    x is None or isinstance(x, (int, float, str, bool)) for x in v.values()),
+                 "null or an object of numbers"),
                 ("trace_pos", lambda v: v is None or isinstance(v, dict) and all(
                     re.match(r"^[a-z_]+$", k) and is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
                  "null or an object trace group -> row count (an integer >= 0)"),

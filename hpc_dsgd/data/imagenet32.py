@@ -249,8 +249,9 @@ def cache_dir(root: str) -> str:
     """Where the converted arrays live: $HPC_DSGD_CACHE/imagenet32_cache if set, else beside the data."""
     env = os.environ.get(CACHE_ENV)
     if env and os.path.lexists(env) and not os.path.isdir(env):
-        raise DataError(f"{CACHE_ENV}={env!r} is not a directory: set {CACHE_ENV} to a writable directory for the ImageNet-32 cache (e.g. node-local or "
-                          f"scratch storage), or unset it to keep the cache beside the data")
+        raise DataError(f"{CACHE_ENV}={env!r} is not a directory: set {CACHE_ENV} to a writable directory for "
+                        f"the ImageNet-32 cache (e.g. node-local or scratch storage), or unset it to keep the cache "
+                        f"beside the data")
     base = env or os.path.abspath(os.path.expanduser(root))
     return os.path.join(base, CACHE_DIRNAME)
 
