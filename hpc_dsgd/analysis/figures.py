@@ -281,8 +281,8 @@ def main(argv=None) -> int:
             out = fig4_gossip(args.out, n=args.n, steps=args.steps, seed=args.seed, d=args.d,
                               topologies=args.topologies)
     except (TraceError, ValueError) as e:
-        print(f"hpc_dsgd: error: {e}", file=sys.stderr)
-        return 1
+        print(f"hpc_dsgd: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

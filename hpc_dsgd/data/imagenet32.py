@@ -36,6 +36,7 @@ import json
 import os
 import pickle
 import math
+import reprlib
 import socket
 import stat
 import struct
@@ -197,7 +198,7 @@ def _stored_array(a, path: str, key: str, fsize: int):
 def _rows_labels(obj, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Check one unpickled batch and return (N, 3, 32, 32) uint8 images and (N,) int64 labels in 0..999."""
     if not isinstance(obj, dict) or "data" not in obj or "labels" not in obj:
-        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(reprlib.repr(k) for k in list(obj)[:20]) if isinstance(obj, dict) else type(obj).__name__
         raise DataError(f"ImageNet-32 file {path} holds {keys}, expected a dict with 'data' (N x 3072 uint8) "
                         f"and 'labels' (1..1000). " + HOW_TO_GET)
     fsize = os.path.getsize(path)
@@ -207,9 +208,10 @@ def _rows_labels(obj, path: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"ImageNet-32 file {path}: 'data' is {desc}, expected an N x 3072 uint8 array "
                         "(R, G, B 32x32 planes per row). " + HOW_TO_GET)
     raw = _stored_array(obj["labels"], path, "labels", fsize)
-    if not isinstance(raw, (np.ndarray, list, tuple)):
-        raise DataError(f"ImageNet-32 file {path}: 'labels' is {type(raw).__name__}, expected {len(data)} integers. "
-                        + HOW_TO_GET)
+    if not isinstance(raw, (np.ndarray, list, tuple)) or (not isinstance(raw, np.ndarray) and not all(
+            isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in raw)):  # a flat list: no nested
+        raise DataError(f"ImageNet-32 file {path}: 'labels' is not a flat list or array of integers, expected "  # lists
+                        f"{len(data)} integers in 1..1000. " + HOW_TO_GET)  # that numpy would expand to any size
     try:
         labels = np.asarray(raw, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
@@ -249,8 +251,9 @@ def cache_dir(root: str) -> str:
     """Where the converted arrays live: $HPC_DSGD_CACHE/imagenet32_cache if set, else beside the data."""
     env = os.environ.get(CACHE_ENV)
     if env and os.path.lexists(env) and not os.path.isdir(env):
-        raise DataError(f"{CACHE_ENV}={env!r} is not a directory: set {CACHE_ENV} to a writable directory for the ImageNet-32 cache (e.g. node-local or "
-                          f"scratch storage), or unset it to keep the cache beside the data")
+        raise DataError(f"{CACHE_ENV}={env!r} is not a directory: set {CACHE_ENV} to a writable directory for "
+                        f"the ImageNet-32 cache (e.g. node-local or scratch storage), or unset it to keep the cache "
+                        f"beside the data")
     base = env or os.path.abspath(os.path.expanduser(root))
     return os.path.join(base, CACHE_DIRNAME)
 

@@ -211,7 +211,8 @@ class SubwordTokenizer:
         except OSError as e:
             raise DataError(f"tokenizer file {path} cannot be read ({e.strerror})") from None
         except Exception as e:  # tokenizers raises a plain Exception for a bad file; not UTF-8
-            raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file ({' '.join(str(e).split())})") from None
+            reason = " ".join(str(e).split())
+            raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file ({reason})") from None
         return cls(tok)
 
 
@@ -226,7 +227,8 @@ def _bpe_in_child(texts: list[str], vocab_size: int, min_frequency: int) -> str:
     data = json.dumps({"texts": texts, "vocab_size": vocab_size, "min_frequency": min_frequency}).encode()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe.py")
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # not this directory's modules on sys.path
-    p = subprocess.Popen([sys.executable, *safe_path, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, *safe_path, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     try:
         first = True
         while True:

@@ -90,11 +90,14 @@ def test_bench_prints_the_spread_and_what_it_cannot_tell_apart(tmp_path):
                   timeout=240)
     assert p.returncode == 0, p.stderr
     j = json.loads(out.read_text())
-    lines = {ln.split()[0]: ln for ln in p.stdout.splitlines() if ln.split() and ln.split()[0] in j["modes"]}
+    table = p.stdout.split("\nmode", 1)[1].split("\nspread:", 1)[0].splitlines()[1:]  # the per-mode lines
+    lines = {ln.split()[0]: ln for ln in table}
+    assert set(lines) == set(j["modes"]), table
     for m, v in j["modes"].items():
         assert v["ms_p25"] <= v["ms_per_iteration"] <= v["ms_p75"]
         assert f"{v['ms_p25']:.2f}-{v['ms_p75']:.2f} ms" in lines[m]
-    overlap = lambda a, b: j["modes"][a]["ms_p25"] <= j["modes"][b]["ms_p75"] and j["modes"][b]["ms_p25"] <= j["modes"][a]["ms_p75"]  # noqa: E731
+    q = {m: (v["ms_p25"], v["ms_p75"]) for m, v in j["modes"].items()}
+    overlap = lambda a, b: q[a][0] <= q[b][1] and q[b][0] <= q[a][1]  # noqa: E731
     spread_line = next(ln for ln in p.stdout.splitlines() if ln.startswith("spread: the middle half of 6 rounds"))
     assert ("gossip ~ theta" in spread_line) == overlap("gossip", "theta"), spread_line
     h, _ = launch(["bench", "--help"], ranks=0, timeout=60)

@@ -334,3 +334,17 @@ def test_non_plain_state_is_refused_at_save(tmp_path):
     with pytest.raises(CheckpointError, match=r"replica_state\[0\]\['a'\]: ndarray is not plain data"):
         save_checkpoint(SELF, str(tmp_path), 1, "periodic", 1, {"X": torch.zeros(1, 2)}, [0], [{"a": np.zeros(2)}], {})
     assert list_checkpoints(str(tmp_path)) == []
+
+
+def test_manifest_loop_checks_cover_train_loop_state():
+    """checkpoint._check_meta validates every field of train.LoopState and the phase statistics' columns."""
+    import dataclasses
+    import inspect
+
+    from hpc_dsgd import checkpoint as ck
+    from hpc_dsgd.train import LoopState, PhaseStats
+
+    assert set(ck._LOOP_FIELDS) == {f.name for f in dataclasses.fields(LoopState)}
+    assert ck._LOOP_STATS == PhaseStats.COLS
+    src = inspect.getsource(ck._check_meta)
+    assert all(f'("{f}",' in src for f in ck._LOOP_FIELDS)

@@ -1033,3 +1033,26 @@ def _ppid(pid: int) -> int:
         return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda ck: replace_with_fifo(ck, "manifest.json"), "manifest.json is a FIFO"),
+    (lambda ck: replace_with_symlink(ck, "rank00001.pt", "/dev/zero"), "rank00001.pt is a symlink"),
+    (lambda ck: stride0_rank_files(ck, 10 ** 11), "tensors.X has 100000000000 numbers per replica"),
+])
+def test_surface_refuses_a_damaged_checkpoint_with_one_line(damage, needle, base, tmp_path, capsys):
+    """tools/figures.py surface reads checkpoints like every other reader: one line, exit 2, nothing written."""
+    from hpc_dsgd.analysis import figures
+
+    run, _ = base
+    ck = with_run(tmp_path, run)
+    damage(ck)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    t0 = time.monotonic()
+    rc = figures.main(["surface", ck, "--steps", "2", "--samples", "8", "-o", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.monotonic() - t0 < 60, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpc_dsgd: error: checkpoint " + ck) and needle in lines[0], err
+    assert snapshot(tmp_path) == before

@@ -468,3 +468,20 @@ def test_stop_signal_during_the_cache_build_leaves_nothing(data_root):
         with pytest.raises(StopBeforeStart, match="SIGTERM during building the ImageNet-32 cache"):
             load_dataset("imagenet32", str(data_root))
     assert not (data_root / "imagenet32_cache").exists()
+
+
+def test_labels_nested_through_the_pickle_memo_are_refused(data_root):
+    """'labels' as a list of 1000 references to a list of 1000 references to [1] * 1000 (a few kB of pickle
+    that numpy.asarray would expand into 8 GB), or a deeply nested key: refused naming the file."""
+    ref = fabricate(data_root)
+    inner = [1] * 1000
+    mid = [inner] * 1000
+    path = ref["train_dir"] / "train_data_batch_6"
+    path.write_bytes(pickle.dumps({"data": ref["train_rows"][:4], "labels": [mid] * 1000}, protocol=2))
+    assert path.stat().st_size < 50_000
+    with pytest.raises(DataError, match=f"{path}: 'labels' is not a flat list or array of integers"):
+        load_dataset("imagenet32", str(data_root))
+    path.write_bytes(b"\x80\x02}" + b")" + b"\x85" * 100_000 + b"K\x01s.")  # {((((...)))): 1}, 100,000 deep
+    with pytest.raises(DataError, match=f"{path} (holds|is damaged or not a pickle)"):
+        load_dataset("imagenet32", str(data_root))
+    assert not (data_root / "imagenet32_cache").exists()
