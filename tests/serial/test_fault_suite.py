@@ -437,6 +437,22 @@ def test_out_dir_on_a_read_only_file_system(tmp_path, monkeypatch, capsys):
         subprocess.run(["umount", str(ro)], check=True)
 
 
+def test_config_files_that_would_hang_or_recurse(tmp_path, monkeypatch, capsys):
+    """A config file that is a FIFO (reading it would wait forever), and a base chain 40 files deep (was a
+    RecursionError at about 1000): exit 2 within seconds, one line naming the file. (Not table rows: the
+    table's snapshot reads every file, a FIFO included.)"""
+    os.mkfifo(tmp_path / "fifo.toml")
+    for i in range(40):
+        (tmp_path / f"c{i}.toml").write_text(f'base = "c{i + 1}.toml"\n')
+    (tmp_path / "c40.toml").write_text("n = 8\n")
+    for cfg, needle in (("fifo.toml", "is not a regular file"), ("c0.toml", "a base chain of more than")):
+        t0 = time.monotonic()
+        rc, err = in_process(["train", str(tmp_path / cfg), "--set", f"out_dir={tmp_path / 'out'}"], {}, monkeypatch, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+        assert rc == 2 and len(errors) == 1 and needle in errors[0] and str(tmp_path) in errors[0], err
+        assert time.monotonic() - t0 < 30 and not (tmp_path / "out").exists()
+
+
 def test_topology_command_errors_are_one_prefixed_line(capsys):
     """`python -m hpc_dsgd topology torus --n 7` is refused like every other command: exit 2, one line."""
     from hpc_dsgd.__main__ import main
