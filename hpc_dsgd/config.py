@@ -25,6 +25,7 @@ LR_SCHEDULES = ("step", "inverse_sqrt")
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,199}")  # one path component: no '/', '..', NUL, leading '-' or '.'
 CONFIG_MAX_BYTES = 1 << 20  # a config file is a few kB: a larger one is refused before it is read
+BASE_DEPTH_MAX = 16  # `base` files inherited in a chain (configs/ uses at most 3)
 
 
 class ConfigError(ValueError):
@@ -215,6 +216,8 @@ def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict
         chain = seen + (os.path.realpath(path),)
         if os.path.realpath(bpath) in chain:  # normalised: ./a.toml, a.toml and links to it are one file
             raise ConfigError(f"config file {path!r}: base={base!r} loops back to {bpath!r}: a base chain must end")
+        if len(chain) >= BASE_DEPTH_MAX:
+            raise ConfigError(f"config file {path!r}: base={base!r}: a base chain of more than {BASE_DEPTH_MAX} files")
         merged = _read_toml(bpath, chain, sources)
         merged.update(data)
     else:

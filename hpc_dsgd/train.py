@@ -239,8 +239,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         if rank0:
             log(f"hpc_dsgd: run already finished at iteration {st.it} ({ckpt_from}); trace "
                 f"{os.path.join(run_dir, 'trace.h5')} left unchanged" if st.it >= sched.total_iters else
-                f"hpc_dsgd: run already at iteration {st.it} = max_iterations ({ckpt_from}); nothing changed: raise "
-                f"max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
+                f"hpc_dsgd: run already at iteration {st.it} ({ckpt_from}), max_iterations = {cfg.max_iterations}; "
+                f"nothing changed: raise max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
         gossiper.free()
         return RunResult(dict(st.last or {}), reps.X.detach().cpu().clone(), reps.d, False, ckpt_from)
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,

@@ -620,6 +620,51 @@ def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
         assert not (tmp_path / "PWNED").exists(), "the command inside the checkpoint ran"
 
 
+def test_out_dir_on_a_read_only_file_system(tmp_path, monkeypatch, capsys):
+    """out_dir on a read-only file system (a read-only tmpfs; needs root): one line naming out_dir and the
+    reason in words, exit 2, nothing written; not a raw errno, not a claim about another path."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        rc, err = in_process(train_args(ro / "runs"), {}, monkeypatch, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+        assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+        assert f"out_dir='{ro}/runs'" in errors[0] and "read-only file system" in errors[0] and "Errno" not in errors[0]
+        assert os.listdir(ro) == []
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_config_files_that_would_hang_or_recurse(tmp_path, monkeypatch, capsys):
+    """A config file that is a FIFO (reading it would wait forever), and a base chain 40 files deep (was a
+    RecursionError at about 1000): exit 2 within seconds, one line naming the file. (Not table rows: the
+    table's snapshot reads every file, a FIFO included.)"""
+    os.mkfifo(tmp_path / "fifo.toml")
+    for i in range(40):
+        (tmp_path / f"c{i}.toml").write_text(f'base = "c{i + 1}.toml"\n')
+    (tmp_path / "c40.toml").write_text("n = 8\n")
+    for cfg, needle in (("fifo.toml", "is not a regular file"), ("c0.toml", "a base chain of more than")):
+        t0 = time.monotonic()
+        rc, err = in_process(["train", str(tmp_path / cfg), "--set", f"out_dir={tmp_path / 'out'}"], {}, monkeypatch, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+        assert rc == 2 and len(errors) == 1 and needle in errors[0] and str(tmp_path) in errors[0], err
+        assert time.monotonic() - t0 < 30 and not (tmp_path / "out").exists()
+
+
+def test_topology_command_errors_are_one_prefixed_line(capsys):
+    """`python -m hpc_dsgd topology torus --n 7` is refused like every other command: exit 2, one line."""
+    from hpc_dsgd.__main__ import main
+
+    assert main(["topology", "torus", "--n", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hpc_dsgd: error: ") and "n=7" in err[0], err
+
+
 def test_table_is_large_enough():
     """The issue asks for at least 30 bad inputs across these kinds."""
     assert len(CASES) >= 30
