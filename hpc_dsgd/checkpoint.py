@@ -696,10 +696,10 @@ _LOOP_STATS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent"
 _LOOP_FIELDS = ("it", "gossip_s", "ema_phase", "phi_ema", "t_train", "acc", "stats", "last", "trace_pos", "xi_max")
 
 
-def _model_sizes(cfg: dict) -> tuple[int, int, bool] | None:
-    """(d, D, exact) of the run's model: its trainable parameters d and d + float buffers D (a row of
-    X), built on the meta device (nothing allocated); for a translation run an upper bound (the
-    tokenizer's vocabulary is at most vocab_size). None when the config does not say."""
+def _model_sizes(cfg: dict, vocab: int | None = None) -> tuple[int, int] | None:
+    """(d, D) of the run's model: its trainable parameters d and d + float buffers D (a row of X), built
+    on the meta device (nothing allocated); a translation model with `vocab` subwords (default: the
+    config's vocab_size, an upper bound). None when this version cannot build the config's model."""
     from .config import DEFAULTS
 
     c = dict(DEFAULTS, **cfg)
@@ -708,8 +708,9 @@ def _model_sizes(cfg: dict) -> tuple[int, int, bool] | None:
             if c.get("dataset") == "multi30k":
                 from .models.transformer import Seq2SeqTransformer
 
-                model = Seq2SeqTransformer(int(c["vocab_size"]), 0, d_model=int(c["d_model"]), nhead=int(c["heads"]),
-                                           num_layers=int(c["layers"]), dim_feedforward=int(c["d_ff"]))
+                model = Seq2SeqTransformer(int(vocab or c["vocab_size"]), 0, d_model=int(c["d_model"]),
+                                           nhead=int(c["heads"]), num_layers=int(c["layers"]),
+                                           dim_feedforward=int(c["d_ff"]))
             else:
                 from .models import build_model
 
@@ -718,22 +719,42 @@ def _model_sizes(cfg: dict) -> tuple[int, int, bool] | None:
     except Exception:  # noqa: BLE001 - a config this version cannot build: the sizes stay unchecked
         return None
     d = sum(p.numel() for p in model.parameters())
-    return d, d + sum(b.numel() for b in model.buffers() if b.is_floating_point()), c.get("dataset") != "multi30k"
+    return d, d + sum(b.numel() for b in model.buffers() if b.is_floating_point())
+
+
+def _run_vocab(path: str) -> tuple[str, int | None]:
+    """(path, vocabulary size) of the tokenizer of the run holding checkpoint `path` (RUN/tokenizer.json),
+    None where it is absent or unreadable (the translation workload reports that itself)."""
+    tpath = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "tokenizer.json")
+    try:
+        if not stat.S_ISREG(os.lstat(tpath).st_mode) or os.lstat(tpath).st_size > MANIFEST_MAX_BYTES:
+            return tpath, None
+        from tokenizers import Tokenizer
+
+        with os.fdopen(_open_regular(tpath), "rb") as f:
+            return tpath, Tokenizer.from_str(f.read().decode("utf-8")).get_vocab_size()
+    except Exception:  # noqa: BLE001 - absent or damaged: not this check's to report
+        return tpath, None
 
 
 def _check_sizes(path: str, m: dict, cfg: dict) -> None:
     """Every per-replica tensor of the manifest against the run's model: X holds D numbers, each
-    optimizer state d (exactly for image runs, at most for translation runs)."""
-    sizes = _model_sizes(cfg)
+    optimizer state d. Translation: the model of the run's tokenizer's vocabulary (exactly), or, without
+    a readable tokenizer.json beside the run, of vocab_size (at most)."""
+    translation = cfg.get("dataset") == "multi30k"
+    tpath, vocab = _run_vocab(path) if translation else ("", None)
+    sizes = _model_sizes(cfg, vocab)
     if sizes is None:
         return
-    d, D, exact = sizes
+    (d, D), exact = sizes, vocab is not None or not translation
+    model = (f"transformer d_model {cfg.get('d_model')}, {cfg.get('layers')} layers, "
+             + (f"the {vocab} subwords of {tpath}" if vocab else f"at most vocab_size={cfg.get('vocab_size')} subwords")
+             if translation else f"{cfg.get('model')} width {cfg.get('width')}, {cfg.get('dataset')}")
     for name, spec in m["tensors"].items():
         numel, want = math.prod(spec["shape"]), D if name == "X" else d
         if numel != want if exact else numel > want:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: tensors.{name} has {numel} numbers per "
-                                  f"replica; the run's model ({cfg.get('model')}, width {cfg.get('width')}, "
-                                  f"{cfg.get('dataset')}) has {'' if exact else 'at most '}{want}")
+                                  f"replica; the run's model ({model}) has {'' if exact else 'at most '}{want}")
 
 
 def _check_file(path: str, fname: str, entry: dict) -> None:

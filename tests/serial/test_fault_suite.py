@@ -1022,20 +1022,32 @@ def test_upgraded_format1_checkpoint_resumes_bitwise(tmp_path, base):
     np.testing.assert_array_equal(ta.iter["theta"], tb.iter["theta"])
 
 
-def test_tampered_tokenizer_on_resume_is_one_line(tmp_path):
+@pytest.mark.parametrize("tamper", ["garbled", "other-vocabulary"])
+def test_tampered_tokenizer_on_resume_is_one_line(tamper, tmp_path):
     """A Multi30k run's tokenizer.json tampered with before --resume auto: one `hpc_dsgd: error:` line naming
-    the file with the tokenizer library's own reason (was a traceback), exit 2, nothing changed."""
+    the file, exit 2, nothing changed. Garbled: with the tokenizer library's own reason (was a traceback);
+    a valid tokenizer of another vocabulary: the checkpoint's rows do not fit its model (was a traceback
+    when the rows were copied)."""
+    from hpc_dsgd.data.multi30k import SubwordTokenizer
+
     root = tmp_path / "multi30k"
     fabricate_multi30k(root)
     p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=2"), ranks=0)
     assert p.returncode == 0, p.stderr
     tok = tmp_path / "out" / "m30k" / "tokenizer.json"
-    tok.write_text(tok.read_text(encoding="utf-8").replace('"<pad>"', '"<pad', 1), encoding="utf-8")
+    if tamper == "garbled":
+        tok.write_text(tok.read_text(encoding="utf-8").replace('"<pad>"', '"<pad', 1), encoding="utf-8")
+        needle = f"tokenizer file {tok} is not a valid tokenizers JSON file ("
+    else:
+        other = SubwordTokenizer.train(["Ein Hund läuft.", "A dog runs."] * 3, 270, 1)
+        assert other.vocab_size != SubwordTokenizer.load(str(tok)).vocab_size
+        other.save(str(tok))
+        needle = f"the {other.vocab_size} subwords of {tok}) has"
     before = snapshot(tmp_path)
     p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=4") + ["--resume", "auto"])
     errors = [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
     assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert f"tokenizer file {tok} is not a valid tokenizers JSON file (" in errors[0]
+    assert needle in errors[0], errors[0]
     assert snapshot(tmp_path) == before
 
 
