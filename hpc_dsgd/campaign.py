@@ -488,7 +488,8 @@ def classify(plan: Plan, state: State, slurm: dict | None = None) -> dict[str, t
         elif slurm is not None and st.get("job_id") and slurm.get(st["job_id"], "") in SLURM_ACTIVE:
             out[r.name] = ("queued", f"SLURM job {st['job_id']} {slurm[st['job_id']]}")
         elif st.get("status") == "failed":
-            out[r.name] = ("failed", f"{last_error(r.log)} (log {r.log})")
+            log = st.get("log", r.log)
+            out[r.name] = ("failed", f"{last_error(log)} (log {log})")
         elif info is not None:
             out[r.name] = ("stopped", f"at iteration {info['it']}/{info['total']}, resumes from its checkpoint")
         else:
@@ -564,17 +565,23 @@ def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[s
 
     stop = {"signal": None}
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    signalled: set[int] = set()
+
+    def forward():
+        for p, _, _ in list(running.values()):
+            if p.pid not in signalled:
+                signalled.add(p.pid)
+                try:
+                    os.kill(p.pid, signal.SIGTERM)  # mpiexec forwards it to every rank; one process gets it itself
+                except ProcessLookupError:
+                    pass
 
     def on_signal(signum, frame):
         if stop["signal"] is None:
             stop["signal"] = signal.Signals(signum).name
             print(f"hpc_dsgd: campaign: {stop['signal']}: stopping {len(running)} running run(s) through their "
                   f"checkpoint (SIGTERM); the next `campaign run` resumes them", flush=True)
-        for p, _, _ in running.values():
-            try:
-                os.kill(p.pid, signal.SIGTERM)  # mpiexec forwards it to every rank; one process gets it itself
-            except ProcessLookupError:
-                pass
+        forward()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     blocked: set[str] = set()
@@ -615,6 +622,7 @@ def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[s
             if stop["signal"] is not None:
                 if not running:
                     break
+                forward()  # a run started while the signal arrived
                 time.sleep(0.2)
                 continue
             # blocked: a dependency failed for good or runs elsewhere (this launcher does not wait for others)
@@ -728,8 +736,8 @@ def run_slurm(plan: Plan, ranks: int, retries: int, rerun: list[str]) -> int:
             print(f"hpc_dsgd: campaign: {r.name}: {kind} ({detail}), not submitted again", flush=True)
             continue
         ended = jobs.get(st.get("job_id", ""), "")
-        if st.get("job_id") and ended and ended != "COMPLETED":
-            st["failures"] = st.get("failures", 0) + 1  # the job ended without finishing the run
+        if st.get("job_id") and ended and ended != "COMPLETED" and st.get("status") != "failed":
+            st["failures"] = st.get("failures", 0) + 1  # the job ended without finishing the run (counted once)
             st["status"] = "failed"
         if st.get("failures", 0) > retries:
             failed += 1
