@@ -583,6 +583,7 @@ def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[s
                   f"checkpoint (SIGTERM); the next `campaign run` resumes them", flush=True)
         forward()
 
+    needed_by = {r.name: sum(r.name in o.deps for o in plan.runs) for r in plan.runs}  # references first
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     blocked: set[str] = set()
     try:
@@ -630,7 +631,7 @@ def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[s
                 if any(d in failed | blocked | elsewhere for d in r.deps):
                     todo.remove(r)
                     blocked.add(r.name)
-            ready = [r for r in todo if all(d in done for d in r.deps)]
+            ready = sorted((r for r in todo if all(d in done for d in r.deps)), key=lambda r: -needed_by[r.name])
             while ready and len(running) < parallel:
                 r = ready.pop(0)
                 todo.remove(r)
@@ -915,8 +916,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "parallel", 1) < 1 or getattr(args, "retries", 0) < 0:
-            raise CampaignError(f"--parallel {args.parallel} --retries {args.retries}: need J >= 1 and N >= 0")
+        if getattr(args, "parallel", 1) < 1:
+            raise CampaignError(f"--parallel {args.parallel}: need at least 1 run at a time")
+        if getattr(args, "retries", 0) < 0:
+            raise CampaignError(f"--retries {args.retries}: need N >= 0 (0 = a failed run is not started again)")
         plan = load_plan(args.plan, args.overrides, args.ranks)
         if args.action == "status":
             return status(plan)
