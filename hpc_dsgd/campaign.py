@@ -544,6 +544,9 @@ def _move_aside(plan: Plan, state: State, rerun: list[str], kinds: dict) -> None
 
 
 def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[str]) -> int:
+    if ranks > 1 and not os.path.isfile(_mpiexec()):
+        raise CampaignError(f"--ranks {ranks}: no mpiexec on PATH nor beside {sys.executable}; install an MPI "
+                            f"(README, Set up) or use --ranks 1 (one process holding all n replicas)")
     state = State(plan.state_path)
     kinds = classify(plan, state)
     _refuse_changed(plan, kinds, rerun)
@@ -822,7 +825,8 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
 
     out = out_dir or plan.report
     os.makedirs(out, exist_ok=True)
-    traces = [r.trace for r in plan.runs if os.path.isfile(r.trace)]
+    have = [r for r in plan.runs if os.path.isfile(r.trace)]
+    traces = [r.trace for r in have]
     runset = load_runs(traces) if traces else RunSet([], [])
     groups = group_runs(runset.runs)
     expected = len(plan.seeds)
@@ -854,10 +858,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
             "Large batch (C-SGD vs D-SGD)" if name == "large_batch" else "Every experiment of the plan"
         index.append(f"- {title}: " + " · ".join(links))
     index += ["", "## Figures", ""]
-    if traces:
-        translation = [t for t, r in zip(traces, [r for r in plan.runs if os.path.isfile(r.trace)])
-                       if r.cfg.get("dataset") == "multi30k"]
-        images = [t for t in traces if t not in translation]
+    first = [r for r in have if r.seed == plan.seeds[0]]  # the figures show the first seed: one line per experiment
+    if first:
+        translation = [r.trace for r in first if r.cfg.get("dataset") == "multi30k"]
+        images = [r.trace for r in first if r.cfg.get("dataset") != "multi30k"]
         figs = []
         if images:
             figs += [("consensus.png", "Consensus distance Ξ over epochs (Figure 1)", figures.fig1_consensus, images),
@@ -869,8 +873,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
         for fname, title, fn, trs in figs:
             fn(trs, os.path.join(out, fname))
             index += [f"### {title}", "", f"![{title}]({fname})", ""]
+        if len(plan.seeds) > 1:
+            index.append(f"(seed {plan.seeds[0]} of each experiment; the tables average every seed)")
     else:
-        index.append("No run has a trace yet.")
+        index.append("No run of the first seed has a trace yet.")
     missing = [r for r in plan.runs if not os.path.isfile(r.trace)]
     if missing:
         index += ["", "## Runs without a trace", ""] + [f"- {r.name} ({r.config})" for r in missing]
