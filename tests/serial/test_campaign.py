@@ -5,12 +5,14 @@ an uninterrupted campaign, and the SLURM launcher against stubbed sbatch/squeue/
 The mini campaign: `ref` (plain D-SGD), `branch` (from ref's phase-1 checkpoint through the alias
 RUN/checkpoints/phase-1, All-Reduce after), `half` and `quarter` (dec-phase-1 at 1/2 and 1/4 of ref's Xi_max).
 """
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import h5py
 import numpy as np
@@ -93,6 +95,30 @@ def test_graph_orders_references_and_branches_per_seed(tmp_path, monkeypatch):
         ("reference_trace", None, "a/x/trace.h5"), ("reference_traces", 1, "b/y/trace.h5"),
         ("branch_from", None, "c/z/checkpoints/ckpt-000000012")]
     assert split_dep("c/z/checkpoints/phase-2") == ("c/z", "checkpoints/phase-2")
+
+
+PLANS = sorted(glob.glob(os.path.join(ROOT, "configs", "campaigns", "*.toml")))
+
+
+@pytest.mark.parametrize("path", PLANS, ids=os.path.basename)
+def test_shipped_plans_form_a_graph(path, monkeypatch, tmp_path):
+    """Every shipped plan resolves from the repository root: configs, seeds, the graph (a dependency outside
+    the plan would have to be finished on disk, and none is under a fresh out_dir)."""
+    monkeypatch.chdir(ROOT)
+    rel = os.path.relpath(path, ROOT)
+    if rel.endswith("lr_sweep.toml") and not glob.glob(os.path.join(ROOT, "configs", "lr_sweep", "**", "*.toml"),
+                                                       recursive=True):
+        with pytest.raises(ValueError, match="configs/lr_sweep/\\*\\*/\\*.toml' matches no file"):
+            load_plan(rel, [f'out_dir="{tmp_path}"'])
+        return  # the sweep configs are the protocol issue's; until they are there the plan says so
+    plan = load_plan(rel, [f'out_dir="{tmp_path}"'])
+    with open(path, "rb") as f:
+        seeds = len(tomllib.load(f).get("seeds", [None]))
+    assert len(plan.runs) % seeds == 0 and plan.runs
+    pos = {r.name: i for i, r in enumerate(plan.runs)}
+    assert all(pos[d] < pos[r.name] for r in plan.runs for d in r.deps)
+    controlled = [r for r in plan.runs if "target" in r.cfg["policies"]]
+    assert all(r.deps and r.cfg["reference_trace"].startswith(str(tmp_path)) for r in controlled)
 
 
 @pytest.mark.parametrize("case", ["cycle", "missing", "duplicate"])
