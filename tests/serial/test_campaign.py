@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -372,3 +373,37 @@ def test_slurm_launcher_dependencies_and_resubmission(tmp_path, monkeypatch, cap
     assert rc == 1 and len(submitted(tmp_path, 9)) == 0 and "half: failed 3 time(s)" in out, out + err
     rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--launcher", "slurm", "--retries", "1")
     assert "half: failed 3 time(s)" in out, out + err  # one failed job is counted once
+
+
+# -- failures, retries, runs held by another process -------------------------------------------------
+def test_run_locked_by_a_live_process_is_running_not_started(tmp_path, monkeypatch, capsys):
+    write(tmp_path, MINI)
+    lock = tmp_path / "runs" / "ref" / "run.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": "",
+                                "started": "2026-01-01T00:00:00"}))  # this live test process holds it
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml")
+    assert "ref: running (pid" in out and "not started again" in out and "campaign: started" not in out, out + err
+    assert rc == 1  # not everything finished
+    rc, out, _ = cli(tmp_path, monkeypatch, capsys, "status", "plan.toml")
+    kinds = {ln.split()[0]: ln.split()[1] for ln in out.strip().splitlines()[:-1]}
+    assert kinds == {"ref": "running", "branch": "pending", "half": "pending", "quarter": "pending"}, out
+    assert "pending   on ref" in out and out.strip().splitlines()[-1] == "4 runs: 1 running, 3 pending"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_failed_run_is_retried_then_reported_with_its_error(tmp_path, monkeypatch, capsys):
+    """One process per run (--ranks 1); an injected exception at iteration 2 fails every attempt."""
+    write(tmp_path, {k: MINI[k] for k in ("ref.toml", "half.toml")})
+    monkeypatch.setenv("HPC_DSGD_INJECT_FAULT", "rank=0,it=2")
+    rc, out, err = campaign(tmp_path, "run", "plan.toml", "--retries", "1")
+    assert rc == 1, out + err
+    assert out.count("started ref") == 2 and "started half" not in out, out  # the dependent never starts
+    assert "failed ref" in out and "retry 1 of 1" in out and "injected fault on rank 0 at iteration 2" in out, out
+    rc, out, _ = cli(tmp_path, monkeypatch, capsys, "status", "plan.toml")
+    ref = next(ln for ln in out.splitlines() if ln.startswith("ref "))
+    assert "failed" in ref and "injected fault on rank 0 at iteration 2" in ref and "runs/ref/campaign.log" in ref, ref
+    assert "pending   on ref" in out
+    rc, out, err = campaign(tmp_path, "run", "plan.toml", "--retries", "1")  # retries used up: left alone
+    assert rc == 1 and "started" not in out and "ref: failed 2 time(s)" in out, out + err
