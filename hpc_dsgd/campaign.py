@@ -605,10 +605,11 @@ def run_local(plan: Plan, ranks: int, parallel: int, retries: int, rerun: list[s
                     st["status"] = "finished"
                     done.add(n)
                     print(f"hpc_dsgd: campaign: finished {n} in {_hms(wall)}: {_metric(info)}", flush=True)
-                elif rc == REQUEUE_EXIT_CODE:
+                elif rc == REQUEUE_EXIT_CODE or stop["signal"] is not None:  # (killed before its handler: no fault)
                     st["status"] = "stopped"
-                    print(f"hpc_dsgd: campaign: stopped {n} after {_hms(wall)} (checkpointed; resumes next time)",
-                          flush=True)
+                    print(f"hpc_dsgd: campaign: stopped {n} after {_hms(wall)} ("
+                          + ("checkpointed" if rc == REQUEUE_EXIT_CODE else f"exit {rc}, during its start")
+                          + "; resumes next time)", flush=True)
                 elif rc == 2 and LOCK_REFUSAL in _tail(r.log):
                     st["status"] = "running elsewhere"
                     elsewhere.add(n)
