@@ -8,6 +8,7 @@ RUN/checkpoints/phase-1, All-Reduce after), `half` and `quarter` (dec-phase-1 at
 import glob
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -306,7 +307,7 @@ def slurm_stubs(tmp):
     bindir.mkdir()
     (tmp / "next_id").write_text("101\n")
     for name, body in {
-        "sbatch": f'printf "%s\\n" "$*" >> "{tmp}/sbatch.log"\nid=$(cat "{tmp}/next_id")\n'
+        "sbatch": f'printf "%q " "$@" >> "{tmp}/sbatch.log"\necho >> "{tmp}/sbatch.log"\nid=$(cat "{tmp}/next_id")\n'
                   f'echo $((id + 1)) > "{tmp}/next_id"\necho "$id"',
         "squeue": f'echo "squeue $*" >> "{tmp}/queries.log"\ncat "{tmp}/squeue.txt" 2>/dev/null || true',
         "sacct": f'echo "sacct $*" >> "{tmp}/queries.log"\ncat "{tmp}/sacct.txt" 2>/dev/null || true',
@@ -320,7 +321,7 @@ def submitted(tmp, since=0):
     """(run name, dependency ids) of each sbatch call after the first `since`."""
     out = []
     for line in (tmp / "sbatch.log").read_text().splitlines()[since:]:
-        words = line.split()
+        words = shlex.split(line)
         name = next(w.split("=", 1)[1] for w in words if w.startswith("--job-name="))[len("hpc_dsgd-"):]
         dep = next((w.split(":", 1)[1] for w in words if w.startswith("--dependency=")), "")
         assert "--parsable" in words and any(w.endswith("slurm/run.sbatch") for w in words), line
@@ -341,8 +342,16 @@ def test_slurm_launcher_dependencies_and_resubmission(tmp_path, monkeypatch, cap
     rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--launcher", "slurm")
     assert rc == 0, out + err
     assert submitted(tmp_path) == [("ref", ""), ("branch", "101"), ("half", "101"), ("quarter", "101")]
-    line = (tmp_path / "sbatch.log").read_text().splitlines()[1]
-    assert "cfg/branch.toml" in line and "--dependency=afterok:101" in line and "--kill-on-invalid-dep=yes" in line
+    argv = shlex.split((tmp_path / "sbatch.log").read_text().splitlines()[2])
+    assert "--dependency=afterok:101" in argv and "--kill-on-invalid-dep=yes" in argv and "--ntasks-per-node=1" in argv
+    # what the batch script would run with these arguments (its dry run): train the run, resuming
+    script = next(i for i, w in enumerate(argv) if w.endswith("slurm/run.sbatch"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HPC_DSGD_"))}
+    p = subprocess.run(["bash", os.path.join(ROOT, "slurm", "run.sbatch"), *argv[script + 1:]], cwd=tmp_path,
+                       env={**env, "HPC_DSGD_DRY_RUN": "1"}, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert shlex.split(p.stdout.strip()[2:]) == ["srun", "--kill-on-bad-exit=0", "python", "-m", "hpc_dsgd", "train",
+                                                 "cfg/half.toml", "--resume", "auto"], p.stdout
     state = json.loads((tmp_path / "runs" / "campaign-plan.json").read_text())
     assert {n: s["job_id"] for n, s in state["runs"].items()} == {"ref": "101", "branch": "102", "half": "103",
                                                                   "quarter": "104"}
