@@ -416,3 +416,39 @@ def test_failed_run_is_retried_then_reported_with_its_error(tmp_path, monkeypatc
     assert "pending   on ref" in out
     rc, out, err = campaign(tmp_path, "run", "plan.toml", "--retries", "1")  # retries used up: left alone
     assert rc == 1 and "started" not in out and "ref: failed 2 time(s)" in out, out + err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_changed_config_of_a_finished_run_is_refused_naming_the_keys(done, monkeypatch, capsys):
+    tmp, rc, _, _ = done
+    assert rc == 0
+    before = sorted(p.name for p in (tmp / "runs").iterdir())
+    rc, out, err = cli(tmp, monkeypatch, capsys, "run", "plan.toml", "--ranks", "2", "--set", "local_eval_samples=30")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("hpc_dsgd: error: finished run(s)"), out + err
+    for name in ("ref", "branch", "half", "quarter"):
+        assert f"{name} (local_eval_samples: finished=40 plan=30)" in lines[0], lines[0]
+    assert "--rerun NAME" in lines[0] and out == "" and sorted(p.name for p in (tmp / "runs").iterdir()) == before
+
+
+def test_rerun_moves_the_finished_run_aside_and_starts_it_again(tmp_path, monkeypatch, capsys):
+    write(tmp_path, MINI)
+    monkeypatch.setenv("PATH", slurm_stubs(tmp_path) + os.pathsep + os.environ["PATH"])
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan("plan.toml")
+    for name in ("ref", "branch", "half", "quarter"):
+        finish_on_disk(plan, name)
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--launcher", "slurm")
+    assert rc == 0 and not (tmp_path / "sbatch.log").exists() and out.count(": finished (") == 4, out + err
+    (tmp_path / "cfg" / "half.toml").write_text(MINI["half.toml"].replace("[0.5, 1.0, 1.0]", "[0.4, 1.0, 1.0]"))
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--launcher", "slurm")
+    assert rc == 2 and "half (target_factors: finished=[0.5, 1.0, 1.0] plan=[0.4, 1.0, 1.0])" in err, out + err
+    assert not (tmp_path / "sbatch.log").exists()
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--launcher", "slurm", "--rerun", "half")
+    assert rc == 0, out + err
+    assert submitted(tmp_path) == [("half", "")]
+    aside = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("half.old-")]
+    assert len(aside) == 1 and (aside[0] / "trace.h5").is_file() and not (tmp_path / "runs" / "half" / "trace.h5").exists()
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--rerun", "nope")
+    assert rc == 2 and "--rerun nope: not a run of plan" in err
