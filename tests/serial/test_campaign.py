@@ -449,6 +449,7 @@ def test_rerun_moves_the_finished_run_aside_and_starts_it_again(tmp_path, monkey
     assert rc == 0, out + err
     assert submitted(tmp_path) == [("half", "")]
     aside = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("half.old-")]
-    assert len(aside) == 1 and (aside[0] / "trace.h5").is_file() and not (tmp_path / "runs" / "half" / "trace.h5").exists()
+    assert len(aside) == 1 and (aside[0] / "trace.h5").is_file()
+    assert not (tmp_path / "runs" / "half" / "trace.h5").exists()
     rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml", "--rerun", "nope")
     assert rc == 2 and "--rerun nope: not a run of plan" in err
