@@ -37,30 +37,45 @@ def _train(argv: list[str]) -> int:
     from .topology import TopologyError
 
     from .preflight import RunLock, check_run, launch_error
+    from .signals import REQUEUE_EXIT_CODE, StopBeforeStart, StopRequest
 
     comm = MPI.COMM_WORLD
     launch = launch_error(comm.Get_size())
     if launch:  # every task is alone in its world: each says so itself, no collective could help
         print(f"hpc_dsgd: error: {_one_line(launch)}", file=sys.stderr, flush=True)
         return 2
-    error = None
+    # Stop signals are flags from here on: the preparation (the data cache, the tokenizer) polls them
+    # and stops with REQUEUE_EXIT_CODE, the training loop checkpoints first (signals.py).
+    stop = StopRequest()
+    error, stopped = None, None
     try:
         cfg = load_config(args.config, args.overrides, ranks=comm.Get_size())
         check_run(cfg, comm.Get_size())  # the device on this node, the data size, a writable out_dir
     except (ConfigError, TopologyError, ValueError) as e:
         error = str(e)
+    except StopBeforeStart as e:
+        stopped = str(e)
     # Every rank validated on its own (no collective could hang); now agree, so that a value bad on
     # one node only (a data directory missing there) still stops every rank before any work.
-    bad = comm.allgather(error)
+    bad = comm.allgather((error, stopped))
+    if any(s for _, s in bad) and not any(e for e, _ in bad):
+        stop.restore()
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: {next(s for _, s in bad if s)}; nothing to checkpoint yet: exiting for requeue "
+                  f"(exit {REQUEUE_EXIT_CODE})", flush=True)
+        return REQUEUE_EXIT_CODE
+    bad = [e for e, _ in bad]
     if any(bad):
+        stop.restore()
         rank, msg = next((r, m) for r, m in enumerate(bad) if m)
         if comm.Get_rank() == 0:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
             print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
     from .checkpoint import CheckpointError, CheckpointWriteError
+    from .data import DataError
     from .signals import REQUEUE_EXIT_CODE, StopRequest
-    from .trace import TraceError
+    from .trace import TraceError, TraceWriteError
     from .train import run
 
     # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
@@ -71,15 +86,19 @@ def _train(argv: list[str]) -> int:
             lock = RunLock(os.path.join(cfg.out_dir, cfg.name)).acquire()
             if lock.taken_over:
                 print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
-        except (ValueError, OSError) as e:
+        except ValueError as e:
             error = str(e)
+        except OSError as e:  # the reason in words, not a raw errno
+            error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {os.path.join(cfg.out_dir, cfg.name)}: " \
+                    f"{(e.strerror or str(e)).lower()}"
     error = comm.bcast(error, root=0)
     if error:
+        stop.restore()
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
     try:
-        with StopRequest() as stop:
+        with stop:
             result = run(cfg, comm, resume=args.resume, stop=stop)
         if result.stopped:
             return REQUEUE_EXIT_CODE  # checkpointed on SIGUSR1/SIGTERM: the batch script requeues
@@ -88,10 +107,18 @@ def _train(argv: list[str]) -> int:
             print(f"hpc_dsgd: error: {_one_line(str(e))}; the previous checkpoints are intact: fix the cause and continue "
                   f"with --resume auto", file=sys.stderr, flush=True)
         return 1
-    except (CheckpointError, TraceError) as e:  # raised on every rank alike, before training
+    except TraceWriteError as e:  # a full disk: rank 0 names the file system; the rows are in the trace or a checkpoint
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+        return 1
+    except (CheckpointError, TraceError, DataError) as e:  # raised on every rank alike, before training
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
+    except StopBeforeStart as e:  # every rank alike (rank 0 decided and told the others)
+        if comm.Get_rank() == 0:
+            print(f"hpc_dsgd: {e}; nothing to checkpoint yet: exiting for requeue (exit {REQUEUE_EXIT_CODE})", flush=True)
+        return REQUEUE_EXIT_CODE
     except Exception:
         sys.stderr.write(f"[rank {comm.Get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()
@@ -122,15 +149,13 @@ def _check(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from .config import load_config
-    from .preflight import TRAIN_SIZES
+    from .preflight import check_data_size
 
     try:
         if args.ranks < 1:
             raise ValueError(f"--ranks {args.ranks}: need at least one task")
         cfg = load_config(args.config, args.overrides, ranks=args.ranks)
-        size = TRAIN_SIZES.get(cfg.dataset)
-        if size is not None and size // (cfg.n * cfg.batch_size) < 1:
-            raise ValueError(f"batch_size={cfg.batch_size} x n={cfg.n} exceeds the {size} training images of {cfg.dataset}")
+        check_data_size(cfg)
     except ValueError as e:
         print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
@@ -143,7 +168,8 @@ def _checkpoint(argv: list[str]) -> int:
                                  description="Inspect or convert checkpoints (no MPI).")
     sub = ap.add_subparsers(dest="action", required=True)
     v = sub.add_parser("verify", help="check checksums and structure (never runs code from a file)")
-    v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...)")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...), "
+                   "or a run directory (all of its)")
     u = sub.add_parser("upgrade", help="convert format-1 checkpoints (pickles) to format 2: ONLY ones you trust")
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
@@ -152,10 +178,15 @@ def _checkpoint(argv: list[str]) -> int:
 
     rc = 0
     for path in args.paths:
-        paths = list_checkpoints(path) if args.action == "upgrade" and not os.path.isfile(
-            os.path.join(path, "manifest.json")) else [path]
+        if not os.path.isdir(path):
+            what = "does not exist" if not os.path.lexists(path) else "is not a directory"
+            print(f"hpc_dsgd: error: {_one_line(path)} {what}: give a checkpoint directory (RUN_DIR/checkpoints/ckpt-...) "
+                  f"or a run directory", file=sys.stderr)
+            rc = 2
+            continue
+        paths = [path] if os.path.lexists(os.path.join(path, "manifest.json")) else list_checkpoints(path)
         if not paths:
-            print(f"hpc_dsgd: error: {path}: neither a checkpoint nor a run directory with checkpoints",
+            print(f"hpc_dsgd: error: {_one_line(path)}: neither a checkpoint nor a run directory with checkpoints",
                   file=sys.stderr)
             rc = 2
         for p in paths:

@@ -29,8 +29,11 @@ images (--workload image) or sentence pairs (--workload translation). No data se
                8000; --d-model, --layers, --d-ff, --vocab change them); local batch 64 sentences by
                default (the paper's). Not capturable: the padded length changes from iteration to
                iteration, so no CUDA graph.
-The JSON file (--json) has, per mode, ms_per_iteration, samples_per_s and the same figure under the
-workload's own name (images_per_s or sentences_per_s). The communication parts are also timed alone (no
+Each mode's spread is printed beside its median: the middle half of its rounds (25th to 75th
+percentile). Under mpiexec on shared CPUs it is often wider than the gap between two modes; modes whose
+spreads overlap are listed as not distinguishable by the run (so theta timed below gossip is noise,
+not a result). The JSON file (--json) has, per mode, ms_per_iteration (the median), ms_p25 and ms_p75,
+samples_per_s and the same figure under the workload's own name (images_per_s or sentences_per_s). The communication parts are also timed alone (no
 local step), since on a CPU their cost is smaller than the noise of the step; Theta's extra cost is
 reported as a percentage of a gossip iteration.
 """
@@ -109,6 +112,14 @@ def translation_config(args, n: int, B: int) -> Config:
                   warmup_epochs=0.0, decay_fractions=[], policies=["gossip"], weight_decay=0.0)
 
 
+def _quartiles(v: list[float]) -> tuple[float, float]:
+    """25th and 75th percentile of v (inclusive method; both the value itself for one round)."""
+    if len(v) < 2:
+        return v[0], v[0]
+    q = statistics.quantiles(v, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes", "on"):
         return True
@@ -120,31 +131,37 @@ def _bool(text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", default="image", choices=WORKLOADS,
-                    help="image: ResNet-20 on random images (default); translation: the Multi30k Transformer "
-                         "on random sentences")
-    ap.add_argument("--replicas-per-rank", type=int, default=1, help="replicas on each rank (default 1)")
+                    help="image: ResNet-20 on random images; translation: the Multi30k Transformer on random "
+                         "sentences (default %(default)s)")
+    ap.add_argument("--replicas-per-rank", type=int, default=1, help="replicas on each rank (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="local mini-batch per replica (default: the paper's, 32 images or 64 sentences)")
-    ap.add_argument("--model", default=None, help="image model (default resnet20); translation: transformer")
-    ap.add_argument("--width", type=float, default=1.0, help="image model width factor")
+    ap.add_argument("--model", default=None, help="image model, resnet20 or small_cnn (default resnet20; "
+                    "translation: transformer)")
+    ap.add_argument("--width", type=float, default=1.0, help="image model width factor (default %(default)s)")
     ap.add_argument("--classes", type=int, default=10,
-                    help="image classes (default 10, CIFAR-10; 1000 with --width 3 --batch-size 64: an ImageNet-32 iteration)")
-    ap.add_argument("--vocab", type=int, default=Config.vocab_size, help="translation: vocabulary size (default 8000)")
-    ap.add_argument("--d-model", type=int, default=Config.d_model, help="translation: Transformer width (default 256)")
-    ap.add_argument("--heads", type=int, default=Config.heads, help="translation: attention heads (default 4)")
+                    help="image classes (default %(default)s, CIFAR-10; 1000 with --width 3 --batch-size 64: an "
+                         "ImageNet-32 iteration)")
+    ap.add_argument("--vocab", type=int, default=Config.vocab_size, help="translation: vocabulary size (default %(default)s)")
+    ap.add_argument("--d-model", type=int, default=Config.d_model, help="translation: Transformer width (default %(default)s)")
+    ap.add_argument("--heads", type=int, default=Config.heads, help="translation: attention heads (default %(default)s)")
     ap.add_argument("--layers", type=int, default=Config.layers,
-                    help="translation: encoder and decoder layers each (default 3)")
-    ap.add_argument("--d-ff", type=int, default=Config.d_ff, help="translation: feed-forward width (default 1024)")
-    ap.add_argument("--topology", default="ring")
-    ap.add_argument("--exec", dest="exec_", default="batched", choices=EXECS, help="replica execution (default batched)")
-    ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
+                    help="translation: encoder and decoder layers each (default %(default)s)")
+    ap.add_argument("--d-ff", type=int, default=Config.d_ff, help="translation: feed-forward width (default %(default)s)")
+    ap.add_argument("--topology", default="ring", help="gossip topology over the n = ranks x replicas-per-rank "
+                    "replicas (as the config key; default %(default)s)")
+    ap.add_argument("--exec", dest="exec_", default="batched", choices=EXECS,
+                    help="replica execution (default %(default)s: grouped for images, vmap for the Transformer)")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS, help="compute precision (default %(default)s)")
     ap.add_argument("--deterministic", type=_bool, default=True, help="deterministic CUDA kernels (default true)")
     ap.add_argument("--cuda-graph", type=_bool, default=True, help="capture the local step on CUDA (default true)")
-    ap.add_argument("--compare-loop", action="store_true", help="also time the loop execution's local step")
-    ap.add_argument("--rounds", type=int, default=20, help="timed rounds (after 3 warm-up rounds)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per rank")
-    ap.add_argument("--json", default="", help="also write the figures to this JSON file (rank 0)")
+    ap.add_argument("--compare-loop", action="store_true",
+                    help="also time the loop execution's local step (default: off)")
+    ap.add_argument("--rounds", type=int, default=20, help="timed rounds, after 3 warm-up rounds (default %(default)s)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="auto: cuda where torch sees a GPU, else cpu (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per rank (default %(default)s)")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file on rank 0 (default: none)")
     args = ap.parse_args(argv)
     translation = args.workload == "translation"
     if args.batch_size is None:
@@ -234,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             if r >= 3:
                 times[m].append(dt)
     med = {m: statistics.median(v) for m, v in times.items()}
+    spread = {m: _quartiles(v) for m, v in times.items()}  # (25th, 75th percentile) of the rounds
     per_s = {m: n * B / v for m, v in med.items()}  # samples (images or sentences) per second
 
     # The communication parts alone, timed directly (no local step, so CPU noise of the step does not
@@ -273,9 +291,17 @@ def main(argv: list[str] | None = None) -> int:
               f"(n={n}), {args.topology} (gossip via {kind}), exec {reps.exec.name}, {args.precision}, "
               f"deterministic {args.deterministic}, CUDA graph {reps.capture}, device {dev}, "
               f"{args.rounds} rounds, median per iteration")
-        print(f"{'mode':<11}{'ms/iter':>10}{samples + '/s':>13}{'x local':>10}")
+        print(f"{'mode':<11}{'ms/iter':>10}{'spread (p25-p75)':>21}{samples + '/s':>13}{'x local':>10}")
         for m in modes:
-            print(f"{m:<11}{1e3 * med[m]:>10.2f}{per_s[m]:>13.0f}{med[m] / med['local']:>10.3f}")
+            lo, hi = spread[m]
+            rng = f"{1e3 * lo:.2f}-{1e3 * hi:.2f} ms"
+            print(f"{m:<11}{1e3 * med[m]:>10.2f}{rng:>21}{per_s[m]:>13.0f}{med[m] / med['local']:>10.3f}")
+        same = [f"{a} ~ {b}" for i, a in enumerate(modes) for b in modes[i + 1:]
+                if spread[a][0] <= spread[b][1] and spread[b][0] <= spread[a][1]]
+        print(f"spread: the middle half of {args.rounds} rounds" + (
+            f" ({world.ranks} ranks: each round's time is the slowest rank's)" if world.ranks > 1 else "") +
+            (f"; overlapping, so not distinguishable by this run: {', '.join(same)}" if same else
+             "; no two modes overlap"))
         print("communication parts alone (median ms; % of the local step):")
         for name, v in part.items():
             print(f"  {name:<22}{1e3 * v:>9.3f} ms {100.0 * v / med['local']:>8.3f} %")
@@ -289,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra = {"vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers,
                          "d_ff": cfg.d_ff, "dropout": cfg.dropout, "optimizer": cfg.optimizer} if translation else \
                     {"width": args.width, "classes": args.classes, "optimizer": cfg.optimizer}
-                json.dump({"modes": {m: {"ms_per_iteration": 1e3 * med[m], f"{samples}_per_s": per_s[m],
+                json.dump({"modes": {m: {"ms_per_iteration": 1e3 * med[m], "ms_p25": 1e3 * spread[m][0],
+                                         "ms_p75": 1e3 * spread[m][1], f"{samples}_per_s": per_s[m],
                                          "samples_per_s": per_s[m]} for m in modes},
                            "parts_ms": {name: 1e3 * v for name, v in part.items()},
                            "theta_extra_ms": 1e3 * theta_extra, "theta_pct_of_gossip_iteration": pct,

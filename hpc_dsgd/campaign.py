@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from .config import DEFAULTS, FIELDS, ConfigError, _read_toml, from_dict, parse_override
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
+OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
+                "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)"}
 DEP_KEYS = ("reference_trace", "reference_traces", "branch_from")
 # Keys that may differ between a finished run and the plan without making it another run.
 SAME_RUN_EXCEPT = ("name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
@@ -832,10 +834,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
     groups = group_runs(runset.runs)
     expected = len(plan.seeds)
     tables = plan.tables if plan.tables is not None else _plan_presets(plan)
-    bad = [t for t in tables if t not in PRESETS and t != "large_batch"]
+    bad = [t for t in tables if t not in PRESETS and t not in OTHER_TABLES]
     if bad:
         raise CampaignError(f"plan {plan.path!r}: tables = {bad}: unknown preset; choose from "
-                            f"{', '.join(list(PRESETS) + ['large_batch'])}")
+                            f"{', '.join(list(PRESETS) + list(OTHER_TABLES))}")
     index = [f"# Report of `{plan.path}`", "",
              f"{len(traces)} of {len(plan.runs)} runs have a trace; "
              f"{sum(1 for r in runset.runs if r.finished)} finished (only finished runs count). "
@@ -849,14 +851,17 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
                 from .analysis import large_batch
 
                 text = large_batch.render(large_batch.build(groups, expected), fmt, 2, runset)
+            elif name == "lr_sweep":
+                from .analysis import lr_sweep
+
+                text = lr_sweep.render(lr_sweep.build(groups, expected), fmt, 2, "test_acc_avg", runset, groups)
             else:
                 text = render_preset(build_preset(name, groups, expected), fmt, 2, paper=True, runset=runset)
             fname = f"{name}.{ext}"
             with open(os.path.join(out, fname), "w") as f:
                 f.write(text + "\n")
             links.append(f"[{ext}]({fname})")
-        title = PRESETS[name].layout.title if name in PRESETS else \
-            "Large batch (C-SGD vs D-SGD)" if name == "large_batch" else "Every experiment of the plan"
+        title = PRESETS[name].layout.title if name in PRESETS else OTHER_TABLES.get(name, "Every experiment of the plan")
         index.append(f"- {title}: " + " · ".join(links))
     index += ["", "## Figures", ""]
     first = [r for r in have if r.seed == plan.seeds[0]]  # the figures show the first seed: one line per experiment

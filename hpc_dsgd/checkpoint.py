@@ -49,11 +49,13 @@ import errno
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Sequence
 
@@ -69,6 +71,10 @@ MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"^ckpt-(\d{9})$")
 _LEFTOVER_RE = re.compile(r"^ckpt-\d{9}\.(tmp|trash)$")
 _CHUNK = 1 << 20
+# Bounds on what a checkpoint's files may claim before anything is parsed or allocated.
+MANIFEST_MAX_BYTES = 64 << 20  # a manifest of 2**20 rank files and a long meta stays far below
+JSON_MAX_DEPTH = 64  # a manifest or rank document nests about 6 deep
+MAX_REPLICAS = 1 << 20
 
 # Config keys that may change when a run resumes (run control, paths, local resources); every
 # other key must agree with the checkpoint. Entries are fnmatch patterns.
@@ -81,7 +87,7 @@ RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "tr
 # ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
 BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
                      "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
+                     "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
                      "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
                      "layers", "d_ff", "dropout")
 
@@ -151,6 +157,50 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _regular_file(path: str, fname: str, what: str) -> str:
+    """path/fname after checking, with lstat and before any open, that fname is one plain name inside
+    path and a regular file there (no symlink, FIFO or device, which could escape, hang or never end)."""
+    if not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\0" in fname or fname != os.path.basename(fname):
+        raise CheckpointError(f"checkpoint {path}: {what} {fname!r} is not a plain file name inside the checkpoint")
+    fpath, name = os.path.join(path, fname), f"{what} {fname}".strip()
+    try:
+        st = os.lstat(fpath)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {name} is missing") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: {name} cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else \
+            "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise CheckpointError(f"checkpoint {path}: {name} is {kind}, not a regular file (refused unread)")
+    return fpath
+
+
+def _open_regular(fpath: str) -> int:
+    """A read-only descriptor of fpath that cannot hang on a FIFO nor follow a symlink swapped in since
+    the lstat; OSError unless it is a regular file."""
+    fd = os.open(fpath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", fpath)
+    return fd
+
+
+def _json_depth(data: bytes) -> int:
+    """Nesting depth of a JSON text (strings skipped), in linear time without recursion."""
+    a = np.frombuffer(re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', data), dtype=np.uint8)
+    step = (a == ord("[")).astype(np.int64) + (a == ord("{")) - (a == ord("]")) - (a == ord("}"))
+    return int(np.cumsum(step).max()) if len(step) else 0
+
+
+def _parse_json(data: bytes, max_depth: int = JSON_MAX_DEPTH):
+    """json.loads of bounded nesting (ValueError beyond max_depth, not a RecursionError)."""
+    depth = _json_depth(data)
+    if depth > max_depth:
+        raise ValueError(f"nested {depth} levels deep (at most {max_depth})")
+    return json.loads(data)
+
+
 def _atomic_write(path: str, write) -> tuple[str, int]:
     """write(fileobj) into path+'.part', flush, fsync, rename to path. Returns (sha256, size)."""
     part = path + ".part"
@@ -165,7 +215,7 @@ def _atomic_write(path: str, write) -> tuple[str, int]:
 
 def _sha256(path: str) -> tuple[str, int]:
     h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
+    with os.fdopen(_open_regular(path), "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
@@ -320,7 +370,7 @@ def _write_rank_file(path: str, payload: dict[str, torch.Tensor], after_write=No
 def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """Load one rank file as plain data and check it against its manifest entry before any use:
     (raw tensors, JSON document, blobs). CheckpointError naming the file for anything unexpected."""
-    fpath = os.path.join(path, fname)
+    fpath = _regular_file(path, fname, "rank file")
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path}: rank file {fname} {why}")
@@ -341,17 +391,28 @@ def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch
     if set(raw) != set(keys):
         missing, extra = sorted(set(keys) - set(raw)), sorted(set(raw) - set(keys))
         raise bad(f"does not hold the keys the manifest lists (missing {missing}, unexpected {extra})")
+    fsize, stored = os.path.getsize(fpath), 0
     for k, t in raw.items():
         want = keys[k]
         if not _KEY_RE.match(k) or list(t.shape) != want.get("shape") or _dtype_name(t) != want.get("dtype"):
             raise bad(f"key {k!r} is {_dtype_name(t)} {list(t.shape)}; the manifest says "
                       f"{want.get('dtype')} {want.get('shape')}")
+        # Before any use (nothing is allocated yet: the storages are mapped from the file): each tensor
+        # owns exactly its elements, laid out contiguously, so no stride or offset trick can make a
+        # small file describe a huge tensor (a copy of it allocates what the file holds, no more).
+        nbytes = t.numel() * t.element_size()
+        if not t.is_contiguous() or t.storage_offset() != 0 or t.untyped_storage().nbytes() != nbytes:
+            raise bad(f"key {k!r} is not a contiguous tensor owning its {t.numel()} elements (strides {list(t.stride())}, "
+                      f"offset {t.storage_offset()}, storage {t.untyped_storage().nbytes()} bytes, needs {nbytes})")
+        stored += nbytes
+    if stored > fsize:
+        raise bad(f"claims {stored} bytes of tensors in a file of {fsize} bytes")
     j = raw.get("json")
     if j is None or j.dtype != torch.uint8 or j.dim() != 1:
         raise bad("lacks its JSON document (key 'json', uint8)")
     try:
-        doc = json.loads(bytes(j.numpy()).decode())
-    except (UnicodeDecodeError, ValueError) as e:
+        doc = _parse_json(bytes(j.numpy()))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise bad(f"has a JSON document that cannot be parsed: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         raise bad(f"has format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT_VERSION}")
@@ -490,16 +551,23 @@ def upgrade_hint(path: str) -> str:
 
 
 def _read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
-    mpath = os.path.join(path, MANIFEST)
+    if not os.path.lexists(os.path.join(path, MANIFEST)):
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing (incomplete or not a checkpoint)")
+    mpath = _regular_file(path, MANIFEST, "")
     try:
-        with open(mpath, "rb") as f:
-            manifest = json.loads(f.read())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing (incomplete or not a checkpoint)") from None
-    except (OSError, ValueError) as e:
+        with os.fdopen(_open_regular(mpath), "rb") as f:
+            data = f.read(MANIFEST_MAX_BYTES + 1)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise ValueError(f"larger than {MANIFEST_MAX_BYTES >> 20} MiB")
+        manifest = _parse_json(data)
+    except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} cannot be parsed: {e}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not a checkpoint manifest")
+    for fname in manifest["files"]:  # every format: a name that could leave the directory is refused here
+        if not re.match(r"^rank\d{5}\.pt$", fname):
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: file name {fname!r} "
+                                  f"(rank files are named rank00000.pt, ... inside the checkpoint)")
     fmt = manifest.get("format")
     if fmt not in formats:
         if fmt == 1:
@@ -519,38 +587,146 @@ def _check_manifest(path: str, m: dict) -> None:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: {what}")
 
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    need(is_int(m.get("iteration")) and m["iteration"] >= 0, "iteration")
+    need(is_int(m.get("iteration")) and 0 <= m["iteration"] < 2 ** 62, f"iteration {m.get('iteration')!r} (an integer >= 0)")
     need(m.get("kind") in KINDS, f"kind {m.get('kind')!r}")
-    need(is_int(m.get("phase")) and is_int(m.get("n")) and m["n"] >= 1, "phase / n")
+    need(is_int(m.get("phase")) and 0 <= m["phase"] < 2 ** 31, f"phase {m.get('phase')!r} (an integer >= 0)")
+    need(is_int(m.get("n")) and 1 <= m["n"] <= MAX_REPLICAS, f"n {m.get('n')!r} (an integer 1..{MAX_REPLICAS})")
+    need(len(m["files"]) >= 1 and (m.get("ranks") is None or m.get("ranks") == len(m["files"])),
+         f"ranks {m.get('ranks')!r} for {len(m['files'])} rank file(s)")
     need(isinstance(m.get("meta"), dict), "meta")
     tens = m.get("tensors")
     need(isinstance(tens, dict) and all(isinstance(k, str) and re.match(r"^[A-Za-z0-9_]+$", k) and isinstance(v, dict)
                                         and v.get("dtype") in _DTYPES and isinstance(v.get("shape"), list)
-                                        and all(is_int(x) and x >= 0 for x in v["shape"]) for k, v in tens.items()),
+                                        and len(v["shape"]) <= 8 and all(is_int(x) and 0 <= x < 2 ** 40 for x in v["shape"])
+                                        for k, v in tens.items()),
          "tensors (name -> shape, dtype)")
     ids = []
     for fname, e in m["files"].items():
         need(re.match(r"^rank\d{5}\.pt$", fname) is not None and isinstance(e, dict), f"file name {fname!r}")
-        need(isinstance(e.get("sha256"), str) and is_int(e.get("size")) and isinstance(e.get("replica_ids"), list)
+        need(isinstance(e.get("sha256"), str) and re.match(r"^[0-9a-f]{64}$", e["sha256"]) is not None
+             and is_int(e.get("size")) and e["size"] >= 0 and isinstance(e.get("replica_ids"), list)
              and all(is_int(i) for i in e["replica_ids"]) and isinstance(e.get("keys"), dict),
              f"entry of {fname} (sha256, size, replica_ids, keys)")
         for name, spec in tens.items():
             want = {"shape": [len(e["replica_ids"])] + spec["shape"], "dtype": spec["dtype"]}
             need(e["keys"].get(f"t.{name}") == want, f"{fname}: key t.{name} should be {want}")
+        for k, spec in e["keys"].items():
+            need(isinstance(k, str) and _KEY_RE.match(k) is not None and isinstance(spec, dict)
+                 and spec.get("dtype") in _DTYPES and isinstance(spec.get("shape"), list) and len(spec["shape"]) <= 9
+                 and all(is_int(x) and 0 <= x < 2 ** 40 for x in spec["shape"]),
+                 f"{fname}: key {k!r} (a known name, a dtype and a shape)")
         ids += e["replica_ids"]
-    need(sorted(ids) == list(range(m["n"])), f"the files' replica ids are not 0..{m['n'] - 1} exactly once")
+        need(len(ids) <= m["n"], f"the files hold more than n={m['n']} replica ids")
+    need(len(ids) == m["n"] and sorted(ids) == list(range(m["n"])), f"the files' replica ids are not 0..{m['n'] - 1} exactly once")
+    _check_meta(path, m)
+
+
+def _check_meta(path: str, m: dict) -> None:
+    """The run description in meta, where present: config_json a JSON object whose n agrees with the
+    manifest's (and, in a training checkpoint, one with meta.loop, whose model fits the tensor sizes); loop the loop state of train.py, typed and in range.
+    A key absent here is the caller's to require (train.py refuses a manifest without meta.loop)."""
+    meta = m["meta"]
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: {key} must be {what}")
+
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    fin = lambda v: is_num(v) and math.isfinite(v)  # noqa: E731
+    if "config_json" in meta:
+        cj = meta["config_json"]
+        need(isinstance(cj, str), "meta.config_json", "a string holding the run's config as a JSON object")
+        try:
+            cfg = _parse_json(cj.encode("utf-8", "surrogatepass"))
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: meta.config_json is not JSON ({e})") from None
+        need(isinstance(cfg, dict) and all(isinstance(k, str) for k in cfg), "meta.config_json",
+             f"a JSON object (the run's config), not {type(cfg).__name__}")
+        if "n" in cfg:
+            need(cfg["n"] == m["n"], "meta.config_json's n", f"the manifest's n={m['n']}, not {cfg['n']!r}")
+        if "loop" in meta:  # a training run's checkpoint (train.py): its tensors are the model's rows
+            _check_sizes(path, m, cfg)
+    if "loop" in meta:
+        lp = meta["loop"]
+        need(isinstance(lp, dict), "meta.loop", "an object")
+        known = {"it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max"}
+        extra = sorted(set(lp) - known)
+        need(not extra, "meta.loop", f"an object with keys {sorted(known)}, not {extra}")
+        for key, ok, what in (
+                ("it", lambda v: is_int(v) and v == m["iteration"], f"the manifest's iteration {m['iteration']}"),
+                ("gossip_s", lambda v: is_int(v) and 0 <= v < 2 ** 62, "an integer >= 0"),
+                ("ema_phase", lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer >= 0"),
+                ("phi_ema", is_num, "a number (NaN before the first measurement)"),
+                ("t_train", lambda v: fin(v) and v >= 0, "a finite number >= 0"),
+                ("acc", lambda v: isinstance(v, list) and len(v) == 3 and all(fin(x) for x in v), "3 finite numbers"),
+                ("stats", lambda v: not v or isinstance(v, dict) and set(_LOOP_STATS) <= set(v)
+                 and all(is_num(x) for x in v.values()), f"null or an object of numbers {list(_LOOP_STATS)}"),
+                ("last", lambda v: v is None or isinstance(v, dict) and all(
+                    x is None or isinstance(x, (int, float, str, bool)) for x in v.values()), "null or an object of numbers"),
+                ("trace_pos", lambda v: v is None or isinstance(v, dict) and all(
+                    re.match(r"^[a-z_]+$", k) and is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
+                 "null or an object trace group -> row count (an integer >= 0)"),
+                ("xi_max", lambda v: v is None or isinstance(v, dict) and all(
+                    isinstance(k, str) and k.lstrip("-").isdigit() and is_num(x) for k, x in v.items()),
+                 "null or an object phase -> number")):
+            if key in lp:
+                need(ok(lp[key]), f"meta.loop.{key}", f"{what}, not {json.dumps(lp[key])[:80]}")
+
+
+_LOOP_STATS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")  # train.PhaseStats.COLS
+
+
+def _model_sizes(cfg: dict) -> tuple[int, int, bool] | None:
+    """(d, D, exact) of the run's model: its trainable parameters d and d + float buffers D (a row of
+    X), built on the meta device (nothing allocated); for a translation run an upper bound (the
+    tokenizer's vocabulary is at most vocab_size). None when the config does not say."""
+    from .config import DEFAULTS
+
+    c = dict(DEFAULTS, **cfg)
+    try:
+        with torch.device("meta"):
+            if c.get("dataset") == "multi30k":
+                from .models.transformer import Seq2SeqTransformer
+
+                model = Seq2SeqTransformer(int(c["vocab_size"]), 0, d_model=int(c["d_model"]), nhead=int(c["heads"]),
+                                           num_layers=int(c["layers"]), dim_feedforward=int(c["d_ff"]))
+            else:
+                from .models import build_model
+
+                classes = {"digits": 10, "cifar10": 10, "imagenet32": 1000}[c.get("dataset")]
+                model = build_model(c["model"], classes, float(c["width"]))
+    except Exception:  # noqa: BLE001 - a config this version cannot build: the sizes stay unchecked
+        return None
+    d = sum(p.numel() for p in model.parameters())
+    return d, d + sum(b.numel() for b in model.buffers() if b.is_floating_point()), c.get("dataset") != "multi30k"
+
+
+def _check_sizes(path: str, m: dict, cfg: dict) -> None:
+    """Every per-replica tensor of the manifest against the run's model: X holds D numbers, each
+    optimizer state d (exactly for image runs, at most for translation runs)."""
+    sizes = _model_sizes(cfg)
+    if sizes is None:
+        return
+    d, D, exact = sizes
+    for name, spec in m["tensors"].items():
+        numel, want = math.prod(spec["shape"]), D if name == "X" else d
+        if numel != want if exact else numel > want:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: tensors.{name} has {numel} numbers per "
+                                  f"replica; the run's model ({cfg.get('model')}, width {cfg.get('width')}, "
+                                  f"{cfg.get('dataset')}) has {'' if exact else 'at most '}{want}")
 
 
 def _check_file(path: str, fname: str, entry: dict) -> None:
-    fpath = os.path.join(path, fname)
-    try:
-        size = os.path.getsize(fpath)
-    except OSError:
-        raise CheckpointError(f"checkpoint {path}: rank file {fname} is missing") from None
+    fpath = _regular_file(path, fname, "rank file")
+    size = os.lstat(fpath).st_size
     if size != entry["size"]:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} has {size} bytes, the manifest says "
                               f"{entry['size']} (truncated or overwritten)")
-    sha, _ = _sha256(fpath)
+    try:
+        sha, _ = _sha256(fpath)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: rank file {fname} cannot be read: {e.strerror}") from None
     if sha != entry["sha256"]:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} fails its sha256 check (corrupted)")
 
@@ -599,6 +775,29 @@ def resolve_resume(run_dir: str, spec: str) -> tuple[str | None, list[tuple[str,
                               f"use --resume auto or a ckpt-XXXXXXXXX directory")
     verify_checkpoint(path)
     return path, []
+
+
+PHASE_ALIAS_RE = re.compile(r"^phase-([0-9]{1,6})$")
+
+
+def resolve_branch(spec: str) -> str:
+    """branch_from: a checkpoint directory, or RUN_DIR/checkpoints/phase-K, the checkpoint written at the end of
+    phase K of that run (what the generated dec-phase-(K+1) configs name, since the iteration depends on the
+    data set size). The alias needs the parent's phase-end checkpoint, read from its manifest (verified later)."""
+    m = PHASE_ALIAS_RE.match(os.path.basename(os.path.normpath(spec)))
+    if m is None or os.path.isdir(spec):
+        return spec
+    ckdir = os.path.dirname(os.path.normpath(spec))
+    run_dir, phase = os.path.dirname(ckdir), int(m.group(1))
+    for path in list_checkpoints(run_dir):
+        try:
+            man = _read_manifest(path)
+        except CheckpointError:
+            continue
+        if man["kind"] == "phase" and man["phase"] == phase:
+            return path
+    raise CheckpointError(f"branch_from={spec!r}: run {run_dir!r} has no intact checkpoint at the end of phase {phase} "
+                          "(has that run finished the phase?)")
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -682,17 +881,21 @@ def upgrade_checkpoint(path: str) -> str:
     if old["format"] == FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
     backup, tmp = path + ".format1", path + ".upgrade.tmp"
-    if os.path.exists(backup):
+    if os.path.lexists(backup):
         raise CheckpointError(f"checkpoint {path}: {backup} exists; move it away first")
+    if os.path.lexists(tmp) and not (os.path.isdir(tmp) and not os.path.islink(tmp)):
+        raise CheckpointError(f"checkpoint {path}: {tmp} exists and is not a directory of ours; move it away first")
+    made = False
     try:
         for fname, entry in sorted(old["files"].items()):
             _check_file(path, fname, entry)
         if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp)  # the leftover of an interrupted upgrade (checked above: a real directory)
         os.makedirs(tmp)
+        made = True
         files = {}
         for fname, entry in sorted(old["files"].items()):
-            p = torch.load(os.path.join(path, fname), map_location="cpu", weights_only=False)  # trusted: see above
+            p = torch.load(_regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
             ids = [int(i) for i in p["replica_ids"]]
             payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
                                     _plain_rank_state_v1(p["rank_state"]))
@@ -707,9 +910,12 @@ def upgrade_checkpoint(path: str) -> str:
         os.rename(tmp, path)
         _fsync_dir(os.path.dirname(path) or ".")
     except CheckpointError:
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
-        shutil.rmtree(tmp, ignore_errors=True)
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "
                               f"the original is unchanged") from None
     verify_checkpoint(path)

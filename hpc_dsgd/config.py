@@ -7,8 +7,11 @@ Errors are ValueError (ConfigError) naming the key, the value and what would be 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,10 @@ SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LR_SCHEDULES = ("step", "inverse_sqrt")
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,199}")  # one path component: no '/', '..', NUL, leading '-' or '.'
+CONFIG_MAX_BYTES = 1 << 20  # a config file is a few kB: a larger one is refused before it is read
 
 
 class ConfigError(ValueError):
@@ -55,11 +62,11 @@ class Config:
     layers: int = 3  # encoder and decoder layers each (see models/transformer.py for why 3)
     d_ff: int = 1024  # feed-forward width
     dropout: float = 0.1  # residual and embedding dropout (Vaswani et al. Sec. 5.4)
-    label_smoothing: float = 0.1
-    # -- optimisation (paper Sec. 4.2) ----------------------------------------------------
+    label_smoothing: float = 0.1  # Vaswani et al. Sec. 5.4 (the paper does not state it)
+    # -- optimisation (paper Sec. 4.2 where it states a value; the rest is ours, as commented) ----
     optimizer: str = "sgd"  # sgd (with momentum/nesterov below: the image recipe) | adam (the translation recipe); its state stays local
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2)
-    adam_eps: float = 1e-9  # adam: epsilon
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2), Vaswani et al.'s
+    adam_eps: float = 1e-9  # adam: epsilon, Vaswani et al.'s
     lr_schedule: str = "step"  # step: warm-up, then lr / decay_factor at decay_fractions (base_lr, warmup_*) | inverse_sqrt: Vaswani et al.'s, one phase
     warmup_steps: int = 4000  # inverse_sqrt: warm-up steps at global mini-batch 64, scaled down linearly by n * batch_size / 64
     lr_scale: float = 1.0  # inverse_sqrt: lr = lr_scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
@@ -73,11 +80,13 @@ class Config:
     decay_factor: float = 10.0  # divisor at each decay
     momentum: float = 0.9  # local momentum (stays on the replica, never gossiped); 0 = plain SGD
     nesterov: bool = True  # Nesterov momentum, no dampening
-    weight_decay: float = 1e-4  # L2 on every parameter, added to the gradient
+    weight_decay: float = 1e-4  # L2 added to the gradient (our choice of 1e-4, the usual ResNet-20 value; the paper does not print it)
+    weight_decay_bn: bool = True  # true: weight decay on every parameter; false: none on normalisation layers' scale and shift (BN, LayerNorm)
     # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
     policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive | csgd (centralized SGD: gradients averaged)
     target_factors: list[float] = field(default_factory=list)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
     reference_trace: str = ""  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
+    reference_traces: list[str] = field(default_factory=list)  # per phase ("" where no target): the reference of each target phase, when they differ (Table 5); empty = reference_trace for all
     control_signal: str = "xi"  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
     max_gossip_steps: int = 50  # cap on gossip steps per iteration under control; iterations that hit it are counted
     measure_every: int = 1  # measure the exact Xi (before and after communication) every this many iterations; 0 = never
@@ -158,6 +167,10 @@ def _check_scalar(key, typ, value):
         return float(value)
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):
         raise ConfigError(f"{key}={value!r}: expected {typ.__name__}, got {type(value).__name__}")
+    if typ is float and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: need a finite number")
+    if typ is str and "\0" in value:
+        raise ConfigError(f"{key}={value!r}: contains a NUL character")
     return value
 
 
@@ -175,41 +188,75 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def _read_toml(path: str, seen: tuple = ()) -> dict:
-    if not os.path.isfile(path):
+def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict:
+    """The keys of a config file after its `base` chain; sources (if given) gets key -> the file that set it."""
+    if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} is not a regular file")
+    if os.path.getsize(path) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"config file {path!r} has {os.path.getsize(path)} bytes: a config is at most "
+                          f"{CONFIG_MAX_BYTES} bytes of TOML")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
     base = data.pop("base", None)  # `base = "other.toml"`: inherit, then override
     if base is not None:
+        if not isinstance(base, str) or not base or "\0" in base:
+            raise ConfigError(f"config file {path!r}: base={base!r}: expected the path of another config file "
+                              f"(a string, relative to this file's directory)")
         bpath = os.path.join(os.path.dirname(path), base)
-        if bpath in seen:
-            raise ConfigError(f"config {path!r}: base chain loops through {bpath!r}")
-        merged = _read_toml(bpath, seen + (path,))
+        chain = seen + (os.path.realpath(path),)
+        if os.path.realpath(bpath) in chain:  # normalised: ./a.toml, a.toml and links to it are one file
+            raise ConfigError(f"config file {path!r}: base={base!r} loops back to {bpath!r}: a base chain must end")
+        merged = _read_toml(bpath, chain, sources)
         merged.update(data)
-        return merged
-    return data
+    else:
+        merged = data
+    if sources is not None:
+        sources.update(dict.fromkeys(data, path))
+    return merged
 
 
 def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1, check_files: bool = True) -> Config:
     """Read a TOML file (or defaults), apply overrides, validate for `ranks` MPI processes."""
-    data = _read_toml(path) if path else {}
+    sources: dict = {}
+    data = _read_toml(path, sources=sources) if path else {}
     for text in overrides:
         k, v = parse_override(text)
         data[k] = v
-    return from_dict(data, ranks, check_files)
+        sources.pop(k, None)
+    try:
+        return from_dict(data, ranks, check_files)
+    except ConfigError as e:  # a value from a file: name the file too (a --set value is named by its key alone)
+        key = re.match(r"(?:unknown config key\(s\) )?([A-Za-z_]\w*)", str(e))
+        if key and key.group(1) in sources:
+            raise ConfigError(f"config file {sources[key.group(1)]!r}: {e}") from None
+        raise
 
 
 def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, FIELDS, n=1, cutoff=0.6)) else k
+                 for k in unknown]
+        raise ConfigError(f"unknown config key(s) {', '.join(hints)}; the keys and their meaning are in "
+                          f"hpc_dsgd/config.py (class Config) and the README")
     cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
     validate(cfg, ranks, check_files)
     return cfg
+
+
+def reference_for_phase(cfg, k: int) -> str:
+    """The reference trace whose Xi_max the target of phase k (1-based) uses."""
+    refs = getattr(cfg, "reference_traces", None) or []
+    return refs[k - 1] if refs else cfg.reference_trace
 
 
 def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
@@ -274,7 +321,11 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.warmup_epochs <= fr[0] * cfg.epochs if fr else True,
          f"warmup_epochs={cfg.warmup_epochs}: warm-up belongs to phase 1 and must end by the first decay "
          f"at epoch {fr[0] * cfg.epochs if fr else 0:g}")
-    need(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r}: need a non-empty run name without '/'")
+    need(RUN_NAME.fullmatch(cfg.name) is not None, f"name={cfg.name!r}: a run name is one directory name of at most 200 "
+         "letters, digits and . _ - + = , @, starting with a letter, digit or _ (e.g. 'ring_n32_s0'): no '/', '..', NUL, "
+         "space or leading '-'")
+    need(bool(cfg.out_dir), "out_dir='': need a directory (e.g. 'runs')")
+    need(0 <= cfg.seed < 2**32, f"seed={cfg.seed}: need 0 <= seed < 2**32")
     need(not os.path.exists(cfg.out_dir) or os.path.isdir(cfg.out_dir),
          f"out_dir={cfg.out_dir!r} exists and is not a directory")
     need(cfg.decay_factor >= 1, f"decay_factor={cfg.decay_factor}: need >= 1")
@@ -293,14 +344,16 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.measure_every >= 0, f"measure_every={cfg.measure_every}: need >= 0 (0 = never)")
     need(0 <= cfg.phi_ema_beta < 1, f"phi_ema_beta={cfg.phi_ema_beta}: need 0 <= beta < 1")
     targets = [k for k, pol in enumerate(cfg.policies, 1) if pol == "target"]
+    need(not cfg.reference_traces or len(cfg.reference_traces) == len(cfg.policies),
+         f"reference_traces={cfg.reference_traces}: need one entry per phase ({len(cfg.policies)}, \"\" where the "
+         "phase has no target) or none (reference_trace then serves every target phase)")
+    for k in targets:
+        need(bool(reference_for_phase(cfg, k)), f"policies[{k - 1}]='target' but phase {k} has no reference: set "
+             "reference_trace (or reference_traces[" f"{k - 1}]) to the trace of the uncontrolled run of this "
+             f"experiment (plain gossip in phase {k})")
     if targets and check_files:
-        need(bool(cfg.reference_trace), f"policies={cfg.policies} use 'target' but reference_trace is empty: "
-             "name the trace of the uncontrolled (gossip) reference run")
         from .consensus import reference_xi_max
-        xi_max = reference_xi_max(cfg.reference_trace, cfg)
-        missing = [k for k in targets if k not in xi_max]
-        need(not missing, f"reference_trace {cfg.reference_trace!r} has no Xi_max for phase(s) {missing}: "
-             "its run must have gossiped and measured Xi (measure_every > 0) through those phases")
+        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
     need(cfg.sharpness_every >= 0, f"sharpness_every={cfg.sharpness_every}: need >= 0 epochs (0 = never)")
     need(cfg.sharpness_samples >= 1, f"sharpness_samples={cfg.sharpness_samples}: need >= 1 training image")
     need(cfg.sharpness_method in SHARPNESS_METHODS,
@@ -314,8 +367,15 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
-    need(not cfg.branch_from or not check_files or os.path.isdir(cfg.branch_from),
-         f"branch_from={cfg.branch_from!r} is not a checkpoint directory (RUN_DIR/checkpoints/ckpt-<iteration>)")
+    if cfg.branch_from and check_files:
+        from .checkpoint import CheckpointError, resolve_branch
+        try:
+            branch = resolve_branch(cfg.branch_from)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        need(os.path.isdir(branch), f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
+             "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
+    need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")
     if check_files:
         check_dataset(cfg.dataset, cfg.data_dir or None)

@@ -62,6 +62,8 @@ class CommResult:
     xi: float = NAN  # exact Xi after communication, when the policy measured it
     planned: int = -1  # gossip steps Lemma 3.4 predicts for the target (-1: not applicable)
     hit_cap: bool = False
+    first: float = NAN  # control policies: the controlled distance after the first gossip step, i.e. what plain
+    #                     gossip would have left; the target bound this iteration iff it made more than one step
 
 
 @dataclass
@@ -155,7 +157,7 @@ class ControlPolicy(Policy):
             planned = gossip_steps_needed(ctx.p, xi0, target)
         sent, theta = g.step(X, ctx.counter.next(), theta_cols=d)
         theta_first = float(theta.sum())
-        steps, total = 1, sent
+        steps, total, first = 1, sent, NAN
         while True:
             if self.signal == "xi":
                 controlled = consensus_distance(world, P)
@@ -164,6 +166,8 @@ class ControlPolicy(Policy):
                 controlled = math.sqrt(max(1.0 - ctx.p, 0.0)) * (2.0 / ctx.p) * math.sqrt(max(th, 0.0) / world.n)
                 if steps == 1:
                     planned = 1 + gossip_steps_needed(ctx.p, controlled, target)
+            if steps == 1:
+                first = controlled
             if controlled <= target or steps >= self.max_steps:
                 break
             sent, theta = g.step(X, ctx.counter.next(), theta_cols=d)
@@ -171,7 +175,7 @@ class ControlPolicy(Policy):
         return CommResult(steps, total, theta_first, target=target, controlled=controlled,
                           xi=controlled if self.signal == "xi" else NAN,
                           planned=max(int(planned), 1) if math.isfinite(planned) else -1,
-                          hit_cap=controlled > target)
+                          hit_cap=controlled > target, first=first)
 
 
 class TargetPolicy(ControlPolicy):
@@ -210,22 +214,51 @@ class GossipCounter:
         return s
 
 
-def reference_xi_max(path: str, cfg) -> dict[int, float]:
-    """Xi_max per phase from a reference run's trace, refusing a trace that does not match cfg."""
+# What a reference run must share with the controlled run for its Xi_max to be this experiment's.
+REFERENCE_MUST_MATCH = ("n", "topology", "dataset", "model", "width", "batch_size", "epochs", "decay_fractions",
+                        "lr_schedule")
+
+
+def reference_xi_max(cfg) -> dict[int, float]:
+    """Xi_max of every target phase k, from phase k of that phase's reference trace (config.reference_for_phase).
+
+    The paper's rule (Sec. 4.2): a phase's target is a factor times the maximum consensus distance of *that
+    phase* in normal, uncontrolled decentralized training. So the reference must be the same experiment (n,
+    topology, data, model, schedule) and must have run plain gossip in phase k, and measured Xi there. For a
+    dec-phase-k run that is the dec-phase-k Xi_max run (All-Reduce elsewhere), whose phase k starts from
+    consensus as the controlled run's does; an all-gossip run is accepted too, but its phase-k maximum carries
+    the previous phase's distance, so the target may never bind: the trace's /phase/ rows say so (bound_its)."""
+    from .config import DEFAULTS, reference_for_phase
     from .trace import TraceError, read_trace
 
-    tr = read_trace(path)
-    ref = tr.config
-    diffs = [f"{k}: reference={ref.get(k)!r} this run={getattr(cfg, k)!r}"
-             for k in ("n", "topology", "dataset", "model", "width", "batch_size", "epochs", "decay_fractions")
-             if ref.get(k) != getattr(cfg, k)]
-    if diffs:
-        raise TraceError(f"reference_trace {path!r} is from a different experiment: " + "; ".join(diffs))
-    ph, xm = tr.phase.get("phase"), tr.phase.get("xi_max")
-    if ph is None or xm is None:
-        raise TraceError(f"reference_trace {path!r} has no per-phase xi_max (was it run with measure_every > 0?)")
-    complete = tr.phase.get("complete", [1] * len(ph))
-    return {int(a): float(b) for a, b, c in zip(ph, xm, complete) if math.isfinite(b) and c}
+    out, traces = {}, {}
+    for k, pol in enumerate(cfg.policies, start=1):
+        if pol != "target":
+            continue
+        path = reference_for_phase(cfg, k)
+        if path not in traces:
+            traces[path] = read_trace(path)
+        tr = traces[path]
+        ref = tr.config
+        diffs = [f"{key}: reference={ref.get(key, DEFAULTS[key])!r} this run={getattr(cfg, key)!r}"
+                 for key in REFERENCE_MUST_MATCH if ref.get(key, DEFAULTS[key]) != getattr(cfg, key)]
+        if diffs:
+            raise TraceError(f"reference_trace {path!r} (phase {k}) is from a different experiment: " + "; ".join(diffs))
+        ref_pol = ref.get("policies", [])
+        found = ref_pol[k - 1] if len(ref_pol) >= k else "<none>"
+        if found != "gossip":
+            raise TraceError(f"reference_trace {path!r} ran policy {found!r} in phase {k}: the target of phase {k} needs "
+                             f"the Xi_max of plain gossip there (the uncontrolled dec-phase-{k} run of this experiment)")
+        ph, xm = tr.phase.get("phase"), tr.phase.get("xi_max")
+        if ph is None or xm is None:
+            raise TraceError(f"reference_trace {path!r} has no per-phase xi_max (was it run with measure_every > 0?)")
+        complete = tr.phase.get("complete", [1] * len(ph))
+        got = {int(a): float(b) for a, b, c in zip(ph, xm, complete) if math.isfinite(b) and c}
+        if k not in got:
+            raise TraceError(f"reference_trace {path!r} has no Xi_max for phase {k}: its run must have gossiped and "
+                             "measured Xi (measure_every > 0) through that phase, to its end")
+        out[k] = got[k]
+    return out
 
 
 def make_policies(cfg, xi_max: dict[int, float] | None = None) -> list[Policy]:

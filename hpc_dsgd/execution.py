@@ -11,7 +11,7 @@ is computed by every executor, outputs, gradients and BN running statistics alik
   grouped  ResNet-20 at any width as ONE grouped network: replica r owns channel group r of every
            convolution (`groups = k`), batch norm over k x c channels (statistics per replica), and a
            per-replica classifier as one batched matrix product. Input (B, k*3, H, W): replica r's
-           images in channels 3r..3r+2. The fastest formulation on a GPU (../shared/GPU.md);
+           images in channels 3r..3r+2. The fastest formulation on a GPU (README, GPU table);
   vmap     any model: `torch.func.vmap` over `functional_call` with the stacked views (in_dims 0).
 
 forward(P, Bf, x, train, shared=False) -> outputs (k, B, ...); x is (k, B, ...) (each replica its own

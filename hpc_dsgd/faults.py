@@ -1,8 +1,9 @@
 """Fault injection for the failure-handling tests: HPC_DSGD_INJECT_FAULT="rank=R,it=T[,at=POINT][,kind=K]".
 
 POINT: "iteration" (default; start of iteration T), "checkpoint" (inside the checkpoint of
-iteration T, after the rank files and before the manifest) or "checkpoint_write" (rank R's file of
-that checkpoint written but not yet fsynced and renamed). K: "raise" (default; a RuntimeError on
+iteration T, after the rank files and before the manifest), "checkpoint_write" (rank R's file of
+that checkpoint written but not yet fsynced and renamed) or "trace_write" (rank 0, in the middle of
+writing the new copy of the trace whose flush brings it to T iteration rows). K: "raise" (default; a RuntimeError on
 rank R), "kill" (SIGKILL to the whole process group: kill -9 of the whole job, as a node failure or
 the scheduler would), "kill_self" (SIGKILL to rank R alone) or "enospc" (OSError ENOSPC, as a full
 disk gives). Unset in production: the check is one dictionary lookup.

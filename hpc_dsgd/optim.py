@@ -16,6 +16,24 @@ from __future__ import annotations
 
 import torch
 
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def decay_mask(model: torch.nn.Module) -> torch.Tensor:
+    """(d,) 1 for a parameter that takes weight decay, 0 for a normalisation layer's scale and shift, in
+    model.parameters() order (the column order of X). With weight_decay_bn = false the optimizer decays only
+    the 1 columns: torch.optim with two parameter groups, the norm layers' at weight_decay 0."""
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    return torch.cat([torch.full((p.numel(),), 0.0 if id(p) in norm else 1.0) for p in model.parameters()])
+
+
+def _decay(opt, P: torch.Tensor, G: torch.Tensor) -> None:
+    """G += wd * P, on every column or (wd_row set) only where the mask is 1."""
+    if opt.wd_row is not None:
+        G.addcmul_(P, opt.wd_row)
+    elif opt.wd:
+        G.add_(P, alpha=opt.wd)
+
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -25,13 +43,13 @@ class LocalSGD:
 
     def __init__(self, cfg, k: int, d: int, device):
         self.momentum, self.nesterov, self.wd = cfg.momentum, cfg.nesterov, cfg.weight_decay
+        self.wd_row = None  # (1, d) wd x decay_mask when weight_decay_bn is false (Replicas sets it)
         self.state = {"M": torch.zeros(k, d, device=device)}
 
     def step(self, P: torch.Tensor, G: torch.Tensor, neg_lr: torch.Tensor, lr: float, t: int) -> None:
         """P -= lr * update(G); G is overwritten. neg_lr: -lr as a 0-dim device tensor."""
         M = self.state["M"]
-        if self.wd:
-            G.add_(P, alpha=self.wd)
+        _decay(self, P, G)
         if self.momentum:
             M.mul_(self.momentum).add_(G)  # buf = mu buf + g (first step: buf = g, as M starts at 0)
             if self.nesterov:
@@ -47,12 +65,12 @@ class LocalAdam:
 
     def __init__(self, cfg, k: int, d: int, device):
         (self.b1, self.b2), self.eps, self.wd = cfg.adam_betas, cfg.adam_eps, cfg.weight_decay
+        self.wd_row = None
         self.state = {"M": torch.zeros(k, d, device=device), "V": torch.zeros(k, d, device=device)}
 
     def step(self, P: torch.Tensor, G: torch.Tensor, neg_lr: torch.Tensor, lr: float, t: int) -> None:
         M, V = self.state["M"], self.state["V"]
-        if self.wd:
-            G.add_(P, alpha=self.wd)
+        _decay(self, P, G)
         M.lerp_(G, 1.0 - self.b1)
         V.mul_(self.b2).addcmul_(G, G, value=1.0 - self.b2)
         step = t + 1

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -21,8 +22,37 @@ LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_
                       "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
 
 # Training images per data set, to refuse batch_size x n larger than an epoch before loading the data.
-# A data set not listed here is checked when it is loaded (Schedule.from_config).
+# ImageNet-32 and Multi30k are counted from the files (train_size), which the config check has read.
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000}
+
+
+def train_size(cfg) -> int | None:
+    """Training samples of cfg's data set: the fixed sizes, else from the ImageNet-32 cache's manifest or
+    the Multi30k training file (DataError if they cannot be read); None where the config has no data_dir."""
+    if cfg.dataset in TRAIN_SIZES:
+        return TRAIN_SIZES[cfg.dataset]
+    if not cfg.data_dir:
+        return None
+    if cfg.dataset == "imagenet32":
+        from .data.imagenet32 import prepare_imagenet32
+
+        return int(prepare_imagenet32(cfg.data_dir)[1]["arrays"]["train_y"]["shape"][0])
+    if cfg.dataset == "multi30k":
+        from .data.multi30k import load_multi30k
+
+        return len(load_multi30k(cfg.data_dir).train)
+    return None
+
+
+def check_data_size(cfg) -> None:
+    """ConfigError unless an epoch of cfg's data set has at least one iteration of n x batch_size samples."""
+    size = train_size(cfg)
+    if size is not None and size // (cfg.n * cfg.batch_size) < 1:
+        what = "sentence pairs" if cfg.dataset == "multi30k" else "images"
+        raise ConfigError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the {size} "
+                          f"training {what} of {cfg.dataset}" + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
+                          f": an epoch would have no iteration; use batch_size <= {max(size // cfg.n, 1)} for "
+                          f"n={cfg.n}, or a smaller n")
 
 LOCK_NAME = "run.lock"  # RUN_DIR/run.lock: JSON {host, pid, slurm_job_id, started}; mtime = heartbeat
 LOCK_HEARTBEAT_S = 30.0  # the owner touches its lock this often
@@ -66,18 +96,33 @@ def check_run(cfg, ranks: int) -> None:
         raise ConfigError(f"device='cuda' but torch sees no CUDA device on {socket.gethostname()} "
                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): "
                           f"use device='auto' or 'cpu', or run on a GPU node")
-    size = TRAIN_SIZES.get(cfg.dataset)
-    if size is not None and size // (cfg.n * cfg.batch_size) < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the {size} "
-                          f"training images of {cfg.dataset}: an epoch would have no iteration; use "
-                          f"batch_size <= {max(size // cfg.n, 1)} for n={cfg.n}, or a smaller n")
+    check_data_size(cfg)
     if cfg.dataset == "cifar10" and cfg.data_dir:
         _check_cifar10_md5(cfg.data_dir)
-    parent = os.path.abspath(cfg.out_dir)
-    while not os.path.exists(parent):
+    check_out_dir(cfg.out_dir, cfg.name)
+
+
+def check_out_dir(out_dir: str, name: str) -> None:
+    """The run directory out_dir/name can be created and written: ConfigError naming out_dir and the reason
+    (a file in the way, a read-only file system, no permission, a full disk) otherwise. Probes by creating and
+    removing an empty directory where the run directory would be created."""
+    run_dir = os.path.abspath(os.path.join(out_dir, name))
+    parent = run_dir
+    while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir={cfg.out_dir!r}: {parent} is not writable by this user; choose another out_dir")
+    if not os.path.isdir(parent):
+        what = ("a dangling symbolic link" if os.path.islink(parent) and not os.path.exists(parent)
+                else "a file" if os.path.isfile(parent) else "not a directory")
+        raise ConfigError(f"out_dir={out_dir!r}: {parent} is {what}, in the way of the run directory {run_dir}: "
+                          f"choose another out_dir (or name), or move it away")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hpc_dsgd-probe-", dir=parent))
+    except OSError as e:
+        reason = {errno.EACCES: "permission denied for this user", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left on the device",
+                  errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, (e.strerror or str(e)).lower())
+        raise ConfigError(f"out_dir={out_dir!r}: the run directory {run_dir} cannot be created in {parent}: "
+                          f"{reason}; choose another out_dir") from None
 
 
 def _check_cifar10_md5(root: str) -> None:

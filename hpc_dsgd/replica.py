@@ -35,6 +35,7 @@ import torch
 from .comm import World
 from .data import ImageData, epoch_permutation
 from .execution import Layout, float_buffers, make_executor
+from .optim import decay_mask
 
 GradHook = Callable[[torch.Tensor], None]
 
@@ -65,6 +66,8 @@ class Replicas:
         self.X = flat0.repeat(self.k, 1).contiguous()  # (k, D)
         self.G = torch.zeros(self.k, self.d, device=dev)  # (k, d) gradients (before weight decay)
         self.opt = workload.optimizer(self.k, self.d, dev)  # local state: (k, d) blocks, never gossiped
+        if not cfg.weight_decay_bn and cfg.weight_decay:
+            self.opt.wd_row = (cfg.weight_decay * decay_mask(proto)).to(dev).unsqueeze(0)
         self.exec = make_executor(cfg.replica_exec, proto, self.layout, batched_kind)
         self.eval_x = torch.empty(self.D, device=dev)  # the averaged model's row
         self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)

@@ -335,6 +335,9 @@ def main(argv: list[str]) -> int:
                                   f"choose 1..{ntrain}")
             if args.device not in ("cpu", "cuda"):
                 raise ConfigError(f"--device {args.device!r}: choose cpu or cuda")
+            if args.device == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"--device cuda but torch sees no CUDA device on this node (torch {torch.__version__}, "
+                                  f"built for CUDA {torch.version.cuda or 'none'}): use --device cpu, or run on a GPU node")
         except (CheckpointError, ConfigError, ValueError, OSError) as e:
             err = str(e)
     err, cfg_d = comm.bcast((err, cfg_d), root=0)

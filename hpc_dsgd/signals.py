@@ -4,6 +4,12 @@ SLURM sends SIGUSR1 to every task some minutes before the time limit (`#SBATCH -
 and SIGTERM on preemption or scancel. The handler only sets a flag: the training loop reads
 `requested()` once per iteration and the ranks agree on it through the per-iteration Allreduce, so
 every rank stops after the same iteration, writes a checkpoint and exits REQUEUE_EXIT_CODE.
+
+Before the first iteration (checking the config, building the ImageNet-32 cache, training the
+Multi30k tokenizer) there is nothing to checkpoint: the preparation polls `check_stop(what)` between
+its steps (and while a long native call runs in a child process it can kill), which raises
+StopBeforeStart; the command line removes nothing but the step's temporaries, says what was stopped
+and exits REQUEUE_EXIT_CODE, so a requeued job starts the preparation again.
 """
 from __future__ import annotations
 
@@ -12,6 +18,22 @@ from collections.abc import Iterable
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "checkpointed on request, run me again"; slurm/*.sbatch requeue on it
 DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_active: list["StopRequest"] = []  # the StopRequests installed, innermost last
+
+
+class StopBeforeStart(Exception):
+    """A stop signal arrived during the preparation, before the first iteration: nothing to checkpoint."""
+
+
+def check_stop(what: str) -> None:
+    """StopBeforeStart naming `what` if a signal reached the innermost installed StopRequest."""
+    if _active and _active[-1].requested():
+        raise StopBeforeStart(f"stop requested by signal {_active[-1].name} during {what}")
+
+
+def stop_watch_active() -> bool:
+    """Whether a StopRequest is installed (a long preparation step should then stay interruptible)."""
+    return bool(_active)
 
 
 class StopRequest:
@@ -24,6 +46,7 @@ class StopRequest:
         self._previous: dict[int, object] = {}
         for s in signals:
             self._previous[s] = signal.signal(s, self._handle)
+        _active.append(self)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
@@ -41,6 +64,8 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+        if self in _active:
+            _active.remove(self)
 
     def __enter__(self) -> StopRequest:
         return self

@@ -133,8 +133,8 @@ def main(argv=None) -> int:
         try:
             topo = Topology(args.name, n, seed=args.seed, shape=tuple(args.shape) if args.shape else None)
         except TopologyError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 1
+            print(f"hpc_dsgd: error: {e}", file=sys.stderr)
+            status = 2
             continue
         if k:
             print()

@@ -26,12 +26,13 @@ from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_
 from .replica import Replicas
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint_collective, resolve_resume, restore_rank_state, save_checkpoint,
+                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state, save_checkpoint,
                          verify_checkpoint)
+from .checkpoint import CheckpointWriteError
 from .faults import fault_point
 from .signals import StopRequest
 from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
-from .trace import TraceWriter, read_trace
+from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
 from .workloads import make_workload
 
 
@@ -65,24 +66,33 @@ class RunResult:
 
 
 class PhaseStats:
-    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits."""
+    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits, and whether a control
+    acted: bound_iterations counts the iterations in which the target made gossip more than once, next to
+    pre_control_max (the largest distance one plain gossip step left) and target (the phase's largest
+    target). bound_iterations = 0 under a target policy means the target never bound: the run was plain
+    D-SGD in that phase, and the tables say so."""
 
-    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
+    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations",
+            "bound_iterations", "pre_control_max", "target")
+    NAN_COLS = ("xi_max", "xi_pre_max", "pre_control_max", "target")
 
     def __init__(self, v: dict | None = None):
-        self.v = dict(v) if v else dict.fromkeys(self.COLS, 0.0)
-        if not v:
-            self.v["xi_max"] = self.v["xi_pre_max"] = NAN
+        self.v = dict.fromkeys(self.COLS, 0.0)
+        self.v.update(dict.fromkeys(self.NAN_COLS, NAN))
+        if v:  # a checkpoint written before a column existed leaves it at its start value
+            self.v.update(v)
 
     def add(self, row: dict) -> None:
         v = self.v
-        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre")):
+        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre"), ("pre_control_max", "pre_control"),
+                       ("target", "target")):
             if math.isfinite(row[src]):
                 v[k] = row[src] if not math.isfinite(v[k]) else max(v[k], row[src])
         v["theta_max"] = max(v["theta_max"], row["theta"])
         v["gossip_steps"] += row["gossip_steps"]
         v["bytes_sent"] += row["bytes_sent"]
         v["cap_hits"] += row["hit_cap"]
+        v["bound_iterations"] += int(math.isfinite(row["target"]) and row["gossip_steps"] > 1)
         v["iterations"] += 1
 
 
@@ -100,6 +110,7 @@ class LoopState:
     last: dict | None = None
     trace_pos: dict | None = None  # rows per trace group at this point
     xi_max: dict | None = None  # the reference Xi_max per phase the targets were computed from
+    trace_pending: dict | None = None  # rows not on disk yet (a flush failed, e.g. a full disk): a resume writes them
 
 
 def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
@@ -116,7 +127,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
                     log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
                 how = "resume" if path else how
             if path is None and cfg.branch_from:
-                path, how = cfg.branch_from, "branch"
+                path, how = resolve_branch(cfg.branch_from), "branch"
             if path:
                 man = verify_checkpoint(path)
                 if how == "resume":
@@ -127,6 +138,8 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
                         diffs.append(f"checkpoint kind is {man['kind']!r}: branch from a phase checkpoint")
                 if diffs:
                     raise CheckpointError(f"cannot {how} from {path}: the config differs in " + "; ".join(diffs))
+                if how == "resume":
+                    _check_trace_covers(os.path.join(run_dir, "trace.h5"), man["meta"].get("loop"), path)
         except (CheckpointError, OSError) as e:
             err = str(e)
     path, how, err = world.comm.bcast((path, how, err), root=0)
@@ -152,6 +165,30 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     return st, how, path
 
 
+def _check_trace_covers(tpath: str, loop, ckpt: str) -> None:
+    """A resume continues the trace from the checkpoint's position: the trace must hold at least the rows the
+    checkpoint records (it was fsynced before the checkpoint was committed), else the rows between are lost
+    and resuming would leave a gap. CheckpointError, one line, before anything is written."""
+    pos = (loop or {}).get("trace_pos") if isinstance(loop, dict) else None
+    if not isinstance(pos, dict) or not any(isinstance(v, int) and v > 0 for v in pos.values()):
+        return
+    try:
+        tr = read_trace(tpath)
+    except TraceError as e:
+        raise CheckpointError(f"cannot resume from {ckpt}: {e}; the checkpoint records {pos.get('iter', 0)} iteration "
+                              f"rows of it. Restore the trace, or start a new run (--set name=...)") from None
+    short = {g: (len(next(iter(getattr(tr, g).values()), ())), n) for g, n in pos.items()
+             if g in ("iter", "epoch", "phase", "sharpness") and isinstance(n, int)
+             and len(next(iter(getattr(tr, g).values()), ())) < n}
+    if short:
+        raise CheckpointError(
+            f"cannot resume from {ckpt}: trace {tpath} is shorter than the checkpoint's position ("
+            + ", ".join(f"/{g}: {have} rows, the checkpoint records {n}" for g, (have, n) in short.items())
+            + "): the rows between are lost (truncated, rolled back or replaced) and resuming would leave a gap. "
+              "Resume from an earlier checkpoint the trace covers (--resume RUN_DIR/checkpoints/ckpt-...), "
+              "or start a new run (--set name=...)")
+
+
 def _refuse_overwrite(run_dir: str, resume: str | None) -> str | None:
     """A fresh start never overwrites a run: an existing trace or checkpoints need --resume."""
     if resume:
@@ -172,6 +209,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
 
     resume: None (start fresh), "auto" (newest valid checkpoint of this run, fresh if none) or a path.
     stop: a StopRequest whose signal makes every rank checkpoint and return with stopped=True."""
+    wall0 = time.monotonic()
     torch.set_num_threads(cfg.torch_threads)
     if cfg.deterministic:  # cuBLAS reads this when CUDA starts: before any device work
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -189,54 +227,81 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     p = topo.p()
     reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
-    xi_max = reference_xi_max(cfg.reference_trace, cfg) if "target" in cfg.policies else None
+    xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
     st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
-    if how == "resume" and st.xi_max and {int(k): v for k, v in st.xi_max.items()} != (xi_max or {}):
-        raise CheckpointError(f"cannot resume from {ckpt_from}: reference_trace {cfg.reference_trace!r} now gives "
-                              f"Xi_max {xi_max}, the run was controlled against {st.xi_max}")
+    saved = {int(k): v for k, v in (st.xi_max or {}).items()}  # older checkpoints kept every phase of the reference
+    if how == "resume" and st.xi_max and any(saved.get(k) != v for k, v in (xi_max or {}).items()):
+        raise CheckpointError(f"cannot resume from {ckpt_from}: the reference trace(s) now give Xi_max {xi_max}, "
+                              f"the run was controlled against {st.xi_max}")
+    end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
+    if how == "resume" and st.it >= end:  # nothing to do: say so and change nothing (not even the trace's attributes)
+        if rank0:
+            log(f"hpc_dsgd: run already finished at iteration {st.it} ({ckpt_from}); trace "
+                f"{os.path.join(run_dir, 'trace.h5')} left unchanged" if st.it >= sched.total_iters else
+                f"hpc_dsgd: run already at iteration {st.it} = max_iterations ({ckpt_from}); nothing changed: raise "
+                f"max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
+        gossiper.free()
+        return RunResult(dict(st.last or {}), reps.X.detach().cpu().clone(), reps.d, False, ckpt_from)
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,
                   opt_state=list(reps.opt.state.values()))
     stats = PhaseStats(st.stats)
 
-    trace = None
+    trace, setup_err = None, None
     revision = code_revision() if rank0 else ""  # once per run, not per checkpoint (it runs git)
+    tpath = os.path.join(run_dir, "trace.h5")
     if rank0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.toml"), "w") as f:
-            f.write(cfg.to_toml())
-        tpath = os.path.join(run_dir, "trace.h5")
-        attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
-                 "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
-                 "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
-                 "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
-                 "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
-                 "versions_json": json.dumps(versions()), "code_revision": revision,
-                 "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
-                 "parameters": reps.d, "row_length": reps.D, "executor": reps.exec.name,
-                 "precision": cfg.precision, "deterministic": cfg.deterministic,
-                 "cuda_graph": bool(reps.capture), "optimizer": cfg.optimizer, **wl.trace_attrs()}
-        if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
-            trace = TraceWriter(tpath, {}, mode="a")
-            for grp, rows in st.trace_pos.items():
-                trace.truncate(grp, rows)  # rows flushed after the checkpoint are redone, never duplicated
-            trace.set_attrs(status="running", resumed_from=ckpt_from, ranks=world.ranks, replicas_per_rank=world.k)
-        else:
-            if os.path.isfile(tpath):  # --resume auto found no checkpoint: keep the old trace, start a new one
-                kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
-                os.replace(tpath, kept)
-                log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
-            trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=st.it))
-            if how == "branch":
-                copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)
-        log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
-            f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
-            f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"
-            f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
-            f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
-            + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "config.toml"), "w") as f:
+                f.write(cfg.to_toml())
+            attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
+                     "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
+                     "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
+                     "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
+                     "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
+                     "versions_json": json.dumps(versions()), "code_revision": revision,
+                     "device": str(world.device), "gossip_comm": gossiper.kind, "cuda_aware_mpi": world.cuda_aware,
+                     "parameters": reps.d, "row_length": reps.D, "executor": reps.exec.name,
+                     "precision": cfg.precision, "deterministic": cfg.deterministic,
+                     "cuda_graph": bool(reps.capture), "optimizer": cfg.optimizer, **wl.trace_attrs()}
+            if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
+                trace = TraceWriter(tpath, {}, mode="a")
+                for grp, rows in st.trace_pos.items():
+                    trace.truncate(grp, rows)  # rows flushed after the checkpoint are redone, never duplicated
+                trace.add_pending(st.trace_pending or {})  # rows a full disk kept out of the trace: written now
+                trace.set_attrs(status="running", resumed_from=ckpt_from, ranks=world.ranks, replicas_per_rank=world.k)
+            else:
+                if os.path.isfile(tpath):  # --resume auto found no checkpoint: keep the old trace, start a new one
+                    kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
+                    os.replace(tpath, kept)
+                    log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
+                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=st.it))
+                if how == "branch":
+                    copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)
+            log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
+                f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
+                f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"
+                f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
+                f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
+                + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
+        except (TraceError, TraceWriteError, OSError) as e:  # every rank stops alike, before any iteration
+            setup_err = (type(e).__name__, str(e) if not isinstance(e, OSError) else
+                         f"cannot write run directory {run_dir}: {e.strerror or e} (on {mount_of(run_dir)})")
+    setup_err = world.comm.bcast(setup_err, root=0)
+    if setup_err:
+        gossiper.free()
+        raise (TraceError if setup_err[0] == "TraceError" else TraceWriteError)(setup_err[1])
+    trace_err = None  # rank 0: why the last flush failed (its rows stay buffered; the run checkpoints and stops)
 
-    end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
+    def flush() -> None:
+        nonlocal trace_err
+        if trace_err is None:
+            try:
+                trace.flush()
+            except TraceWriteError as e:
+                trace_err = str(e)
+
     ipe, imgs, rate = sched.iters_per_epoch, cfg.n * cfg.batch_size, f"{wl.samples}_per_s"
     unit = {"images": "img/s", "sentences": "sent/s"}.get(wl.samples, "samples/s")
     acc, t_train, last = np.array(st.acc), st.t_train, dict(st.last or {})
@@ -246,7 +311,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         tic = time.perf_counter()
         epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
         periodic_due = rank0 and cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes
-        flags = [float(stop is not None and stop.requested()), float(periodic_due)]
+        flags = [float(stop is not None and stop.requested() or trace_err is not None), float(periodic_due)]
         row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], t, epoch, b, lr,
                                              phase, sched, flags)
         t_train += time.perf_counter() - tic
@@ -278,37 +343,57 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                 if evaluated:
                     trace.append("epoch", **last)
                 test = wl.describe(last if evaluated else None)
-                log(f"epoch {ep:6.2f}/{end / ipe:.0f} phase {phase} lr {lr:.4g} loss {train['train_loss']:.4f} "
+                log(f"epoch {ep:6.2f}/{cfg.epochs:g} phase {phase} lr {lr:.3e} loss {train['train_loss']:.4f} "
                     f"train {train['train_acc']:5.1f}% {test} {train[rate]:7.0f} {unit} "
                     f"ETA {_hms(t_train / (t + 1) * (end - t - 1))}", flush=True)
-                trace.flush()
+                flush()
         elif rank0 and trace.due(cfg.trace_flush_seconds):
-            trace.flush()
+            flush()
         stopped = stop_all > 0 and t + 1 < end
         if phase_end or due_all > 0 or stopped or t + 1 == end:  # checkpoint the state after iteration t
             if rank0:
-                trace.flush()
+                flush()  # durable (fsynced) before the checkpoint that records its position
+            pos, pending, failed = world.comm.bcast(
+                (trace.rows(), trace.pending() if trace_err else None, trace_err) if rank0 else None, root=0)
             state = LoopState(t + 1, ctx.counter.s, ctx.phi_ema, ctx.ema_phase, stats.v, tuple(acc), t_train, last,
-                              world.comm.bcast(trace.rows() if rank0 else None, root=0), xi_max)
-            ckpt_path = save_checkpoint(
-                world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
-                {"X": reps.X, **reps.opt.state}, list(world.replica_ids), [{} for _ in world.replica_ids],
-                {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
-                 "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
+                              pos, xi_max, pending)
+            try:
+                ckpt_path = save_checkpoint(
+                    world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
+                    {"X": reps.X, **reps.opt.state}, list(world.replica_ids), [{} for _ in world.replica_ids],
+                    {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
+                     "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
+            except CheckpointWriteError as e:  # raised on every rank alike
+                if failed:
+                    raise TraceWriteError(f"{failed}; the checkpoint of iteration {t + 1} could not be written either "
+                                          f"({e}): free space there and continue with --resume auto, which restarts "
+                                          f"from the newest intact checkpoint") from None
+                raise
             last_ckpt = time.monotonic()
+            if failed:
+                if rank0:
+                    log(f"epoch {(t + 1) / ipe:6.2f}/{cfg.epochs:g} stopped at iteration {t + 1} of {sched.total_iters}: "
+                        f"the trace could not be written; checkpoint {ckpt_path} holds the state and the "
+                        f"{len((pending or {}).get('iter', {}).get('it', ()))} unwritten iteration rows", flush=True)
+                gossiper.free()
+                raise TraceWriteError(f"{failed}; checkpoint {ckpt_path} (iteration {t + 1}) holds the state and the "
+                                      f"rows not written: free space there and continue with --resume auto")
         if stopped:
             if rank0:
                 log(f"hpc_dsgd: stop requested by signal{' ' + stop.name if stop and stop.name else ''}: "
-                    f"checkpoint {ckpt_path} written after iteration {t}; exiting for requeue", flush=True)
+                    f"stopped at iteration {t + 1}, checkpoint {ckpt_path}; exiting for requeue", flush=True)
             break
     if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
-        log(f"epoch {(t + 1) / ipe:6.2f}/{end / ipe:.4g} phase {phase} lr {lr:.4g} loss "
+        log(f"epoch {(t + 1) / ipe:6.2f}/{cfg.epochs:g} phase {phase} lr {lr:.3e} loss "
             f"{acc[0] / (cfg.n * max(t + 1 - (t // ipe) * ipe, 1)):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
-            f"(stopped after iteration {t} of {sched.total_iters}, mid-epoch: not evaluated) "
+            f"(stopped at iteration {t + 1} of {sched.total_iters}, mid-epoch: not evaluated) "
             f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} {unit}", flush=True)
     if rank0:
         status = "finished" if end == sched.total_iters and not stopped else "stopped"
         trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        log(f"hpc_dsgd: {status} at iteration {t + 1 if end > st.it else st.it} of {sched.total_iters}"
+            + (f", checkpoint {ckpt_path}" if ckpt_path else "") + f"; trace {tpath}; wall time "
+            f"{_hms(time.monotonic() - wall0)}", flush=True)
     gossiper.free()
     return RunResult(last, reps.X.detach().cpu().clone(), reps.d, stopped, ckpt_path)
 
@@ -354,7 +439,7 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t, epoch,
                 theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
                 xi=xi if measure or math.isfinite(res.xi) else NAN,
                 xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
-                target=res.target, controlled=res.controlled, planned_steps=res.planned,
+                target=res.target, controlled=res.controlled, pre_control=res.first, planned_steps=res.planned,
                 hit_cap=int(res.hit_cap)), s[8:]
 
 

@@ -27,6 +27,20 @@ def _world():
     return MPI.COMM_WORLD
 
 
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # set by MPICH's, Open MPI's and PMIx launchers
+
+
+@pytest.hookimpl(trylast=True)  # after the terminal plugin registered its reporter
+def pytest_configure(config):
+    """Under mpiexec only rank 0 prints pytest's dots and summary; the other ranks report failures only
+    (pytest_runtest_makereport below writes a failing rank's report to stderr before aborting). The rank is
+    read from the launcher's environment: MPI is not initialised yet at this point."""
+    rank = next((int(os.environ[v]) for v in RANK_VARS if os.environ.get(v, "").isdigit()), 0)
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if rank > 0 and reporter is not None:
+        config.pluginmanager.unregister(reporter)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

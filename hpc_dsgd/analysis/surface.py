@@ -173,16 +173,55 @@ def surface_figures(checkpoints: list[str], out_png: str, contour_png: str | Non
     plt.close(fig)
     written = [out_png]
     if contour_png:
-        fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.5), squeeze=False)
-        levels = np.linspace(min(float(r[3].min()) for r in runs), max(float(r[3].max()) for r in runs), 25)
-        for ax, (lab, _, _, grid) in zip(axes[0], runs):
-            cs = ax.contour(alphas, alphas, grid, levels=levels)
-            ax.clabel(cs, fontsize=6)
-            ax.set_title(lab, fontsize=8)
-            ax.set_xlabel(r"$\alpha$")
-            ax.set_ylabel(r"$\beta$")
-        fig.suptitle("Training loss on a 2-D slice (shared contour levels)")
-        fig.savefig(contour_png, dpi=100)
-        plt.close(fig)
+        plt.close(draw_contours(contour_png, alphas, [(lab, grid) for lab, _, _, grid in runs], samples, seed))
         written.append(contour_png)
     return written
+
+
+def contour_levels(lo: float, hi: float, count: int = 16) -> np.ndarray:
+    """`count` increasing levels from just above the minimum lo to hi, LOG-spaced in the height above lo
+    (from (hi - lo) / 1000 up to hi - lo), so that the basin around the minimum gets as many contours as
+    the walls; linear spacing puts them all on the walls. Evenly spaced if the slice is flat."""
+    if not hi > lo:
+        return np.array([lo, lo + 1.0])
+    return lo + np.geomspace((hi - lo) * 1e-3, hi - lo, count)
+
+
+def draw_contours(path: str, alphas: np.ndarray, runs: list[tuple[str, np.ndarray]], samples: int, seed: int):
+    """One panel per run of the 2-D slice: filled contours at levels shared by every panel (contour_levels
+    of the smallest and largest loss of all grids), one colorbar for all, every third line labelled with
+    its loss (not the small innermost rings), the averaged model (0, 0) and each grid's minimum marked and
+    given in the title (wrapped to the panel), no legend over the contours.
+    Saved to path; returns the figure (the caller closes it)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm
+
+    lo = min(float(g.min()) for _, g in runs)
+    hi = max(float(g.max()) for _, g in runs)
+    levels = contour_levels(lo, hi)
+    cmap = plt.get_cmap("viridis")
+    norm = BoundaryNorm(np.concatenate(([lo], levels)), cmap.N, extend="neither")
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs) + 1.2, 4.8), squeeze=False, layout="constrained")
+    filled = None
+    for ax, (lab, grid) in zip(axes[0], runs):
+        filled = ax.contourf(alphas, alphas, grid, levels=np.concatenate(([lo], levels)), cmap=cmap, norm=norm)
+        lines = ax.contour(alphas, alphas, grid, levels=levels, colors="white", linewidths=0.6)
+        ax.clabel(lines, levels=levels[4::3], inline=True, inline_spacing=2, fmt="%.3g", fontsize=6)  # not the
+        ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.5, ls="none")  # small rings around the markers
+        i, j = np.unravel_index(np.argmin(grid), grid.shape)
+        ax.plot([alphas[j]], [alphas[i]], marker="x", color="orange", ms=6, mew=1.2, ls="none")
+        ax.set_title("\n".join(textwrap.wrap(lab, 56) + [f"loss {grid[len(alphas) // 2, len(alphas) // 2]:.3g} at +, "
+                                                         f"minimum {grid.min():.3g} at x ({alphas[j]:.2g}, {alphas[i]:.2g})"]),
+                     fontsize=8)
+        ax.set_xlabel(r"$\alpha$ (direction 1)")
+        ax.set_ylabel(r"$\beta$ (direction 2)")
+        ax.set_aspect("equal")
+    cb = fig.colorbar(filled, ax=axes[0].tolist(), shrink=0.9, pad=0.02, ticks=levels[::3])
+    cb.ax.set_yticklabels([f"{v:.3g}" for v in levels[::3]], fontsize=7)
+    cb.set_label(f"training loss ({samples} images); levels log-spaced above the minimum {lo:.3g}", fontsize=8)
+    fig.suptitle(f"Training loss on a 2-D slice around the averaged model + (filter-normalised directions, seed {seed})",
+                 fontsize=9)
+    fig.savefig(path, dpi=100)
+    return fig

@@ -29,17 +29,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from ..config import DEFAULTS, inapplicable_keys
-from ..trace import SCHEMA_VERSION, TraceError, read_trace
+from ..trace import TraceError, parse_config, read_trace
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
 # per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
 NON_IDENTIFYING = frozenset({
     "seed", "name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
-    "reference", "reference_trace", "reference_run", "resume", "resume_from", "branch_from",
+    "reference", "reference_trace", "reference_traces", "reference_run", "resume", "resume_from", "branch_from",
     "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
     "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
 })
@@ -81,6 +80,7 @@ class Run:
     stamp: str  # finished (or created) time, to pick the newest copy of a duplicate seed
     counted: bool = False  # set by group_runs: this run's value enters its experiment's mean
     note: str = ""  # set by group_runs: why it is not counted
+    control: list = field(default_factory=list)  # [(kind, text)] for its target phases (control_notes)
 
     @property
     def finished(self) -> bool:
@@ -122,31 +122,12 @@ def find_traces(paths) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def _attr(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def read_summary(path: str) -> tuple[dict, dict, dict]:
+    """(attrs, /epoch/ columns, /phase/ columns) of one trace without loading /iter/ (which can be large).
 
-
-def read_summary(path: str) -> tuple[dict, dict]:
-    """(attrs, /epoch/ columns) of one trace without loading /iter/ (which can be large).
-
-    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and version)."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        f = None
-    if f is not None:
-        with f:
-            ver = f.attrs.get("schema_version")
-            if ver is not None and int(ver) <= SCHEMA_VERSION:
-                attrs = {k: _attr(v) for k, v in f.attrs.items()}
-                epoch = {k: ds[()] for k, ds in f["epoch"].items()} if "epoch" in f else {}
-                return attrs, epoch
-    read_trace(path)  # raises the canonical TraceError for this file
-    raise TraceError(f"trace {path!r} cannot be read")  # pragma: no cover (read_trace raised)
+    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and field)."""
+    tr = read_trace(path, groups=("epoch", "phase"))
+    return tr.attrs, tr.epoch, tr.phase
 
 
 def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
@@ -155,13 +136,8 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
     runs, skipped = [], []
     for path in files:
         try:
-            attrs, epoch = read_summary(path)
-            if "config_json" not in attrs:
-                raise TraceError(f"trace {path!r} has no config_json attribute")
-            try:
-                cfg = json.loads(attrs["config_json"])
-            except json.JSONDecodeError as e:
-                raise TraceError(f"trace {path!r}: config_json is not valid JSON ({e})") from None
+            attrs, epoch, phase = read_summary(path)
+            cfg = parse_config(path, attrs)
         except (TraceError, OSError, KeyError) as e:
             skipped.append(Skipped(path, str(e)))
             continue
@@ -172,9 +148,38 @@ def load_runs(paths, metric: str = "test_acc_avg") -> RunSet:
         stamp = str(attrs.get("finished") or attrs.get("created") or "")
         runs.append(Run(path=path, config=cfg, status=str(attrs.get("status", "unknown")),
                         seed=int(cfg.get("seed", 0)), value=value, last_epoch=last_epoch,
-                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}"))
+                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, phase)))
     root = os.fspath(paths) if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths) else "."
     return RunSet(runs, skipped, root)
+
+
+NEVER_BOUND, CAP_HIT = "target never bound", "cap hit"
+
+
+def control_notes(cfg: dict, phase: dict) -> list[tuple[str, str]]:
+    """Did each target phase's control act? From the trace's /phase/ rows (bound_iterations: iterations in
+    which the target made gossip more than once; cap_hits). A target that never bound left the run plain
+    D-SGD in that phase: its cell equals the Xi_max cell, and the tables say so. Traces that predate the
+    bound_iterations column say nothing here."""
+    out = []
+    pols = cfg.get("policies") or []
+    if "bound_iterations" not in phase or "phase" not in phase:
+        return out
+    for j, k in enumerate(phase["phase"]):
+        k = int(k)
+        if not (1 <= k <= len(pols)) or pols[k - 1] != "target":
+            continue
+        bound, caps = int(phase["bound_iterations"][j]), int(phase.get("cap_hits", [0] * (j + 1))[j])
+        its = int(phase["iterations"][j]) if "iterations" in phase else -1
+        pre, tgt = float(phase.get("pre_control_max", [math.nan] * (j + 1))[j]), float(phase["target"][j]) \
+            if "target" in phase else math.nan
+        if bound == 0:
+            out.append((NEVER_BOUND, f"phase {k}: {NEVER_BOUND} (same as Ξ_max): one gossip step always met the "
+                                     f"target {tgt:.4g} (largest distance it left {pre:.4g}, {its} iterations)"))
+        if caps:
+            out.append((CAP_HIT, f"phase {k}: {CAP_HIT} in {caps} of {its} iterations (max_gossip_steps="
+                                 f"{cfg.get('max_gossip_steps', DEFAULTS['max_gossip_steps'])}): the target was not met there"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,8 +194,10 @@ class CellStats:
     expected: int  # seeds asked for (--seeds), else every seed seen in the experiment
     unfinished: int = 0  # seeds with no finished run, newest copy still "running" (or crashed)
     failed: int = 0  # seeds with no finished run, newest copy "failed" (or an unknown status)
+    stopped: int = 0  # seeds with no finished run, newest copy "stopped" (max_iterations or a signal): not a failure
     duplicates: int = 0  # extra runs of an already-present seed
     no_metric: int = 0  # finished runs without the metric (no evaluation row)
+    control: tuple = ()  # NEVER_BOUND / CAP_HIT when a counted run's control did not act as asked
 
     @property
     def count(self) -> int:
@@ -212,11 +219,11 @@ class CellStats:
             notes.append(f"{self.count} seeds, {self.expected} asked")
         elif self.count == 1:
             notes.append("n=1")
-        for k, what in ((self.unfinished, "unfinished"), (self.failed, "failed"),
+        for k, what in ((self.unfinished, "unfinished"), (self.stopped, "stopped"), (self.failed, "failed"),
                         (self.no_metric, "without metric"), (self.duplicates, "duplicate")):
             if k:
                 notes.append(f"{k} {what}" + ("s" if what == "duplicate" and k > 1 else ""))
-        return notes
+        return notes + list(self.control)
 
     def text(self, digits: int = 2, fmt: str = "md") -> str:
         """'92.10 ± 0.20', '92.10 (n=1)', '92.10 ± 0.20 (2/3 seeds, 1 unfinished)', or '—'."""
@@ -229,7 +236,7 @@ class CellStats:
         else:
             core = None
         notes = self.annotations()
-        if core is None and not (self.unfinished or self.failed or self.no_metric):
+        if core is None and not (self.unfinished or self.stopped or self.failed or self.no_metric):
             return EMPTY[fmt]
         if tex:
             core = f"${core}$" if core else EMPTY[fmt]
@@ -238,6 +245,11 @@ class CellStats:
 
 
 EMPTY = {"md": "—", "latex": "---", "csv": ""}
+
+
+def seeds_cell(seeds: list[int], fmt: str) -> str:
+    """How many seeds count and which: '3 (0,1,2)', '1 (7)'; never a bare seed that reads like a count."""
+    return f"{len(seeds)} ({','.join(map(str, seeds))})" if seeds else EMPTY[fmt]
 
 
 @dataclass
@@ -255,7 +267,9 @@ class Group:
         counted = [r for r in self.runs if r.counted]
         counted.sort(key=lambda r: r.seed)
         st = CellStats(values=[r.value for r in counted], seeds=[r.seed for r in counted],
-                       expected=expected if expected is not None else len(by_seed))
+                       expected=expected if expected is not None else len(by_seed),
+                       control=tuple(k for k in (NEVER_BOUND, CAP_HIT) if any(k == c[0] for r in counted
+                                                                             for c in r.control)))
         for seed, rs in by_seed.items():
             st.duplicates += len(rs) - 1
             if any(r.counted for r in rs):
@@ -266,6 +280,8 @@ class Group:
             newest = max(rs, key=lambda r: r.stamp)
             if newest.status == "running":
                 st.unfinished += 1
+            elif newest.status == "stopped":
+                st.stopped += 1
             else:
                 st.failed += 1
         return st
@@ -313,6 +329,9 @@ def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
                 elif r.status == "running":
                     r.note = f"unfinished (status 'running': still running or crashed; last evaluation " \
                              f"at epoch {r.last_epoch:g} of {fmt_value(r.config.get('epochs'))})"
+                elif r.status == "stopped":
+                    r.note = f"stopped (max_iterations or a signal; resume it to finish) after epoch " \
+                             f"{r.last_epoch:g} of {fmt_value(r.config.get('epochs'))}: not counted"
                 else:
                     r.note = f"status {r.status!r}: not counted"
     return sorted(groups.values(), key=_group_order)
@@ -668,6 +687,11 @@ def _notes_for(groups_shown: list[Group], runset: RunSet | None, fmt: str) -> li
     return lines
 
 
+def _control_lines(groups_shown: list[Group], runset: RunSet | None) -> list[str]:
+    return [f"{runset.rel(r.path) if runset else r.path} (seed {r.seed}): {text}"
+            for g in groups_shown for r in g.runs if r.counted for _, text in r.control]
+
+
 def _skipped_lines(runset: RunSet | None) -> list[str]:
     return [f"{runset.rel(s.path)}: {s.reason}" for s in runset.skipped] if runset else []
 
@@ -773,6 +797,7 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")
     _emit_notes(out, "Ambiguous cells", _ambiguity_lines(where_cells), fmt)
+    _emit_notes(out, "Control that did not act as asked", _control_lines(list(shown.values()), runset), fmt)
     _emit_notes(out, "Runs not counted", _notes_for(list(shown.values()), runset, fmt), fmt)
     _emit_notes(out, "Skipped files", _skipped_lines(runset), fmt)
     return "\n".join(out)
@@ -807,7 +832,7 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
     keys = _list_keys(groups) if groups else list(MAIN_KEYS)
     head = keys + ["seeds", f"{metric} (mean ± std)"]
     rows = [[fmt_value(g.ident.get(k)) for k in keys]
-            + [",".join(map(str, g.stats(expected).seeds)) or EMPTY[fmt], g.stats(expected).text(digits, fmt)]
+            + [seeds_cell(g.stats(expected).seeds, fmt), g.stats(expected).text(digits, fmt)]
             for g in groups]
     info = f"{len(groups)} experiment(s); {metric} at the last evaluation, mean ± sample std over seeds"
     if fmt == "md":
@@ -821,6 +846,7 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
         out += [r"\bottomrule", r"\end{tabular}"]
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")
+    _emit_notes(out, "Control that did not act as asked", _control_lines(groups, runset), fmt)
     _emit_notes(out, "Runs not counted", _notes_for(groups, runset, fmt), fmt)
     _emit_notes(out, "Skipped files", _skipped_lines(runset), fmt)
     return "\n".join(out)
@@ -835,9 +861,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mean ± std over seeds of a final metric for every experiment found in a directory of "
                     "traces, or laid out as one of the paper's Tables 1-7.")
     ap.add_argument("paths", nargs="+", help="directories searched recursively for *.h5 traces (or trace files)")
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch"],
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch", "lr_sweep"],
                     help="lay out the paper's table (rows, columns, headers); large_batch: C-SGD vs D-SGD, "
-                         "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py)")
+                         "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py); lr_sweep: "
+                         "accuracy per base_lr of each sweep, the best marked (hpc_dsgd/analysis/lr_sweep.py)")
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="output format (default md)")
     ap.add_argument("--metric", default="test_acc_avg",
                     help="/epoch/ column taken at the last evaluation row (default test_acc_avg)")
@@ -858,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.paper and (not args.preset or args.preset == "large_batch"):
+    if args.paper and (not args.preset or args.preset in ("large_batch", "lr_sweep")):
         print("hpc_dsgd: error: --paper needs --preset tableN: the paper's values belong to Kong et al.'s tables "
               "(Zhu et al. give their large-batch results as a figure)", file=sys.stderr)
         return 2
@@ -878,6 +905,10 @@ def main(argv=None) -> int:
         from . import large_batch
 
         text = large_batch.render(large_batch.build(groups, args.seeds), args.format, args.digits, runset)
+    elif args.preset == "lr_sweep":
+        from . import lr_sweep
+
+        text = lr_sweep.render(lr_sweep.build(groups, args.seeds), args.format, args.digits, args.metric, runset, groups)
     elif args.preset:
         opt = {"later_epochs": args.later_epochs}
         if args.phase1_epochs:

@@ -35,7 +35,9 @@ import io
 import json
 import os
 import pickle
+import math
 import socket
+import stat
 import struct
 import uuid
 from contextlib import contextmanager
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 
 from hpc_dsgd.data.base import DataError, ImageData
+from hpc_dsgd.signals import StopBeforeStart, check_stop
 
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{k}" for k in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"
@@ -99,6 +102,16 @@ def _numpy_attr(names: tuple[str, ...], attr: str):
     raise ImportError(f"numpy provides no {attr} in {names}")  # pragma: no cover
 
 
+class _PickledArray(np.ndarray):
+    """What a data file's ``numpy.ndarray`` global stands for: the class ``_reconstruct`` rebuilds an array
+    as (its contents then come from the file's bytes), never a constructor a pickle may call itself:
+    ``ndarray(shape, dtype, buffer, offset, strides)`` would make a huge zero-stride view of a few bytes,
+    ``ndarray(shape)`` an allocation of any size. Arrays are checked and viewed as plain ndarrays after loading."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("a call of numpy.ndarray(...) is not admitted (only arrays as numpy pickles them)")
+
+
 _CORE = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 # (module, name) -> the object handed to the unpickler. Everything else is refused.
@@ -106,7 +119,7 @@ _ADMITTED = {
     **{(m, "_reconstruct"): lambda: _numpy_attr(_CORE, "_reconstruct") for m in _CORE},  # ndarray.__reduce__
     **{(m, "scalar"): lambda: _numpy_attr(_CORE, "scalar") for m in _CORE},  # numpy scalars (e.g. int64 labels)
     **{(m, "_frombuffer"): lambda: _numpy_attr(_NUMERIC, "_frombuffer") for m in _NUMERIC},  # protocol 5 arrays
-    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "ndarray"): lambda: _PickledArray,
     ("numpy", "dtype"): lambda: _plain_dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
 }
@@ -169,20 +182,37 @@ def safe_load(path: str) -> tuple[object, str]:
     return obj, digest
 
 
+def _stored_array(a, path: str, key: str, fsize: int):
+    """`a` as a plain ndarray if it is one whose elements the file really holds: C-contiguous (no zero or
+    overlapping strides) and no more bytes than the file has; anything else is returned unchanged."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if not a.flags.c_contiguous or a.nbytes > fsize:
+        raise DataError(f"ImageNet-32 file {path}: {key!r} is a {a.dtype} {a.shape} array with strides {a.strides} "
+                        f"({a.nbytes} bytes) in a file of {fsize} bytes: not an array the file holds (a contiguous "
+                        f"N x 3072 uint8 array is expected); the file is not an official ImageNet-32 file. " + HOW_TO_GET)
+    return a.view(np.ndarray)
+
+
 def _rows_labels(obj, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Check one unpickled batch and return (N, 3, 32, 32) uint8 images and (N,) int64 labels in 0..999."""
     if not isinstance(obj, dict) or "data" not in obj or "labels" not in obj:
         keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise DataError(f"ImageNet-32 file {path} holds {keys}, expected a dict with 'data' (N x 3072 uint8) "
                         f"and 'labels' (1..1000). " + HOW_TO_GET)
-    data = obj["data"]
+    fsize = os.path.getsize(path)
+    data = _stored_array(obj["data"], path, "data", fsize)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"ImageNet-32 file {path}: 'data' is {desc}, expected an N x 3072 uint8 array "
                         "(R, G, B 32x32 planes per row). " + HOW_TO_GET)
+    raw = _stored_array(obj["labels"], path, "labels", fsize)
+    if not isinstance(raw, (np.ndarray, list, tuple)):
+        raise DataError(f"ImageNet-32 file {path}: 'labels' is {type(raw).__name__}, expected {len(data)} integers. "
+                        + HOW_TO_GET)
     try:
-        labels = np.asarray(obj["labels"], dtype=np.int64)
-    except (TypeError, ValueError):
+        labels = np.asarray(raw, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
         labels = np.zeros(0, dtype=np.int64) - 1
     if labels.shape != (len(data),):
         raise DataError(f"ImageNet-32 file {path}: 'labels' must be {len(data)} integers (one per image), got "
@@ -217,7 +247,11 @@ def imagenet32_files(root: str) -> dict[str, str]:
 
 def cache_dir(root: str) -> str:
     """Where the converted arrays live: $HPC_DSGD_CACHE/imagenet32_cache if set, else beside the data."""
-    base = os.environ.get(CACHE_ENV) or os.path.abspath(os.path.expanduser(root))
+    env = os.environ.get(CACHE_ENV)
+    if env and os.path.lexists(env) and not os.path.isdir(env):
+        raise DataError(f"{CACHE_ENV}={env!r} is not a directory: set {CACHE_ENV} to a writable directory for the ImageNet-32 cache (e.g. node-local or "
+                          f"scratch storage), or unset it to keep the cache beside the data")
+    base = env or os.path.abspath(os.path.expanduser(root))
     return os.path.join(base, CACHE_DIRNAME)
 
 
@@ -234,13 +268,36 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+MANIFEST_MAX_BYTES = 1 << 20  # the cache's manifest is about 5 kB
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (OSError otherwise): no FIFO, device or symlink
+    is opened, so a planted one cannot make a reader wait or read forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise OSError(errno.EINVAL, f"not a regular file of at most {limit} bytes", path)
+        return f.read(limit + 1)
+
+
 def _read_manifest(cdir: str) -> dict | None:
+    """The cache's manifest if it is a well-formed one of this format, else None (the cache is rebuilt)."""
     try:
-        with open(os.path.join(cdir, "manifest.json")) as f:
-            man = json.load(f)
-        return man if isinstance(man, dict) and man.get("format") == CACHE_FORMAT else None
-    except (OSError, ValueError):
+        man = json.loads(_read_regular(os.path.join(cdir, "manifest.json"), MANIFEST_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(man, dict) or man.get("format") != CACHE_FORMAT:
+        return None
+    arrays, fin = man.get("arrays"), lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = (isinstance(man.get("sources"), dict) and isinstance(arrays, dict) and set(arrays) == set(ARRAYS)
+          and all(isinstance(r, dict) and isinstance(r.get("shape"), list) and all(isinstance(x, int) and x >= 0
+                  for x in r["shape"]) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256_data"), str)
+                  for r in arrays.values())
+          and all(isinstance(man.get(k), list) and len(man[k]) == 3 and all(fin(v) and 0 <= v <= 1 for v in man[k])
+                  for k in ("mean", "std")))
+    return man if ok else None
 
 
 def _cache_is_current(cdir: str, files: dict[str, str], man: dict | None) -> bool:
@@ -265,9 +322,21 @@ def _current(cdir: str, files: dict[str, str], man: dict) -> bool:
             man["touched"] = True
     for a in ARRAYS:
         p = os.path.join(cdir, f"{a}.npy")
-        if not os.path.isfile(p) or os.path.getsize(p) != man["arrays"][a]["bytes"]:
+        if not os.path.isfile(p) or os.path.islink(p) or os.path.getsize(p) != man["arrays"][a]["bytes"]:
             return False
+    for a in ("train_y", "val_y"):  # the labels are small (8 bytes an image): their checksum on every start
+        if _label_digest(os.path.join(cdir, f"{a}.npy")) != man["arrays"][a]["sha256_data"]:
+            return False  # damaged (labels out of range would index past the logits): rebuild
     return True
+
+
+def _label_digest(path: str) -> str | None:
+    """SHA-256 of a cached label array's elements (as _NpyWriter records it), None if it cannot be read."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
 @contextmanager
@@ -344,6 +413,7 @@ def _build_cache(cdir: str, files: dict[str, str]) -> dict:
         s1 = np.zeros(3, dtype=np.uint64)  # per-channel sum and sum of squares of the train pixels (exact)
         s2 = np.zeros(3, dtype=np.uint64)
         for name, path in files.items():  # train_data_batch_1..10, then val_data
+            check_stop(f"building the ImageNet-32 cache {cdir} (nothing of it is kept)")
             before = _stat(path)
             obj, digest = safe_load(path)
             x, y = _rows_labels(obj, path)
@@ -412,10 +482,10 @@ def prepare_imagenet32(root: str) -> tuple[str, dict]:
             break
         except FileNotFoundError:
             continue  # a peer that found the files damaged removed the fresh cache directory: try again
-        except PermissionError as e:
+        except OSError as e:
             raise DataError(f"cannot write the ImageNet-32 cache in {cdir} ({e.strerror}): make data_dir writable "
                             f"or set {CACHE_ENV} to a writable directory (e.g. node-local or scratch storage)") from None
-        except DataError:
+        except (DataError, StopBeforeStart):
             if created:  # damaged sources: leave nothing behind
                 for leftover in (os.path.join(cdir, ".lock"), cdir):
                     try:
@@ -449,6 +519,9 @@ def load_imagenet32(root: str) -> ImageData:
         if list(arr.shape) != rec["shape"] or arr.dtype.str != rec["dtype"]:
             raise DataError(f"ImageNet-32 cache file {path} is {arr.dtype} {arr.shape}, its manifest says "
                             f"{rec['dtype']} {rec['shape']}; delete {cdir} to rebuild it")
+        if key.endswith("_y") and len(arr) and (arr.min() < 0 or arr.max() >= IMAGENET32_CLASSES):
+            raise DataError(f"ImageNet-32 cache file {path} holds labels {arr.min()}..{arr.max()}, expected 0.."
+                            f"{IMAGENET32_CLASSES - 1}: damaged; delete {cdir} to rebuild it")
         t[key] = torch.from_numpy(arr)
     return ImageData(name="imagenet32", train_x=t["train_x"], train_y=t["train_y"], test_x=t["val_x"],
                      test_y=t["val_y"], mean=tuple(man["mean"]), std=tuple(man["std"]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -25,14 +26,20 @@ from dataclasses import dataclass
 import torch
 
 from hpc_dsgd.data.base import DataError
+from hpc_dsgd.data.bpe import BOS, EOS, PAD, bpe as _bpe
+from hpc_dsgd.signals import check_stop, stop_watch_active
 
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}  # split -> file stem
 MULTI30K_LANGS = ("en", "de")
 MULTI30K_SUBDIRS = ("", os.path.join("data", "task1", "raw"))
 HOW_TO_GET = ("get them from https://github.com/multi30k/dataset (data/task1/raw/: train, val and "
               "test_2016_flickr .en.gz/.de.gz) on a machine with internet access and copy them into data_dir")
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 DEFAULT_VOCAB = 8000  # joint BPE vocabulary; Multi30k's training text has about 10k word types per language
+# Multi30k's longest sentence has about 300 characters; a line far longer (one 1 MB "word") would stall the
+# BPE trainer for minutes to hours, so it is refused with its file and line number.
+MAX_LINE_CHARS = 2000
+MAX_FILE_BYTES = 64 << 20  # per file, after decompression (the official train.en is about 2 MB): no gzip bomb
+TOKENIZER_MAX_BYTES = 64 << 20  # a tokenizer.json of 8000 subwords is about 0.5 MB
 
 
 def _expected(root: str) -> str:
@@ -84,14 +91,13 @@ def multi30k_files(root: str) -> dict[tuple[str, str], str]:
 def read_lines(path: str) -> list[str]:
     """The sentences of one file (plain or gzip): UTF-8, one per line, no blank line; DataError naming the file."""
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:  # truncated or not gzip
         raise DataError(f"Multi30k file {path} cannot be read ({type(e).__name__}: {e}): damaged; {HOW_TO_GET}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError(f"Multi30k file {path} holds more than {MAX_FILE_BYTES >> 20} MB of text (the official files "
+                        f"hold about 2 MB); {HOW_TO_GET}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -101,6 +107,11 @@ def read_lines(path: str) -> list[str]:
     lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
     if lines == [""]:
         raise DataError(f"Multi30k file {path} is empty; {HOW_TO_GET}")
+    long = next((i for i, s in enumerate(lines, 1) if len(s) > MAX_LINE_CHARS), None)
+    if long is not None:
+        raise DataError(f"Multi30k file {path}, line {long}: {len(lines[long - 1])} characters, more than the "
+                        f"{MAX_LINE_CHARS} a sentence may have (the official sentences have at most about 300); "
+                        f"{HOW_TO_GET}")
     blank = next((i for i, s in enumerate(lines, 1) if not s.strip()), None)
     if blank is not None:
         raise DataError(f"Multi30k file {path}, line {blank}: blank line (one sentence per line expected; a blank "
@@ -144,19 +155,17 @@ class SubwordTokenizer:
 
     @classmethod
     def train(cls, texts, vocab_size: int = DEFAULT_VOCAB, min_frequency: int = 2) -> "SubwordTokenizer":
-        """Learn the merges from ``texts`` (an iterable of sentences; pass the training text of both languages)."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        """Learn the merges from ``texts`` (an iterable of sentences; pass the training text of both languages).
+        Under a StopRequest (a run's preparation) the training runs in a child process that a stop signal
+        kills at once (StopBeforeStart); a native call in this process could not be interrupted."""
+        from tokenizers import Tokenizer
 
         if vocab_size < 256 + 3:
             raise ValueError(f"vocab_size={vocab_size}: byte-level BPE needs at least 259 (256 bytes + 3 specials)")
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=[PAD, BOS, EOS], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(list(texts), trainer)
-        return cls(tok)
+        texts = list(texts)
+        if stop_watch_active():
+            return cls(Tokenizer.from_str(_bpe_in_child(texts, vocab_size, min_frequency)))
+        return cls(_bpe(texts, vocab_size, min_frequency))
 
     def encode(self, text: str) -> list[int]:
         """Subword ids of one sentence, without specials."""
@@ -190,11 +199,52 @@ class SubwordTokenizer:
 
         if not os.path.isfile(path):
             raise DataError(f"tokenizer file {path} does not exist")
-        try:
-            tok = Tokenizer.from_file(path)  # JSON: vocabulary, merges, settings; no code
-        except Exception as e:  # tokenizers raises a plain Exception for a bad file
-            raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file ({e})") from None
+        try:  # a regular file of bounded size (no FIFO or device), read once; JSON: vocabulary, merges, settings; no code
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size > TOKENIZER_MAX_BYTES:
+                    raise DataError(f"tokenizer file {path} is not a regular file of at most {TOKENIZER_MAX_BYTES >> 20} MB")
+                text = f.read().decode("utf-8")
+            tok = Tokenizer.from_str(text)
+        except DataError:
+            raise
+        except OSError as e:
+            raise DataError(f"tokenizer file {path} cannot be read ({e.strerror})") from None
+        except Exception as e:  # tokenizers raises a plain Exception for a bad file; not UTF-8
+            raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file ({' '.join(str(e).split())})") from None
         return cls(tok)
+
+
+def _bpe_in_child(texts: list[str], vocab_size: int, min_frequency: int) -> str:
+    """_bpe in a child process (bpe.py run as a script: tokenizers only, no torch to import), polled for a
+    stop request every 0.1 s (StopBeforeStart: the child is killed)."""
+    import json
+    import subprocess
+    import sys
+
+    what = "training the Multi30k tokenizer (nothing saved)"
+    data = json.dumps({"texts": texts, "vocab_size": vocab_size, "min_frequency": min_frequency}).encode()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe.py")
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # not this directory's modules on sys.path
+    p = subprocess.Popen([sys.executable, *safe_path, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = True
+        while True:
+            try:
+                out, err = p.communicate(data if first else None, timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                first = False
+                check_stop(what)
+        check_stop(what)  # the signal may have reached the child too
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if p.returncode != 0:
+        raise DataError(f"training the Multi30k tokenizer failed (exit {p.returncode}): "
+                        f"{' '.join(err.decode(errors='replace').split()[-40:])}")
+    return out.decode()
 
 
 def tokenizer_for_run(run_dir: str, train: ParallelText, vocab_size: int = DEFAULT_VOCAB) -> SubwordTokenizer:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..comm import allreduce_scalars, global_mean
-from ..data import ImageData, load_dataset
+from ..data import DataError, ImageData, load_dataset
 from ..data.augment import augment_replicas, channel_stats, normalise
 from ..models import build_model
 from ..optim import make_optimizer
@@ -31,7 +31,15 @@ class ImageClassification:
 
     @classmethod
     def load(cls, cfg, world, run_dir: str, how: str = "fresh") -> "ImageClassification":
-        return cls(cfg, load_dataset(cfg.dataset, cfg.data_dir or None).to(world.device), world.device)
+        data, err = None, None
+        try:
+            data = load_dataset(cfg.dataset, cfg.data_dir or None)
+        except DataError as e:  # a damaged cache found by one rank stops every rank alike, not a hang
+            err = str(e)
+        errors = world.comm.allgather(err)
+        if any(errors):
+            raise DataError(next(e for e in errors if e))
+        return cls(cfg, data.to(world.device), world.device)
 
     def build_model(self) -> torch.nn.Module:
         return build_model(self.cfg.model, self.data.num_classes, self.cfg.width)

@@ -33,6 +33,7 @@ from ..models.transformer import Seq2SeqTransformer, label_smoothed_loss
 from ..nmt import corpus_bleu, loss_sums, translate
 from ..optim import make_optimizer
 from ..schedule import Schedule
+from ..signals import StopBeforeStart
 
 STREAM_DROPOUT = 3  # counter-hash stream of the dropout keys (0-2 are the image crops and flips)
 EVAL_BATCH = 128
@@ -80,7 +81,11 @@ class Translation:
                 tokenizer_for_run(run_dir, corpus.train, cfg.vocab_size)  # resume: the run's own, its model's vocabulary
             except (OSError, ValueError) as e:
                 err = f"cannot prepare the tokenizer {path}: {e}"
+            except StopBeforeStart as e:  # every rank stops alike (the others wait in the bcast below)
+                err = e
         err = world.comm.bcast(err, root=0)
+        if isinstance(err, StopBeforeStart):
+            raise err
         if err:
             raise DataError(err)
         return cls(cfg, corpus, SubwordTokenizer.load(path), world.device, path)

@@ -150,3 +150,42 @@ def test_repeated_gossip_contracts_as_lemma_3_4(name):
         g.step(X, k)
         assert consensus_distance(world, X) <= (1 - p) ** (k / 2) * xi0 * (1 + 1e-12)
     g.free()
+
+
+def test_dec_phase_2_target_binds_against_its_own_xi_max_run_not_against_all_gossip(tmp_path_factory):
+    """Kong et al. Sec. 4.2: phase 2's target is a factor times phase 2's Xi_max of the *uncontrolled dec-phase-2*
+    run (All-Reduce, gossip, All-Reduce), whose phase 2 starts from consensus as the controlled run's does.
+    Against it, 1/2 Xi_max makes gossip repeat in phase 2 and holds Xi at the target; against an all-gossip run,
+    whose phase-2 maximum still carries phase 1's distance, the same target never binds: the trace records
+    zero binding iterations and the table marks the cell."""
+    from hpc_dsgd.analysis.tables import NEVER_BOUND, group_runs, load_runs, render_groups
+
+    comm = MPI.COMM_WORLD
+    tmp = shared_tmp(tmp_path_factory, "dec2")
+    ranks = comm.Get_size()
+    run(from_dict(cfg_dict(tmp, "ring"), ranks), comm, **QUIET)
+    run(from_dict(cfg_dict(tmp, "dec2_xi_max", policies=["allreduce", "gossip", "allreduce"]), ranks), comm, **QUIET)
+    for ref in ("dec2_xi_max", "ring"):
+        run(from_dict(cfg_dict(tmp, f"half_vs_{ref}", policies=["allreduce", "target", "allreduce"],
+                               target_factors=[1.0, 0.5, 1.0], reference_trace=f"{tmp}/{ref}/trace.h5"), ranks),
+            comm, **QUIET)
+    if comm.Get_rank() != 0:
+        return
+    ring, xi_run = read_trace(f"{tmp}/ring/trace.h5"), read_trace(f"{tmp}/dec2_xi_max/trace.h5")
+    own, other = read_trace(f"{tmp}/half_vs_dec2_xi_max/trace.h5"), read_trace(f"{tmp}/half_vs_ring/trace.h5")
+    assert list(own.phase["phase"]) == [1, 2, 3]
+    assert ring.phase["xi_max"][1] > 2 * xi_run.phase["xi_max"][1]  # the carried-over distance the issue measured
+    target = 0.5 * xi_run.phase["xi_max"][1]
+    assert own.phase["target"][1] == pytest.approx(target)
+    assert own.phase["bound_iterations"][1] > 0 and own.phase["pre_control_max"][1] > target
+    it = own.iter
+    p2 = (it["phase"] == 2) & np.isfinite(it["xi"])
+    assert p2.sum() == own.phase["iterations"][1]
+    assert ((it["xi"][p2] <= target * (1 + 1e-9)) | (it["hit_cap"][p2] == 1)).all()
+    assert (it["gossip_steps"][p2] > 1).sum() == own.phase["bound_iterations"][1]
+    assert other.phase["bound_iterations"][1] == 0 and other.phase["pre_control_max"][1] <= other.phase["target"][1]
+    for fmt in ("md", "latex"):
+        marked = render_groups(group_runs(load_runs(f"{tmp}/half_vs_ring/trace.h5").runs), fmt)
+        assert NEVER_BOUND in marked and "phase 2: target never bound (same as Ξ_max)" in marked
+        clean = render_groups(group_runs(load_runs(f"{tmp}/half_vs_dec2_xi_max/trace.h5").runs), fmt)
+        assert NEVER_BOUND not in clean

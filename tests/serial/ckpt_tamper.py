@@ -81,3 +81,51 @@ def edit_manifest(path: str, edit) -> None:
     m = _manifest(path)
     edit(m)
     _write_manifest(path, m)
+
+
+def _set_entry(path: str, fname: str, m: dict) -> None:
+    """The manifest entry of fname: sha256 and size of whatever the name now reaches (a symlink's target)."""
+    fpath = os.path.join(path, fname)
+    if os.path.isfile(fpath):
+        m["files"][fname]["sha256"], m["files"][fname]["size"] = _sha(fpath)
+    else:  # a device or FIFO: what an empty file would claim
+        m["files"][fname]["sha256"], m["files"][fname]["size"] = hashlib.sha256(b"").hexdigest(), 0
+
+
+def replace_with_symlink(path: str, fname: str, target: str) -> None:
+    """fname becomes a symlink to target (/dev/zero, a file outside); the manifest agrees with the target."""
+    fpath = os.path.join(path, fname)
+    os.remove(fpath)
+    os.symlink(target, fpath)
+    edit_manifest(path, lambda m: _set_entry(path, fname, m))
+
+
+def replace_with_fifo(path: str, fname: str) -> None:
+    fpath = os.path.join(path, fname)
+    os.remove(fpath)
+    os.mkfifo(fpath)
+
+
+def stride0_rank_files(path: str, width: int) -> None:
+    """Every rank file's t.X becomes a stride-0 view of one float of shape (k, width), a few kB on disk
+    however large width is; the manifest (tensors, keys, sha256, size) is rewritten to agree."""
+    m = _manifest(path)
+    for fname, e in m["files"].items():
+        fpath = os.path.join(path, fname)
+        raw = {k: v.clone() for k, v in torch.load(fpath, weights_only=True).items()}
+        k = raw["t.X"].shape[0]
+        raw["t.X"] = torch.zeros(1).as_strided((k, width), (0, 0))
+        torch.save(raw, fpath)
+        e["keys"]["t.X"]["shape"] = [k, width]
+        e["sha256"], e["size"] = _sha(fpath)
+    m["tensors"]["X"]["shape"] = [width]
+    _write_manifest(path, m)
+
+
+def rename_rank_file(path: str, fname: str, new: str) -> None:
+    """Move fname to the manifest name `new` (resolved against path, wherever it leads), as an attacker
+    who names a file outside the checkpoint would; the content and checksum stay the rank file's."""
+    dst = os.path.normpath(os.path.join(path, new))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(os.path.join(path, fname), dst)
+    edit_manifest(path, lambda m: m["files"].update({new: m["files"].pop(fname)}))

@@ -375,3 +375,47 @@ def test_figure_legend_names_n_once():
     assert _label(tr) == "quickstart s0: ring n=8 [gossip, target(0.5)]"
     tr.attrs = {"topology": "ring", "n": 8, "status": "running"}  # a description without n gets it once
     assert _label(tr) == "quickstart s0: ring n=8 [gossip, target(0.5)] (running)"
+
+
+def test_lr_sweep_preset_picks_the_best_mean_over_seeds(tmp_path):
+    """The lr_sweep preset (issue 16): one row per sweep, one column per base_lr, the best by mean over seeds
+    marked and named; fabricated traces with known accuracies, where the best single seed is not the best mean."""
+    from hpc_dsgd.analysis import lr_sweep
+
+    acc = {0.05: (90.0, 90.4), 0.1: (91.0, 91.4), 0.2: (92.5, 89.5), 0.4: (85.0, 86.0)}  # 0.1 best mean (91.2)
+    for lr, vals in acc.items():
+        for seed, a in enumerate(vals):
+            write_trace(tmp_path / f"ar_lr{lr}_s{seed}.h5", config(policies=["allreduce"] * 3, base_lr=lr, seed=seed), a)
+    write_trace(tmp_path / "ring_lr0.1.h5", config(base_lr=0.1), 88.0)
+    write_trace(tmp_path / "ring_lr0.2.h5", config(base_lr=0.2), 89.0)
+    groups = tables.group_runs(tables.load_runs(str(tmp_path)).runs)
+    sweeps = lr_sweep.build(groups, expected=2)
+    best = {tuple(s.ident["policies"]): s.best for s in sweeps}
+    assert best == {("allreduce",) * 3: 0.1, ("gossip",) * 3: 0.2}
+    ar = next(s for s in sweeps if s.ident["policies"][0] == "allreduce")
+    assert ar.cells[0.1].mean == pytest.approx(91.2) and ar.cells[0.1].seeds == [0, 1]
+    md = lr_sweep.render(sweeps, "md")
+    row = next(line for line in md.splitlines() if line.startswith("| digits") and "allreduce" in line)
+    assert "**91.20 ± 0.28**" in row and row.rstrip(" |").endswith("0.1")
+    assert "89.00 (1/2 seeds)" in md and "**89.00 (1/2 seeds)**" in md  # the ring's best, with its seed count
+    assert r"\textbf{91.20 $\pm$" not in lr_sweep.render(sweeps, "latex")  # LaTeX uses \pm inside math
+    assert r"\textbf{$91.20 \pm 0.28$}" in lr_sweep.render(sweeps, "latex")
+    csv_rows = [line.split(",") for line in lr_sweep.render(sweeps, "csv").splitlines()]
+    assert sum(r[-2] == "1" for r in csv_rows[1:]) == 2
+    out = tables.main([str(tmp_path), "--preset", "lr_sweep", "--seeds", "2"])
+    assert out == 0
+
+
+def test_seeds_column_counts_and_names_seeds_and_stopped_is_not_failed(tmp_path, capsys):
+    """The flat table's seeds column says how many seeds count and which ('2 (3,5)'), never a bare seed value
+    that reads as a count; a run stopped by max_iterations (trace status 'stopped') is 'stopped', not 'failed'."""
+    for seed, status in ((3, "finished"), (5, "finished"), (8, "stopped")):
+        write_trace(tmp_path / f"s{seed}" / "trace.h5", config(seed=seed), 90.0 + seed, status=status)
+    write_trace(tmp_path / "one" / "trace.h5", config(seed=7, topology="complete"), 93.0)
+    assert tables.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    ring = next(line for line in out.splitlines() if "| ring" in line)
+    complete = next(line for line in out.splitlines() if "| complete" in line)
+    assert "| 2 (3,5) |" in ring and "(2/3 seeds, 1 stopped)" in ring and "failed" not in out, out
+    assert "| 1 (7) |" in complete
+    assert "stopped (max_iterations or a signal; resume it to finish)" in out

@@ -20,8 +20,9 @@ def test_bench_json_under_mpiexec(tmp_path):
     j = json.loads(out.read_text())
     assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "loop_local"}
     for m, v in j["modes"].items():
-        assert set(v) == {"ms_per_iteration", "images_per_s", "samples_per_s"}
+        assert set(v) == {"ms_per_iteration", "ms_p25", "ms_p75", "images_per_s", "samples_per_s"}
         assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
+        assert v["ms_p25"] <= v["ms_per_iteration"] <= v["ms_p75"]
         # images/s counts every replica's batch: ranks x k x batch per iteration
         assert math.isclose(v["images_per_s"], 4 * 2 * 4 / (v["ms_per_iteration"] / 1e3), rel_tol=1e-9)
         assert v["samples_per_s"] == v["images_per_s"]
@@ -45,7 +46,7 @@ def test_translation_bench_json_under_mpiexec(tmp_path):
     j = json.loads(out.read_text())
     assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi"}
     for m, v in j["modes"].items():
-        assert set(v) == {"ms_per_iteration", "sentences_per_s", "samples_per_s"}
+        assert set(v) == {"ms_per_iteration", "ms_p25", "ms_p75", "sentences_per_s", "samples_per_s"}
         assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
         assert math.isclose(v["samples_per_s"], 2 * 2 * 4 / (v["ms_per_iteration"] / 1e3), rel_tol=1e-9)
         assert v["sentences_per_s"] == v["samples_per_s"]
@@ -78,3 +79,31 @@ def test_translation_batches_are_multi30k_like():
     assert (wl.tgt_in_all[:, 0] == bos).all() and (wl.tgt_in_all[:, 1:] == shifted.masked_fill(shifted == eos, pad)).all()
     body = wl.src_all[:, :-1][torch.arange(wl.src_all.shape[1] - 1) < (wl.src_len - 1)[:, None]]
     assert body.min() >= 3 and body.max() < 300
+
+
+def test_bench_prints_the_spread_and_what_it_cannot_tell_apart(tmp_path):
+    """Under mpiexec each mode's line carries the middle half of its rounds, the JSON the same quartiles
+    (checked against statistics.quantiles of nothing else but their definition: p25 <= median <= p75), and
+    modes whose spreads overlap are named as not distinguishable; every flag's help states its default."""
+    out = tmp_path / "bench.json"
+    p, _ = launch(["bench", "--rounds", "6", "--width", "0.25", "--batch-size", "2", "--json", str(out)], ranks=2,
+                  timeout=240)
+    assert p.returncode == 0, p.stderr
+    j = json.loads(out.read_text())
+    lines = {ln.split()[0]: ln for ln in p.stdout.splitlines() if ln.split() and ln.split()[0] in j["modes"]}
+    for m, v in j["modes"].items():
+        assert v["ms_p25"] <= v["ms_per_iteration"] <= v["ms_p75"]
+        assert f"{v['ms_p25']:.2f}-{v['ms_p75']:.2f} ms" in lines[m]
+    overlap = lambda a, b: j["modes"][a]["ms_p25"] <= j["modes"][b]["ms_p75"] and j["modes"][b]["ms_p25"] <= j["modes"][a]["ms_p75"]  # noqa: E731
+    spread_line = next(ln for ln in p.stdout.splitlines() if ln.startswith("spread: the middle half of 6 rounds"))
+    assert ("gossip ~ theta" in spread_line) == overlap("gossip", "theta"), spread_line
+    h, _ = launch(["bench", "--help"], ranks=0, timeout=60)
+    blocks = []  # one per option: its line and the indented lines of its help below it
+    for ln in h.stdout.split("options:", 1)[1].splitlines():
+        if ln.startswith("  -"):
+            blocks.append(ln)
+        elif blocks and ln.startswith("   "):
+            blocks[-1] += " " + ln.strip()
+    assert len(blocks) == 22, blocks
+    for b in blocks[1:]:  # after -h, --help
+        assert "default" in b, b

@@ -115,3 +115,35 @@ def test_bf16_precision_runs_close_to_fp32():
     lb = [b.local_step(t, 0, t, 0.05)[0] for t in range(3)]
     assert lb == pytest.approx(la, rel=0.05)
     assert b.X.dtype == torch.float32 and b.M.dtype == torch.float32  # the state stays fp32
+
+
+def test_weight_decay_bn_false_is_torch_sgd_without_decay_on_norm_parameters():
+    """weight_decay_bn = false: LocalSGD on the flat block = torch.optim.SGD with two parameter groups, the
+    batch-norm scales and shifts at weight_decay 0; true (the default) decays every parameter."""
+    from hpc_dsgd.config import Config
+    from hpc_dsgd.models import build_model
+    from hpc_dsgd.optim import LocalSGD, decay_mask
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, width=0.25)
+    mask = decay_mask(model)
+    bn = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters(recurse=False)]
+    assert int((mask == 0).sum()) == sum(p.numel() for p in bn) > 0
+    cfg = Config(momentum=0.9, nesterov=True, weight_decay=0.05, weight_decay_bn=False)
+    P = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).unsqueeze(0).clone()
+    local = LocalSGD(cfg, 1, P.shape[1], "cpu")
+    local.wd_row = (cfg.weight_decay * mask).unsqueeze(0)
+    ids = {id(p) for p in bn}
+    ref = torch.optim.SGD([{"params": [p for p in model.parameters() if id(p) not in ids]},
+                           {"params": bn, "weight_decay": 0.0}], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)
+    g = torch.Generator().manual_seed(1)
+    for t in range(5):
+        G = torch.randn(P.shape, generator=g)
+        off = 0
+        for p in model.parameters():
+            p.grad = G[0, off:off + p.numel()].reshape(p.shape).clone()
+            off += p.numel()
+        ref.step()
+        local.step(P, G, torch.tensor(-0.1), 0.1, t)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(P[0], flat, rtol=1e-6, atol=1e-7)

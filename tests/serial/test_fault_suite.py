@@ -15,7 +15,8 @@ does not exist afterwards).
 
 Faults during a run (the tests after the table) each state their promise in their docstring: kill -9
 of one rank and of all ranks mid-iteration and mid-checkpoint, SIGTERM, a full disk during a
-checkpoint write, two runs on one run directory, stale locks, and a converted format-1 checkpoint
+checkpoint write and during a trace write (injected, and a real full tmpfs where the suite runs as
+root), the fsync order of trace and checkpoint, two runs on one run directory, stale locks, and a converted format-1 checkpoint
 resuming bitwise like the original. kill -9 of the whole job during a checkpoint and SIGUSR1 are in
 test_faults.py."""
 from __future__ import annotations
@@ -24,9 +25,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -41,8 +44,10 @@ from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS, LOCK_NAME, LOCK_STALE_S, RunL
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
-from ckpt_tamper import RunsCommand, edit_manifest, rewrite_rank_file, to_format1  # noqa: E402
+from ckpt_tamper import (RunsCommand, edit_manifest, rename_rank_file, replace_with_fifo, replace_with_symlink,  # noqa: E402
+                         rewrite_rank_file, stride0_rank_files, to_format1)
 from test_cli import MPIEXEC, QUICK, ROOT  # noqa: E402
+from multi30k_corpus import fabricate as fabricate_multi30k  # noqa: E402
 
 RANKS = 2  # every multi-rank promise holds for 2 ranks; 2 keeps the suite inside its time on 2 cores
 IPE = 1437 // (8 * 16)  # quickstart: 8 replicas x batch 16 -> 11 iterations per epoch
@@ -72,14 +77,16 @@ def train_args(out, *extra) -> list[str]:
 
 
 def snapshot(root) -> dict[str, str]:
-    """relative path -> sha256 of every file under root (directories as 'dir')."""
+    """relative path -> sha256 of every file under root (directories as 'dir', symlinks as their
+    target, FIFOs and devices as their kind: never opened, a case may plant them)."""
     out = {}
     for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
-        for name in files:
+        for name in dirs + files:
             p = os.path.join(d, name)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = ("-> " + os.readlink(p) if stat.S_ISLNK(st.st_mode) else "dir" if
+                                             stat.S_ISDIR(st.st_mode) else hashlib.sha256(open(p, "rb").read()).hexdigest()
+                                             if stat.S_ISREG(st.st_mode) else f"mode {st.st_mode:o}")
     return out
 
 
@@ -131,6 +138,95 @@ def ckpt_case(id, promise, damage, needles, resume="auto", sets=(), marker=False
     return Case(id, promise, setup, ranks, marker=marker)
 
 
+def ckpt_cmd_case(id, promise, damage, needles, action="verify", target="{ck}", ranks=None, extra=()):
+    """`python -m hpc_dsgd checkpoint ACTION TARGET` on a damaged copy of the base run's checkpoint
+    (target "{run}": the run directory, "{ck}": the checkpoint); "sharpness": that command on it."""
+    def setup(tmp, run):
+        ck = with_run(tmp, run)
+        damage(ck, tmp)
+        t = target.format(ck=ck, run=tmp / "out" / "quickstart", tmp=tmp)
+        args = ["sharpness", t, "--samples", "8", *extra] if action == "sharpness" else ["checkpoint", action, t]
+        return args, {}, [n.format(ck=ck, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def deep_json(path, depth):
+    with open(path, "w") as f:
+        f.write('{"format": 2, "files": ' + "[" * depth + "]" * depth + "}")
+
+
+def fifo_manifest_copy(tmp, run) -> str:
+    ck = with_run(tmp, run)
+    replace_with_fifo(ck, "manifest.json")
+    return ck
+
+
+def set_loop(key, value):
+    return lambda m: m["meta"]["loop"].update({key: value})
+
+
+MULTI30K = os.path.join(ROOT, "configs", "multi30k_transformer.toml")
+TINY_TRANSFORMER = ["name=m30k", "n=4", "vocab_size=300", "d_model=32", "heads=2", "layers=1", "d_ff=64", "batch_size=4",
+                    "checkpoint_minutes=0", "local_eval_samples=4", "warmup_steps=4"]
+
+
+def multi30k_args(out, data_dir, *sets) -> list[str]:
+    return ["train", MULTI30K, "--set", f"out_dir={out}", "--set", f"data_dir={data_dir}",
+            *[a for s in (*TINY_TRANSFORMER, *sets) for a in ("--set", s)]]
+
+
+def multi30k_case(id, promise, damage, sets, needles, ranks=None):
+    """train on a fabricated Multi30k (48 training pairs) that damage(root) may change."""
+    def setup(tmp, run):
+        root = tmp / "multi30k"
+        fabricate_multi30k(root)
+        damage(root)
+        return multi30k_args(tmp / "out", root, *sets), {}, [n.format(root=root) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+def long_line(root):
+    lines = (root / "train.de").read_text(encoding="utf-8").splitlines()
+    lines[6] = "Wort" * 250_000  # one 1 MB "word"
+    (root / "train.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def imagenet32_case(id, promise, damage, sets, needles, env=None, cached=False, ranks=None):
+    """train (the quickstart at ImageNet-32) on a fabricated ImageNet-32 (40 training images, test_imagenet32's
+    files) that damage(root, tmp) may change; cached: its cache built first (so the case adds no file)."""
+    def setup(tmp, run):
+        from test_imagenet32 import fabricate as fabricate_imagenet32
+        from hpc_dsgd.data.imagenet32 import prepare_imagenet32
+
+        root = tmp / "imagenet32"
+        fabricate_imagenet32(root)
+        if cached:
+            prepare_imagenet32(str(root))
+        damage(root, tmp)
+        args = train_args(tmp / "out", "--set", "dataset=imagenet32", "--set", f"data_dir={root}",
+                          *[a for s in sets for a in ("--set", s)])
+        return args, {k: v.format(tmp=tmp) for k, v in (env or {}).items()}, [n.format(root=root, tmp=tmp) for n in needles]
+    return Case(id, promise, setup, ranks)
+
+
+class _NdarrayCall:
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (np.ndarray, self.args)
+
+
+def zero_stride_batch(root, tmp):
+    """A 200-byte batch whose 'data' is numpy.ndarray((200000, 3072), uint8, b'x', 0, (0, 0)): a zero-stride
+    view of one byte, which passed the restricted unpickler and wrote a 616 MB cache."""
+    import pickle
+
+    blob = pickle.dumps({"data": _NdarrayCall((200_000, 3072), np.dtype("u1"), b"x", 0, (0, 0)), "labels": [1]}, 2)
+    assert len(blob) < 300
+    (root / "Imagenet32_train" / "train_data_batch_2").write_bytes(blob)
+
+
 def truncate(path, by=100):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - by)
@@ -177,6 +273,26 @@ def other_experiment_trace(tmp, run):
     return str(run / "trace.h5")
 
 
+def fabricated_reference(tmp, **changes) -> str:
+    """A finished trace of the quickstart experiment (every phase measured), with `changes` to its config."""
+    from hpc_dsgd.config import load_config
+    from hpc_dsgd.trace import TraceWriter
+
+    cfg = {**load_config(QUICK, ["width=0.25"], check_files=False).to_dict(), **changes}
+    path = str(tmp / "ref" / "trace.h5")
+    w = TraceWriter(path, {"config_json": json.dumps(cfg)})
+    for k in (1, 2, 3):
+        w.append("phase", phase=k, first_it=0, last_it=0, complete=1, xi_max=0.5)
+    w.flush()
+    w.set_attrs(status="finished")
+    return path
+
+
+def ref_case(id, promise, policies, changes, needles):
+    return file_case(id, promise, lambda tmp: fabricated_reference(tmp, **changes),
+                     [f"policies={json.dumps(policies)}", "reference_trace={path}"], ["{path}", *needles])
+
+
 def lock_held_by_me(tmp, run):
     d = tmp / "out" / "quickstart"
     d.mkdir(parents=True)
@@ -194,6 +310,50 @@ def not_hdf5(tmp):
     p = tmp / "junk.h5"
     p.write_bytes(b"this is not HDF5\n" * 10)
     return str(p)
+
+
+def config_file(text: bytes, name="c.toml", base=None):
+    """A config file under tmp (written as bytes: encodings are part of the case) -> train args."""
+    def args_of(tmp, run):
+        (tmp / name).write_bytes(text)
+        return ["train", str(tmp / name), "--set", f"out_dir={tmp / 'out'}"]
+    return args_of
+
+
+def trace_of(ck) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(ck)), "trace.h5")
+
+
+def shorten_trace(ck, tmp, rows=3):
+    from hpc_dsgd.trace import TraceWriter
+
+    TraceWriter(trace_of(ck), {}, mode="a").truncate("iter", rows)
+
+
+def malformed_reference(kind):
+    """A copy of the base run's trace with one defect, as a reference trace (file_case's make(tmp) needs the run:
+    the base run's trace is found through the fixture-made copy in tmp/ref.h5 by the setup below)."""
+    def setup(tmp, run):
+        import h5py
+
+        p = tmp / "ref.h5"
+        shutil.copy(run / "trace.h5", p)
+        with h5py.File(p, "a") as f:
+            if kind == "no-config":
+                del f.attrs["config_json"]
+            elif kind == "config-list":
+                f.attrs["config_json"] = "[1, 2]"
+            elif kind == "2d-column":
+                del f["iter/loss"]
+                f["iter/loss"] = np.zeros((5, 3))
+            else:
+                del f["iter/loss"]
+                f["iter/loss"] = h5py.ExternalLink(str(tmp / "gone.h5"), "/x")
+        args = train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set", f"reference_trace={p}")
+        needle = {"no-config": "config_json", "config-list": "config_json must be a JSON object",
+                  "2d-column": "/iter/loss must be a 1-D", "dangling": "/iter/loss is a link"}[kind]
+        return args, {}, [str(p), needle]
+    return setup
 
 
 def bad_toml(tmp):
@@ -223,8 +383,27 @@ CASES = [
     cfg_case("warmup-too-long", "warm-up shorter than training", ["warmup_epochs=30"], ["warmup_epochs=30.0", "epochs=20.0"]),
     cfg_case("momentum", "momentum below 1", ["momentum=1.5"], ["momentum=1.5"]),
     cfg_case("target-without-reference", "a target needs a reference run", ['policies=["target","gossip","gossip"]'],
-             ["reference_trace is empty"]),
+             ["phase 1 has no reference", "reference_trace"]),
     cfg_case("bad-name", "a run name is one path component", ["name=a/b"], ["name='a/b'"]),
+    cfg_case("name-dotdot", "'..' would write into out_dir's parent", ["name=.."], ["name='..'", "one directory name"]),
+    cfg_case("name-leading-dash", "a name read as an option", ["name=-rf"], ["name='-rf'", "leading '-'"]),
+    cfg_case("name-nul", "a NUL in a name (named by key)", ['name="a\\u0000b"'], ["name='a\\x00b'", "NUL"]),
+    cfg_case("unknown-key-suggests", "a typo gets the closest key, not a list of all", ["topolgy=ring"],
+             ["topolgy (did you mean topology?)"]),
+    cfg_case("epochs-inf", "non-finite values are refused, not run to NaN", ["epochs=inf"], ["epochs=inf", "finite"]),
+    cfg_case("base-lr-inf", "an infinite learning rate", ["base_lr=inf"], ["base_lr=inf", "finite"]),
+    cfg_case("weight-decay-inf", "an infinite weight decay", ["weight_decay=inf"], ["weight_decay=inf", "finite"]),
+    cfg_case("momentum-nan", "NaN compares false with every bound", ["momentum=nan"], ["momentum=nan", "finite"]),
+    cfg_case("seed-negative", "seeds are >= 0", ["seed=-5"], ["seed=-5", "0 <= seed"]),
+    raw_case("config-base-self-dot", "a base that is the file itself through ./ (normalised before the loop check)",
+             config_file(b'base = "./c.toml"\nn = 8\n'), ["{tmp}/c.toml", "base='./c.toml' loops back"]),
+    raw_case("config-base-not-string", "base = 5", config_file(b"base = 5\n"), ["{tmp}/c.toml", "base=5"]),
+    raw_case("config-not-utf8", "a config file in Latin-1 is named", config_file(b'name = "caf\xe9"\n'),
+             ["{tmp}/c.toml", "not UTF-8"]),
+    raw_case("config-file-key-named", "a bad value read from a file names the file and the key",
+             config_file(b'epochs = inf\n'), ["{tmp}/c.toml", "epochs=inf"]),
+    file_case("out-dir-file-in-the-way", "a file where out_dir's parent directory should be", a_file,
+              ["out_dir={path}/runs"], ["out_dir='{path}/runs'", "{path} is a file, in the way"]),
     raw_case("config-file-missing", "the config file must exist",
              lambda tmp, run: ["train", str(tmp / "none.toml")], ["{tmp}/none.toml", "does not exist"]),
     raw_case("config-not-toml", "the config file must be TOML", lambda tmp, run: bad_toml(tmp),
@@ -247,10 +426,23 @@ CASES = [
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}", "--set", "topology=complete"), {},
                            [f"{run / 'trace.h5'}", "different experiment", "topology"])),
+    ref_case("reference-allreduce-in-target-phase", "Xi_max of a phase comes from plain gossip in that phase",
+             ["allreduce", "target", "allreduce"], {"policies": ["allreduce", "allreduce", "allreduce"]},
+             ["ran policy 'allreduce' in phase 2", "uncontrolled dec-phase-2 run"]),
+    ref_case("reference-controlled-in-target-phase", "a controlled run is no reference for that phase",
+             ["target", "allreduce", "allreduce"], {"policies": ["target", "allreduce", "allreduce"]},
+             ["ran policy 'target' in phase 1"]),
+    ref_case("reference-other-n-and-schedule", "the reference has the same n and schedule",
+             ["target", "allreduce", "allreduce"], {"n": 16, "decay_fractions": [0.3, 0.6]},
+             ["different experiment", "n: reference=16 this run=8", "decay_fractions"]),
     Case("reference-without-xi-max", "the reference run must have measured the phase's Xi_max",
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}"), {},
                            [f"{run / 'trace.h5'}", "no per-phase xi_max"])),
+    Case("reference-no-config", "a reference trace without config_json", malformed_reference("no-config")),
+    Case("reference-config-list", "config_json that is a JSON list", malformed_reference("config-list")),
+    Case("reference-2d-column", "a 2-D column", malformed_reference("2d-column"), ranks=RANKS),
+    Case("reference-dangling-link", "an external link to a missing file", malformed_reference("dangling")),
     # checkpoints
     ckpt_case("ckpt-truncated", "a truncated rank file is named",
               lambda ck, tmp: truncate(os.path.join(ck, "rank00001.pt")), ["{ck}", "rank00001.pt", "truncated"]),
@@ -284,13 +476,101 @@ CASES = [
               ["cannot resume from {ck}", "n: checkpoint=8 config=16"], sets=["n=16"]),
     ckpt_case("ckpt-other-topology", "resuming on another topology", lambda ck, tmp: None,
               ["cannot resume from {ck}", 'topology: checkpoint="ring" config="complete"'], sets=["topology=complete"]),
+    ckpt_case("trace-shorter-than-checkpoint", "a trace truncated to before its checkpoint's position: refused, "
+              "never resumed with a gap", shorten_trace,
+              ["cannot resume from {ck}", "/iter: 3 rows, the checkpoint records 5", "gap"], ranks=RANKS),
+    ckpt_case("trace-unreadable", "a damaged trace with an intact checkpoint: one line, no OSError traceback",
+              lambda ck, tmp: truncate(trace_of(ck), by=os.path.getsize(trace_of(ck)) // 2),
+              ["cannot resume from {ck}", "not a readable HDF5 file"]),
+    ckpt_case("trace-missing", "a checkpoint whose trace is gone", lambda ck, tmp: os.remove(trace_of(ck)),
+              ["cannot resume from {ck}", "does not exist"]),
     ckpt_case("resume-path-missing", "an explicit checkpoint that is not there", lambda ck, tmp: None,
               ["{tmp}/nope", "no such directory"], resume="{tmp}/nope"),
+    # checkpoint files that could escape, hang or exhaust (every reader: verify, upgrade, resume, branch, sharpness)
+    ckpt_case("ckpt-rank-file-symlink-dev-zero", "a rank file symlinked to /dev/zero (manifest says 0 bytes) was read "
+              "forever: refused unread", lambda ck, tmp: replace_with_symlink(ck, "rank00001.pt", "/dev/zero"),
+              ["{ck}", "rank00001.pt is a symlink, not a regular file"]),
+    ckpt_cmd_case("ckpt-rank-file-symlink-out", "a rank file symlinked to a file outside the checkpoint (checksum "
+                  "matching) is refused", lambda ck, tmp: (shutil.copy(os.path.join(ck, "rank00000.pt"), tmp / "x.pt"),
+                                                           replace_with_symlink(ck, "rank00000.pt", str(tmp / "x.pt"))),
+                  ["{ck}", "rank00000.pt is a symlink"], target="{run}"),
+    ckpt_case("ckpt-rank-file-fifo", "a rank file that is a FIFO never blocks a reader",
+              lambda ck, tmp: replace_with_fifo(ck, "rank00001.pt"), ["{ck}", "rank00001.pt is a FIFO"], resume="path"),
+    ckpt_case("ckpt-manifest-fifo", "a manifest.json that is a FIFO made --resume auto hang",
+              lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=RANKS),
+    ckpt_cmd_case("ckpt-manifest-fifo-verify", "... and checkpoint verify",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=0),
+    ckpt_cmd_case("ckpt-manifest-fifo-sharpness", "... and the sharpness command",
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], action="sharpness"),
+    ckpt_cmd_case("sharpness-cuda-without-gpu", "sharpness --device cuda on a node without a GPU (was a traceback)",
+                  lambda ck, tmp: None, ["--device cuda", "no CUDA device", "--device cpu"], action="sharpness",
+                  extra=("--device", "cuda")),
+    ckpt_cmd_case("ckpt-rank-file-directory", "a rank file that is a directory",
+                  lambda ck, tmp: (os.remove(os.path.join(ck, "rank00000.pt")), os.mkdir(os.path.join(ck, "rank00000.pt"))),
+                  ["{ck}", "rank00000.pt is a directory"]),
+    ckpt_cmd_case("ckpt-manifest-deep", "a manifest nested 200,000 deep (was a RecursionError)",
+                  lambda ck, tmp: deep_json(os.path.join(ck, "manifest.json"), 200_000), ["{ck}", "nested 200001 levels deep"]),
+    ckpt_case("ckpt-manifest-huge-n", "a manifest n of 1e12 (was a MemoryError)",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m.update(n=10 ** 12)), ["{ck}", "n 1000000000000", "1..1048576"]),
+    ckpt_cmd_case("ckpt-stride0-huge", "rank files holding a stride-0 X of shape [4, 1e11] (a few kB; passed verify, "
+                  "resume tried to allocate 3.2 TB), manifest rewritten to agree: sizes checked against the run's model",
+                  lambda ck, tmp: stride0_rank_files(ck, 10 ** 11),
+                  ["{ck}", "tensors.X has 100000000000 numbers per replica", "resnet20", "17926"], target="{run}"),
+    ckpt_cmd_case("ckpt-stride0-no-config", "the same with the model's size matching and no config to check: the "
+                  "tensor's strides and storage are checked before any use",
+                  lambda ck, tmp: (stride0_rank_files(ck, 17926), edit_manifest(ck, lambda m: m["meta"].pop("config_json"))),
+                  ["{ck}", "rank00000.pt", "key 't.X' is not a contiguous tensor", "strides [0, 0]"]),
+    ckpt_case("ckpt-loop-it-string", "meta.loop.it of the wrong type (was a traceback)",
+              lambda ck, tmp: edit_manifest(ck, set_loop("it", "abc")), ["{ck}", "meta.loop.it", "iteration 5", '"abc"'],
+              resume="path"),
+    ckpt_case("ckpt-loop-acc", "meta.loop.acc not 3 finite numbers",
+              lambda ck, tmp: edit_manifest(ck, set_loop("acc", [1, 2])), ["{ck}", "meta.loop.acc", "3 finite numbers"]),
+    ckpt_case("ckpt-loop-trace-pos", "meta.loop.trace_pos with a negative row count",
+              lambda ck, tmp: edit_manifest(ck, set_loop("trace_pos", {"iter": -3})), ["{ck}", "meta.loop.trace_pos"]),
+    ckpt_case("ckpt-config-json-not-json", "meta.config_json that is not JSON",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="{n = 8")),
+              ["{ck}", "meta.config_json is not JSON"], resume="path"),
+    ckpt_cmd_case("ckpt-config-json-list", "meta.config_json a JSON list",
+                  lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json="[1, 2]")),
+                  ["{ck}", "meta.config_json must be a JSON object", "not list"]),
+    ckpt_case("ckpt-config-json-other-n", "meta.config_json's n disagreeing with the manifest's",
+              lambda ck, tmp: edit_manifest(ck, lambda m: m["meta"].update(config_json=m["meta"]["config_json"].replace(
+                  '"n": 8', '"n": 16'))), ["{ck}", "meta.config_json's n must be the manifest's n=8, not 16"]),
+    ckpt_cmd_case("ckpt-upgrade-escape", "checkpoint upgrade of a manifest naming ../../../outside/victim.pt wrote "
+                  "outside the checkpoint and left .upgrade.tmp behind: refused, nothing written",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade"),
+    ckpt_cmd_case("ckpt-upgrade-escape-run-dir", "... also when upgrading a whole run directory",
+                  lambda ck, tmp: (to_format1(ck), rename_rank_file(ck, "rank00001.pt", "../../../outside/victim.pt")),
+                  ["{ck}", "file name '../../../outside/victim.pt'"], action="upgrade", target="{run}"),
+    ckpt_cmd_case("ckpt-upgrade-plain-file", "checkpoint upgrade of a plain file (was a traceback)",
+                  lambda ck, tmp: None, ["{ck}/rank00000.pt is not a directory"], action="upgrade", target="{ck}/rank00000.pt"),
+    ckpt_cmd_case("ckpt-verify-missing", "checkpoint verify of a path that is not there",
+                  lambda ck, tmp: None, ["{tmp}/nope does not exist"], target="{tmp}/nope"),
+    Case("branch-from-fifo-manifest", "a branch from a checkpoint whose manifest is a FIFO", lambda tmp, run: (
+        train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={fifo_manifest_copy(tmp, run)}"), {},
+        ["manifest.json is a FIFO"])),
     Case("branch-from-periodic", "a branch starts only from a phase checkpoint",
          lambda tmp, run: (train_args(tmp / "out", "--set", "name=branch", "--set", f"branch_from={ckpt_of(run)}"), {},
                            [ckpt_of(run), "branch from a phase checkpoint"])),
     Case("fresh-start-over-a-run", "a fresh start never overwrites an existing run",
          lambda tmp, run: (with_run(tmp, run) and train_args(tmp / "out"), {}, ["already holds a run", "--resume auto"])),
+    # data files that could exhaust the job or stall its preparation
+    imagenet32_case("imagenet32-zero-stride-pickle", "a 200-byte ImageNet-32 batch holding a zero-stride (200000, "
+                    "3072) view (wrote a 616 MB cache): refused, nothing written", zero_stride_batch, [],
+                    ["{root}/Imagenet32_train/train_data_batch_2", "numpy.ndarray(...) is not admitted"], ranks=RANKS),
+    imagenet32_case("imagenet32-batch-larger-than-data", "batch_size x n above the ImageNet-32 training set (was a "
+                    "traceback after the start)", lambda root, tmp: None, [],
+                    ["batch_size=16 x n=8 = 128 exceeds the 40 training images of imagenet32", "batch_size <= 5"],
+                    cached=True),
+    imagenet32_case("imagenet32-cache-env-a-file", "HPC_DSGD_CACHE naming a file (was a traceback)",
+                    lambda root, tmp: (tmp / "afile").write_text("x"), [],
+                    ["HPC_DSGD_CACHE='{tmp}/afile' is not a directory"], env={"HPC_DSGD_CACHE": "{tmp}/afile"}),
+    multi30k_case("multi30k-long-line", "one 1 MB line (stalled the tokenizer's training for hours): refused "
+                  "with file and line", long_line, [], ["{root}/train.de, line 7: 1000000 characters"], ranks=RANKS),
+    multi30k_case("multi30k-batch-larger-than-data", "batch_size x n above the Multi30k training set (was a "
+                  "traceback after the start)", lambda root: None, ["batch_size=16"],
+                  ["batch_size=16 x n=4 = 64 exceeds the 48 training sentence pairs of multi30k", "batch_size <= 12"]),
     # launch and run directory
     raw_case("launch-slurm-singleton", "srun started 4 tasks but MPI formed worlds of 1 (plugin mismatch)",
              lambda tmp, run: train_args(tmp / "out"), ["SLURM_NTASKS=4", "srun --mpi=pmi2", "srun --mpi=list"],
@@ -319,7 +599,7 @@ def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
                                    for c in CASES])
 def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
-    if case.id == "device-cuda-without-gpu" and torch.cuda.is_available():
+    if case.id in ("device-cuda-without-gpu", "sharpness-cuda-without-gpu") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is valid here")
     run, _ = base
     args, env, needles = case.setup(tmp_path, run)
@@ -356,10 +636,16 @@ def test_malicious_pickle_runs_when_unpickled(tmp_path):
 
 
 def test_stop_before_first_epoch_end_prints_a_progress_line(base):
-    """A run stopped by max_iterations before its first epoch end still prints a final progress line."""
+    """A run stopped by max_iterations before its first epoch end still prints a final progress line, over the
+    run's epoch count (20), naming the iteration its checkpoint is named by; then a closing line with the
+    checkpoint, the trace and the wall time."""
     _, out = base
     last = out.strip().splitlines()[-1]
-    assert last.startswith(f"epoch {BASE_ITS / IPE:6.2f}/") and "stopped after iteration 4" in last and "loss" in last
+    stop = out.strip().splitlines()[-2]
+    assert stop.startswith(f"epoch {BASE_ITS / IPE:6.2f}/20 ") and f"stopped at iteration {BASE_ITS} of" in stop
+    assert "loss" in stop and re.search(r" lr \d\.\d{3}e[+-]\d\d loss ", stop), stop  # lr in a fixed width
+    assert last.startswith(f"hpc_dsgd: stopped at iteration {BASE_ITS} of 220, checkpoint ") and \
+        last.endswith("s") and f"ckpt-{BASE_ITS:09d}; trace " in last and "wall time" in last
 
 
 # -- faults during a run --------------------------------------------------------------------------
@@ -468,6 +754,122 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path):
     assert snapshot(prev) == before  # a phase checkpoint: kept, unchanged
 
 
+def error_lines(p) -> list[str]:
+    return [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+
+
+def test_full_disk_during_trace_write_keeps_rows_checkpoints_and_resumes(tmp_path):
+    """ENOSPC in the middle of the trace flush that would hold 8 iteration rows (injected): the run stops at the
+    next iteration with a checkpoint that keeps the 2 rows the trace could not take, exit 1 and one error line
+    naming the trace, the file system and the bytes needed; trace.h5 holds rows 0-6 and reads. --resume auto
+    writes the kept rows and finishes: the trace equals an uninterrupted run's (every column, bitwise). A
+    further --resume auto on the finished run says so and changes nothing (the trace's bytes included)."""
+    run = tmp_path / "a" / "quickstart"
+    p = short_train(tmp_path / "a", env={"HPC_DSGD_INJECT_FAULT": "rank=0,it=8,at=trace_write,kind=enospc"})
+    errors = error_lines(p)
+    assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    for needle in (str(run / "trace.h5"), "file system mounted at", "bytes", "ckpt-000000009", "--resume auto"):
+        assert needle in errors[0], (needle, errors[0])
+    np.testing.assert_array_equal(read_trace(str(run / "trace.h5")).iter["it"], np.arange(7))
+    verify_checkpoint(str(run / "checkpoints" / "ckpt-000000009"))
+    resume_finishes(tmp_path / "a")
+    ref = short_train(tmp_path / "b")
+    assert ref.returncode == 0, ref.stderr
+    ta, tb = read_trace(str(run / "trace.h5")), read_trace(str(tmp_path / "b" / "quickstart" / "trace.h5"))
+    for g in ("iter", "epoch", "phase"):
+        assert getattr(ta, g).keys() == getattr(tb, g).keys()
+        for k in getattr(ta, g):
+            if k not in ("time", "elapsed", "images_per_s"):
+                np.testing.assert_array_equal(getattr(ta, g)[k], getattr(tb, g)[k], err_msg=f"{g}/{k}")
+    before = snapshot(run)
+    p = short_train(tmp_path / "a")
+    assert p.returncode == 0 and "run already finished at iteration 22" in p.stdout, p.stdout + p.stderr
+    assert snapshot(run) == before
+
+
+def test_full_tmpfs_during_a_run_then_resume(tmp_path):
+    """A real full disk (a 24 MiB tmpfs as out_dir, filled up while the run writes its trace every iteration;
+    needs root): exit 1 (no SIGSEGV), one error line naming the file system; trace.h5 reads and holds a prefix
+    of the iterations at least as long as before the disk filled; after the space is freed, --resume auto
+    finishes with every iteration exactly once."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(fs)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        trace = fs / "quickstart" / "trace.h5"
+        p = short_train(fs, ["--set", "epochs=4"], popen=True)  # 44 iterations: time to fill the disk mid-run
+        wait_rows(p, trace, 3)
+        seen = trace_rows(trace)
+        with open(fs / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        out, err = p.communicate(timeout=120)
+        errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
+        assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in err, (p.returncode, err)
+        assert f"file system mounted at {fs} (tmpfs)" in errors[0] and "free" in errors[0], errors[0]
+        its = read_trace(str(trace)).iter["it"]
+        assert len(its) >= seen
+        np.testing.assert_array_equal(its, np.arange(len(its)))
+        os.remove(fs / "filler")
+        p = short_train(fs, ["--set", "epochs=4"])
+        assert p.returncode == 0, p.stderr
+        tr = read_trace(str(trace))
+        np.testing.assert_array_equal(tr.iter["it"], np.arange(4 * IPE))
+        assert tr.attrs["status"] == "finished"
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=True)
+
+
+def test_trace_is_durable_before_the_checkpoint_that_records_it(tmp_path, monkeypatch):
+    """The fsync order, observed: before every checkpoint directory is renamed into place, the trace holding
+    the position it records was fsynced, renamed into place and its directory fsynced, with no trace write
+    in between; the position recorded is the rows the trace then held."""
+    from mpi4py import MPI
+
+    from hpc_dsgd.config import load_config
+    from hpc_dsgd.train import run
+
+    events, real = [], {f: getattr(os, f) for f in ("fsync", "replace", "rename")}
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real["fsync"](fd)
+
+    def move(kind):
+        def f(a, b):
+            events.append((kind, os.fspath(a), os.fspath(b)))
+            real[kind](a, b)
+        return f
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", move("replace"))
+    monkeypatch.setattr(os, "rename", move("rename"))
+    cfg = load_config(QUICK, [f"out_dir={tmp_path}", "n=2", "width=0.25", "epochs=2", "warmup_epochs=0.5",
+                              "checkpoint_minutes=0", "trace_flush_seconds=1000", "max_iterations=100"])
+    run(cfg, MPI.COMM_SELF, log=lambda *a, **k: None)
+    monkeypatch.undo()
+    rd = str(tmp_path / "quickstart")
+    tr = os.path.join(rd, "trace.h5")
+    commits = [i for i, e in enumerate(events) if e[0] == "rename" and e[1].endswith(".tmp")
+               and os.path.basename(e[2]).startswith("ckpt-")]
+    assert len(commits) >= 3  # the three phase ends
+    for i in commits:
+        j = max(k for k in range(i) if events[k][:3] == ("replace", tr + ".tmp", tr))
+        assert ("fsync", tr + ".tmp") in events[:j] and ("fsync", rd) in events[j:i], events[:i]
+        assert not any(e[0] == "fsync" and e[1] == tr + ".tmp" for e in events[j:i])  # no later trace write
+    for ck in list_checkpoints(rd):
+        pos = json.load(open(os.path.join(ck, "manifest.json")))["meta"]["loop"]["trace_pos"]
+        assert pos["iter"] == int(os.path.basename(ck).split("-")[1])
+
+
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     """SIGTERM to every rank (preemption, scancel): the ranks finish the iteration, write a checkpoint
     that verifies, and exit 75 (resuming from such a checkpoint: test_faults.py, SIGUSR1)."""
@@ -573,3 +975,61 @@ def test_upgraded_format1_checkpoint_resumes_bitwise(tmp_path, base):
     ta, tb = read_trace(str(a / "quickstart" / "trace.h5")), read_trace(str(b / "quickstart" / "trace.h5"))
     np.testing.assert_array_equal(ta.iter["loss"], tb.iter["loss"])
     np.testing.assert_array_equal(ta.iter["theta"], tb.iter["theta"])
+
+
+def test_tampered_tokenizer_on_resume_is_one_line(tmp_path):
+    """A Multi30k run's tokenizer.json tampered with before --resume auto: one `hpc_dsgd: error:` line naming
+    the file with the tokenizer library's own reason (was a traceback), exit 2, nothing changed."""
+    root = tmp_path / "multi30k"
+    fabricate_multi30k(root)
+    p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=2"), ranks=0)
+    assert p.returncode == 0, p.stderr
+    tok = tmp_path / "out" / "m30k" / "tokenizer.json"
+    tok.write_text(tok.read_text(encoding="utf-8").replace('"<pad>"', '"<pad', 1), encoding="utf-8")
+    before = snapshot(tmp_path)
+    p = cli(multi30k_args(tmp_path / "out", root, "max_iterations=4") + ["--resume", "auto"])
+    errors = [line for line in p.stderr.splitlines() if line.startswith("hpc_dsgd: error")]
+    assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"tokenizer file {tok} is not a valid tokenizers JSON file (" in errors[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_sigterm_during_tokenizer_training_stops_the_preparation(tmp_path):
+    """SIGTERM to both ranks while rank 0 trains the Multi30k tokenizer (on a corpus that would take about a
+    minute): every rank stops within seconds (the training runs in a child process that is killed), says
+    what it stopped and exits 75 (requeue: nothing to checkpoint yet); no tokenizer.json, no child left."""
+    import random
+
+    root = tmp_path / "multi30k"
+    fabricate_multi30k(root)
+    rng = random.Random(0)
+    for lang in ("en", "de"):  # 1500 lines of 2000 letters: slow to learn merges from, within the line limit
+        (root / f"train.{lang}").write_text("".join("".join(rng.choice("abcdefghij") for _ in range(2000)) + "\n"
+                                                    for _ in range(1500)), encoding="utf-8")
+    p = cli(multi30k_args(tmp_path / "out", root, "vocab_size=8000", "batch_size=2"), popen=True)
+    deadline = time.monotonic() + 120
+    while True:  # until a rank has a bpe.py child
+        ranks = rank_pids(str(tmp_path))
+        kids = [pid for pid in rank_pids("bpe.py") if _ppid(pid) in ranks]
+        if kids:
+            break
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the tokenizer's training did not start"
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == REQUEUE_EXIT_CODE, (out, err)
+    assert time.monotonic() - t0 < 15
+    assert "stop requested by signal SIGTERM during training the Multi30k tokenizer" in out, out
+    assert "Traceback" not in err, err
+    assert not (tmp_path / "out" / "m30k" / "tokenizer.json").exists()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in kids)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

@@ -376,3 +376,95 @@ def test_training_loop_runs_imagenet32_and_config_check_refuses_damaged_files(da
     with pytest.raises(DataError) as e:  # every rank runs before any work (the CLI prints it as hpc_dsgd: error: ...)
         load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [o for o in base[2:] if o != "--set"], ranks=1)
     assert str(e.value).startswith(f"ImageNet-32 file {ref['val_path']} is damaged or not a pickle")
+
+
+class _NdarrayCall:
+    """Pickles as a call numpy.ndarray(shape, dtype, buffer, offset, strides): a pickle may name the class."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (np.ndarray, self.args)
+
+
+def test_array_tricks_in_a_pickle_are_refused_before_any_allocation(data_root):
+    """A 200-byte batch whose 'data' is a zero-stride view of one byte, shape (200000, 3072) (it passed the
+    restricted unpickler and wrote a 616 MB cache), and one that asks numpy.ndarray for 1 TB: refused,
+    naming the file, nothing written; the checks behind the unpickler refuse a zero-stride array itself."""
+    ref = fabricate(data_root)
+    path = ref["train_dir"] / "train_data_batch_2"
+    for call in [((200_000, 3072), np.dtype("u1"), b"x", 0, (0, 0)), ((10 ** 12,), np.dtype("u1"))]:
+        blob = pickle.dumps({"data": _NdarrayCall(*call), "labels": [1]}, protocol=2)
+        assert len(blob) < 300
+        path.write_bytes(blob)
+        with pytest.raises(DataError, match=f"{path}.*numpy.ndarray.*not admitted"):
+            load_dataset("imagenet32", str(data_root))
+        assert not (data_root / "imagenet32_cache").exists()
+    zero = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (200_000, 3072), (0, 0))
+    with pytest.raises(DataError, match=r"'data' is a uint8 \(200000, 3072\) array with strides \(0, 0\)"):
+        inet._rows_labels({"data": zero, "labels": [1] * 200_000}, str(path))
+    labels = np.lib.stride_tricks.as_strided(np.ones(1, np.int64), (4,), (0,))
+    real = ref["train_dir"] / "train_data_batch_1"  # a file large enough for 4 real rows
+    with pytest.raises(DataError, match=r"'labels' is a int64 \(4,\) array with strides \(0,\)"):
+        inet._rows_labels({"data": np.zeros((4, 3072), np.uint8), "labels": labels}, str(real))
+
+
+def test_damaged_cached_labels_are_rebuilt_or_refused(data_root, monkeypatch):
+    """train_y.npy damaged in the cache (a label 5000, same size): its checksum no longer matches, so the
+    cache is rebuilt from the sources and the labels are right again; if the manifest was made to agree
+    (no checksum to catch it), the load refuses labels outside 0..999 with one line naming the file."""
+    ref = fabricate(data_root)
+    load_dataset("imagenet32", str(data_root))
+    cdir = data_root / "imagenet32_cache"
+    y = cdir / "train_y.npy"
+
+    def damage():
+        a = np.load(y)
+        a[3] = 5000
+        np.save(y, a)
+        return a
+    damage()
+    d = load_dataset("imagenet32", str(data_root))
+    assert np.array_equal(d.train_y.numpy(), ref["train_labels"] - 1)
+    a = damage()
+    man = json.loads((cdir / "manifest.json").read_text())
+    man["arrays"]["train_y"]["sha256_data"] = hashlib.sha256(a.tobytes()).hexdigest()
+    (cdir / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DataError) as e:
+        load_dataset("imagenet32", str(data_root))
+    assert f"{y} holds labels 0..5000, expected 0..999" in str(e.value) and f"delete {cdir}" in str(e.value)
+
+
+def test_cache_env_a_file_and_a_planted_manifest(data_root, tmp_path, monkeypatch):
+    """HPC_DSGD_CACHE naming a file: one line naming the variable; a cache manifest that is a FIFO or nested
+    200,000 deep is not trusted (no hang, no RecursionError): the cache is rebuilt."""
+    fabricate(data_root)
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv(inet.CACHE_ENV, str(tmp_path / "afile"))
+    with pytest.raises(DataError, match=f"HPC_DSGD_CACHE='{tmp_path / 'afile'}' is not a directory"):
+        load_dataset("imagenet32", str(data_root))
+    monkeypatch.delenv(inet.CACHE_ENV)
+    load_dataset("imagenet32", str(data_root))
+    man = data_root / "imagenet32_cache" / "manifest.json"
+    for plant in (lambda: os.mkfifo(man), lambda: man.write_text("[" * 200_000 + "]" * 200_000)):
+        man.unlink()
+        plant()
+        assert load_dataset("imagenet32", str(data_root)).train_x.shape == (40, 3, 32, 32)
+        assert man.is_file() and json.loads(man.read_text())["format"] == inet.CACHE_FORMAT
+
+
+def test_stop_signal_during_the_cache_build_leaves_nothing(data_root):
+    """SIGTERM while the cache is built (a StopRequest installed, as the command line does before the
+    config check): StopBeforeStart naming the step at the next source file, no cache directory left."""
+    import signal
+
+    from hpc_dsgd.signals import StopBeforeStart, StopRequest
+
+    fabricate(data_root)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested()
+        with pytest.raises(StopBeforeStart, match="SIGTERM during building the ImageNet-32 cache"):
+            load_dataset("imagenet32", str(data_root))
+    assert not (data_root / "imagenet32_cache").exists()

@@ -337,3 +337,87 @@ def test_counter_dropout_masks_are_per_key_and_equal_under_vmap():
     rate = float((y == 0).float().mean())
     assert abs(rate - 0.3) < 4 * math.sqrt(0.3 * 0.7 / x.numel()), rate
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+
+
+def test_a_line_longer_than_a_sentence_is_refused_with_file_and_line(tmp_path):
+    """One 1 MB "word" stalled the tokenizer's training for minutes to hours: refused at reading."""
+    from hpc_dsgd.data.multi30k import MAX_LINE_CHARS
+
+    fabricate(tmp_path)
+    lines = (tmp_path / "train.en").read_text(encoding="utf-8").splitlines()
+    lines[2] = "x" * 1_000_000
+    (tmp_path / "train.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_multi30k(str(tmp_path))
+    assert f"{tmp_path / 'train.en'}, line 3: 1000000 characters, more than the {MAX_LINE_CHARS}" in str(e.value)
+    lines[2] = "x" * MAX_LINE_CHARS  # the longest admitted line
+    (tmp_path / "train.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_multi30k(str(tmp_path)).train.src[2] == lines[2]
+
+
+def test_tampered_tokenizer_file_is_one_message(tok, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    text = path.read_text(encoding="utf-8")
+    for bad in (text[:len(text) // 2], text.replace('"<pad>"', '"<pad'), "\ufffe" + text, b"\xff\xfe"):
+        path.write_bytes(bad if isinstance(bad, bytes) else bad.encode("utf-8", "surrogatepass"))
+        with pytest.raises(DataError) as e:
+            SubwordTokenizer.load(str(path))
+        msg = str(e.value)
+        assert f"tokenizer file {path} is not a valid tokenizers JSON file" in msg and "\n" not in msg, msg
+
+
+def _bpe_children() -> list[int]:
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and any(c.endswith(b"bpe.py") for c in cmd):
+            out.append(int(pid))
+    return out
+
+
+def test_stop_signal_during_tokenizer_training_stops_it_at_once():
+    """Under a StopRequest (a run's preparation) the tokenizer trains in a child process: SIGTERM stops it
+    within a second (StopBeforeStart, the child killed) although the training would take far longer; the
+    tokenizer trained that way is the one trained in this process."""
+    import os
+    import random
+    import signal
+    import threading
+    import time
+
+    from hpc_dsgd.signals import StopBeforeStart, StopRequest
+
+    pairs = corpus()
+    texts = [p[0] for p in pairs] + [p[1] for p in pairs]
+    with StopRequest():
+        assert SubwordTokenizer.train(texts, 400, 1).tok.to_str() == SubwordTokenizer.train(texts, 400, 1).tok.to_str()
+    rng = random.Random(0)
+    slow = ["".join(rng.choice("abcdefghij") for _ in range(2000)) for _ in range(2000)]  # about a minute of BPE
+    with StopRequest():
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        t0 = time.monotonic()
+        with pytest.raises(StopBeforeStart, match="SIGTERM during training the Multi30k tokenizer"):
+            SubwordTokenizer.train(slow, 8000)
+        assert time.monotonic() - t0 < 5
+    assert _bpe_children() == []  # killed and reaped
+
+
+def test_a_gzip_bomb_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    """A .gz that expands beyond MAX_FILE_BYTES (here lowered to 1 MB: 20 MB of one line in 20 kB) is refused
+    naming the file, after reading at most the bound."""
+    from hpc_dsgd.data import multi30k
+
+    fabricate(tmp_path)
+    monkeypatch.setattr(multi30k, "MAX_FILE_BYTES", 1 << 20)
+    with gzip.open(tmp_path / "val.en.gz", "wb") as f:
+        f.write(b"a" * (20 << 20))
+    assert (tmp_path / "val.en.gz").stat().st_size < 100_000
+    with pytest.raises(DataError, match=f"{tmp_path / 'val.en.gz'} holds more than 1 MB of text"):
+        load_multi30k(str(tmp_path))

@@ -7,6 +7,7 @@
 - the loss-surface slice at the origin is the model's loss, and filter normalisation gives every
   direction filter the norm of the model's filter;
 - bad values are refused with one line naming the value."""
+import math
 import os
 import subprocess
 import sys
@@ -223,3 +224,49 @@ def test_sharpness_command_refuses_bad_input_with_one_line(tmp_path):
         assert r.returncode == 2
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("hpc_dsgd: error: ") and words in lines[0], r.stderr
+
+
+def test_contour_levels_are_log_spaced_above_the_minimum():
+    from hpc_dsgd.analysis.surface import contour_levels
+
+    lv = contour_levels(2.0, 12.0, 16)
+    h = lv - 2.0
+    assert len(lv) == 16 and np.all(np.diff(lv) > 0) and math.isclose(h[0], 0.01) and math.isclose(lv[-1], 12.0)
+    assert np.allclose(h[1:] / h[:-1], (1000.0) ** (1 / 15))  # constant ratio: log-spaced heights
+    bowl = 2.0 + 10.0 * np.add.outer(np.linspace(-1, 1, 9) ** 2, np.linspace(-1, 1, 9) ** 2) / 2
+    inside = np.sum(lv < 2.0 + 0.1 * 10.0)  # levels within the lowest tenth of the range (the basin)
+    assert inside >= 10 and np.sum(np.linspace(2.0, 12.0, 16) < 3.0) <= 2  # linear spacing would give 1 or 2
+    assert bowl.min() == 2.0
+
+
+def test_contour_figure_has_a_colorbar_and_no_colliding_labels(tmp_path):
+    """Two panels of quadratic bowls of different curvature: one shared colorbar, the contour labels, titles,
+    axis labels and legends of each panel do not overlap one another (their rendered boxes are disjoint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from hpc_dsgd.analysis.surface import draw_contours
+
+    a = np.linspace(-1, 1, 9)
+    r2 = np.add.outer(a ** 2, a ** 2)
+    runs = [("quickstart ckpt-000000220: D-SGD ring, n=8 x b=16, seed 0", 0.05 + 3.0 * r2),
+            ("csgd ckpt-000000220: C-SGD, n=8 x b=16, seed 0", 0.04 + 1.0 * r2 + 0.3 * a[None, :])]
+    fig = draw_contours(str(tmp_path / "c.png"), a, runs, 500, 0)
+    try:
+        assert (tmp_path / "c.png").stat().st_size > 10_000
+        assert len(fig.axes) == 3  # two panels and one colorbar
+        assert "log-spaced above the minimum" in fig.axes[2].get_ylabel()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes[:2]:
+            texts = [t for t in ax.findobj(Text) if t.get_visible() and t.get_text().strip()]
+            assert sum(1 for t in texts if t in ax.texts) >= 2  # some contour lines are labelled
+            boxes = [t.get_window_extent(renderer) for t in texts]
+            for i in range(len(boxes)):
+                for j in range(i + 1, len(boxes)):
+                    assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    finally:
+        plt.close(fig)
