@@ -650,7 +650,8 @@ def _check_meta(path: str, m: dict) -> None:
     if "loop" in meta:
         lp = meta["loop"]
         need(isinstance(lp, dict), "meta.loop", "an object")
-        known = {"it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max"}
+        known = {"it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max",
+                 "trace_pending"}
         extra = sorted(set(lp) - known)
         need(not extra, "meta.loop", f"an object with keys {sorted(known)}, not {extra}")
         for key, ok, what in (
@@ -667,6 +668,10 @@ def _check_meta(path: str, m: dict) -> None:
                 ("trace_pos", lambda v: v is None or isinstance(v, dict) and all(
                     re.match(r"^[a-z_]+$", k) and is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
                  "null or an object trace group -> row count (an integer >= 0)"),
+                ("trace_pending", lambda v: v is None or isinstance(v, dict) and all(  # TraceWriter.pending()
+                    re.match(r"^[a-z_]+$", g) and isinstance(cols, dict) and all(
+                        isinstance(k, str) and isinstance(c, list) for k, c in cols.items()) for g, cols in v.items()),
+                 "null or an object trace group -> column -> list of row values"),
                 ("xi_max", lambda v: v is None or isinstance(v, dict) and all(
                     isinstance(k, str) and k.lstrip("-").isdigit() and is_num(x) for k, x in v.items()),
                  "null or an object phase -> number")):
