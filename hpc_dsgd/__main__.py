@@ -1,4 +1,4 @@
-"""Command line: python -m hpc_dsgd {train,check,topology,bench,checkpoint,sharpness} ...
+"""Command line: python -m hpc_dsgd {train,check,topology,bench,checkpoint,sharpness,campaign} ...
 
 Under mpiexec every rank parses and validates the same arguments independently (no collective),
 so a bad config stops every rank with the same message and exit code 2. An exception raised on
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": "time the local step, gossip, allreduce and consensus measurement",
                 "check": "validate a config for a rank count, without MPI (batch scripts run it before srun)",
                 "checkpoint": "verify checkpoints, or upgrade trusted format-1 ones (python -m hpc_dsgd checkpoint upgrade PATH)",
-                "sharpness": "lambda_max (and trace) of the training-loss Hessian at a checkpoint's averaged model"}
+                "sharpness": "lambda_max (and trace) of the training-loss Hessian at a checkpoint's averaged model",
+                "campaign": "run a plan's dependent runs (configs x seeds) locally or on SLURM, resumably; status; report"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: python -m hpc_dsgd {" + ",".join(commands) + "} ...\n")
         for k, v in commands.items():
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         from .topology_report import main as topo_main
 
         return topo_main(rest)
+    if cmd == "campaign":
+        from .campaign import main as campaign_main
+
+        return campaign_main(rest)
     if cmd == "sharpness":
         from .sharpness import main as sharpness_main
 
