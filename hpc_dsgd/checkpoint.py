@@ -692,8 +692,11 @@ def _check_meta(path: str, m: dict) -> None:
 
 # train.PhaseStats.COLS and train.LoopState's fields, as _check_meta checks them (tests/serial/test_checkpoint.py
 # fails if train.py changes either without this).
+# The phase-statistics columns every checkpoint has; columns added later (bound_iterations, pre_control_max,
+# target: issue 16) start at their defaults when a checkpoint predates them (train.PhaseStats).
 _LOOP_STATS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
-_LOOP_FIELDS = ("it", "gossip_s", "ema_phase", "phi_ema", "t_train", "acc", "stats", "last", "trace_pos", "xi_max")
+_LOOP_FIELDS = ("it", "gossip_s", "ema_phase", "phi_ema", "t_train", "acc", "stats", "last", "trace_pos", "xi_max",
+                "trace_pending")
 
 
 def _model_sizes(cfg: dict, vocab: int | None = None) -> tuple[int, int] | None:
