@@ -312,13 +312,15 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
     lay = pre.layout
     hits: dict = {}
     cfgs = {path: load_config(path, ranks=1, check_files=False) for path in T3}
-    refs = {(c.name, c.n) for c in cfgs.values() if c.policies == ["gossip"] * 4}
+    by_name = {c.name: c for c in cfgs.values()}
     for path, cfg in cfgs.items():
         assert (cfg.dataset, cfg.model, cfg.width, cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == \
             ("imagenet32", "resnet20", 3.0, 90.0, 64, 5.0)
         assert np.allclose(cfg.decay_fractions, [1 / 3, 2 / 3, 8 / 9], atol=1e-12) and len(cfg.policies) == 4
-        if "target" in cfg.policies:  # the reference it reads exists among the shipped configs
-            assert (cfg.reference_trace.split("/")[1], cfg.n) in refs
+        if "target" in cfg.policies:  # its reference: the shipped uncontrolled run of the same dec-phase-k, same n
+            k = cfg.policies.index("target")
+            ref = by_name[cfg.reference_trace.split("/")[1]]
+            assert ref.n == cfg.n and ref.policies[k] == "gossip" and ref.policies[:k] == cfg.policies[:k]
         d = cfg.to_dict()
         where = [("cell", r, c) for r in range(len(lay.rows)) for c in range(len(lay.columns)) if pre.cell(d, r, c, {})]
         where += [("base", lab, r) for lab, f in pre.baselines for r in range(len(lay.rows)) if f(d, r, {})]
