@@ -15,7 +15,8 @@ import math
 import h5py
 import numpy as np
 
-from .tables import EMPTY, CellStats, Group, RunSet, _emit_notes, _md_row, _notes_for, _skipped_lines
+from .render import _emit_notes, _md_row, _notes_for, _skipped_lines
+from .runs import EMPTY, CellStats, Group, RunSet
 
 METHODS = ("C-SGD", "D-SGD ring", "D-SGD exponential")
 

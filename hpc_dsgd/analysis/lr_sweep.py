@@ -18,8 +18,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from .tables import (EMPTY, MAIN_KEYS, CellStats, Group, RunSet, _emit_notes, _list_keys, _md_row, _notes_for,
-                     _skipped_lines, fmt_value)
+from .render import _emit_notes, _list_keys, _md_row, _notes_for, _skipped_lines
+from .runs import EMPTY, MAIN_KEYS, CellStats, Group, RunSet, fmt_value
 
 
 @dataclass
