@@ -1,11 +1,16 @@
 """Rendering tables as Markdown, LaTeX or CSV, with the notes under them (ambiguous cells, control that did not
-act as asked, runs not counted, skipped files)."""
+act as asked, runs not counted, skipped files).
+
+A table's body is a DataFrame of cell texts (one column per table column); `markdown`, `latex_rows` and
+`csv_text` write any such DataFrame. `render_groups` (one row per experiment) and `render_preset` (a paper
+table) build theirs from grouped runs; large_batch and lr_sweep use the same writers and notes.
+"""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
+
+import pandas as pd
 
 from .presets import PresetTable
 from .runs import EMPTY, MAIN_KEYS, Group, RunSet, _equal, fmt_value, seeds_cell
@@ -23,6 +28,36 @@ def _tex(label: str) -> str:
 
 def _md_row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def frame(rows, columns) -> pd.DataFrame:
+    """A table body: rows of cells (kept as given: text, numbers, None) under `columns`."""
+    return pd.DataFrame(list(rows), columns=list(columns), dtype=object)
+
+
+def markdown(df: pd.DataFrame) -> list[str]:
+    """Markdown lines: the header (column names), the rule, one line per row; '|' in a cell is escaped."""
+    return [_md_row(df.columns), _md_row(["---"] * df.shape[1])] + \
+        [_md_row(r) for r in df.itertuples(index=False, name=None)]
+
+
+def latex_rows(df: pd.DataFrame, escape=None, columns=()) -> list[str]:
+    """LaTeX tabular lines, one per row: cells joined by ' & ', then ' \\\\'; `escape` is applied to the cells
+    of `columns` (names; every column if none are given)."""
+    esc = set(columns or df.columns) if escape else set()
+    cols = list(df.columns)
+    return [" & ".join(escape(x) if cols[j] in esc else str(x) for j, x in enumerate(r)) + r" \\"
+            for r in df.itertuples(index=False, name=None)]
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    """CSV (header, then rows; minimal quoting, '\\n' line ends, no trailing newline; None written empty)."""
+    return df.to_csv(index=False, lineterminator="\n").rstrip("\n")
+
+
+def num(x) -> str:
+    """A statistic for CSV: '' for none or NaN, else repr rounded to 10 decimals."""
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(round(x, 10))
 
 
 def _notes_for(groups_shown: list[Group], runset: RunSet | None, fmt: str) -> list[str]:
@@ -83,34 +118,29 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
             + (f"; [paper ...] = {tab.source}" if paper else ""))
     out: list[str] = []
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["table", "row", "column_group", "column", "mean", "std", "n_seeds", "n_expected", "seeds",
-                    "unfinished", "failed", "duplicates", "without_metric", "experiments_matched", "text",
-                    "paper_mean", "paper_std"])
         rows = [(lay.rows[r], cols[c][0], cols[c][1], tab.cells[r][c]) for r in range(len(lay.rows))
                 for c in range(len(cols))]
         rows += [(lay.rows[r], "baseline", lab, cs[r]) for lab, cs in tab.baselines for r in range(len(cs))]
+        body = []
         for row, grp, col, cell in rows:
             st = cell.stats
-            num = lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(round(x, 10))
-            w.writerow([lay.title, row, grp, col, num(st.mean) if st else "", num(st.std) if st else "",
-                        st.count if st else 0, st.expected if st else 0,
-                        " ".join(map(str, st.seeds)) if st else "", st.unfinished if st else 0,
-                        st.failed if st else 0, st.duplicates if st else 0, st.no_metric if st else 0,
-                        len(cell.groups), cell.text(digits, "md"),
-                        cell.paper[0] if cell.paper else "", cell.paper[1] if cell.paper else ""])
-        return buf.getvalue().rstrip("\n")
+            body.append([lay.title, row, grp, col, num(st.mean) if st else "", num(st.std) if st else "",
+                         st.count if st else 0, st.expected if st else 0,
+                         " ".join(map(str, st.seeds)) if st else "", st.unfinished if st else 0,
+                         st.failed if st else 0, st.duplicates if st else 0, st.no_metric if st else 0,
+                         len(cell.groups), cell.text(digits, "md"),
+                         cell.paper[0] if cell.paper else "", cell.paper[1] if cell.paper else ""])
+        return csv_text(frame(body, ["table", "row", "column_group", "column", "mean", "std", "n_seeds",
+                                     "n_expected", "seeds", "unfinished", "failed", "duplicates", "without_metric",
+                                     "experiments_matched", "text", "paper_mean", "paper_std"]))
     if fmt == "md":
         out.append(f"**{lay.title}** {lay.caption}")
         out.append("")
         out.append(f"_{info}_")
         out.append("")
         heads = [f"{g}: {c}" if g else c for g, c in cols]
-        out.append(_md_row([lay.corner] + heads))
-        out.append(_md_row(["---"] * (len(cols) + 1)))
-        for r, lab in enumerate(lay.rows):
-            out.append(_md_row([lab] + [tab.cells[r][c].text(digits, "md", paper) for c in range(len(cols))]))
+        out += markdown(frame(([lab] + [tab.cells[r][c].text(digits, "md", paper) for c in range(len(cols))]
+                               for r, lab in enumerate(lay.rows)), [lay.corner] + heads))
         if tab.baselines:
             out.append("")
             out.append("Baselines (quoted in the paper's caption):")
@@ -135,9 +165,9 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
         else:
             out.append(" & ".join([_tex(lay.corner)] + [_tex(c) for _, c in cols]) + r" \\")
         out.append(r"\midrule")
-        for r, lab in enumerate(lay.rows):
-            out.append(" & ".join([_tex(lab)] + [tab.cells[r][c].text(digits, "latex", paper)
-                                                 for c in range(len(cols))]) + r" \\")
+        out += latex_rows(frame(([_tex(lab)] + [tab.cells[r][c].text(digits, "latex", paper)
+                                               for c in range(len(cols))] for r, lab in enumerate(lay.rows)),
+                                range(len(cols) + 1)))
         out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         for lab, cs in tab.baselines:
             out.append(f"% baseline {lab}: " + "; ".join(f"{lay.rows[r]}: {cs[r].text(digits, 'md', paper)}"
@@ -149,6 +179,11 @@ def render_preset(tab: PresetTable, fmt: str = "md", digits: int = 2, paper: boo
     _emit_notes(out, "Runs not counted", _notes_for(list(shown.values()), runset, fmt), fmt)
     _emit_notes(out, "Skipped files", _skipped_lines(runset), fmt)
     return "\n".join(out)
+
+
+def tex_escape(s) -> str:
+    """Text for LaTeX: _ # % & escaped."""
+    return str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace("&", r"\&")
 
 
 def _list_keys(groups: list[Group]) -> list[str]:
@@ -165,32 +200,27 @@ def render_groups(groups: list[Group], fmt: str = "md", digits: int = 2, expecte
     out: list[str] = []
     if fmt == "csv":
         keys = sorted({k for g in groups for k in g.ident}, key=lambda k: (k not in MAIN_KEYS, k))
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(keys + ["metric", "mean", "std", "n_seeds", "n_expected", "seeds", "unfinished", "failed",
-                           "duplicates", "without_metric", "text"])
+        body = []
         for g in groups:
             st = g.stats(expected)
-            num = lambda x: "" if math.isnan(x) else repr(round(x, 10))
-            w.writerow([json.dumps(g.ident.get(k)) if isinstance(g.ident.get(k), list) else g.ident.get(k, "")
-                        for k in keys] + [metric, num(st.mean), num(st.std), st.count, st.expected,
-                                          " ".join(map(str, st.seeds)), st.unfinished, st.failed,
-                                          st.duplicates, st.no_metric, st.text(digits, "md")])
-        return buf.getvalue().rstrip("\n")
+            body.append([json.dumps(g.ident.get(k)) if isinstance(g.ident.get(k), list) else g.ident.get(k, "")
+                         for k in keys] + [metric, num(st.mean), num(st.std), st.count, st.expected,
+                                           " ".join(map(str, st.seeds)), st.unfinished, st.failed,
+                                           st.duplicates, st.no_metric, st.text(digits, "md")])
+        return csv_text(frame(body, keys + ["metric", "mean", "std", "n_seeds", "n_expected", "seeds", "unfinished",
+                                            "failed", "duplicates", "without_metric", "text"]))
     keys = _list_keys(groups) if groups else list(MAIN_KEYS)
     head = keys + ["seeds", f"{metric} (mean ± std)"]
-    rows = [[fmt_value(g.ident.get(k)) for k in keys]
-            + [seeds_cell(g.stats(expected).seeds, fmt), g.stats(expected).text(digits, fmt)]
-            for g in groups]
+    table = frame(([fmt_value(g.ident.get(k)) for k in keys]
+                   + [seeds_cell(g.stats(expected).seeds, fmt), g.stats(expected).text(digits, fmt)]
+                   for g in groups), head)
     info = f"{len(groups)} experiment(s); {metric} at the last evaluation, mean ± sample std over seeds"
     if fmt == "md":
-        out += [f"_{info}_", "", _md_row(head), _md_row(["---"] * len(head))]
-        out += [_md_row(r) for r in rows]
+        out += [f"_{info}_", ""] + markdown(table)
     elif fmt == "latex":
-        esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace("&", r"\&")
         out += [f"% {info}", r"\begin{tabular}{" + "l" * len(keys) + "lc}", r"\toprule",
-                " & ".join(esc(h) for h in head[:-1]) + f" & {esc(metric)}" + r" \\", r"\midrule"]
-        out += [" & ".join([esc(x) for x in r[:-1]] + [r[-1]]) + r" \\" for r in rows]
+                " & ".join(tex_escape(h) for h in head[:-1]) + f" & {tex_escape(metric)}" + r" \\", r"\midrule"]
+        out += latex_rows(table, tex_escape, head[:-1])
         out += [r"\bottomrule", r"\end{tabular}"]
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")

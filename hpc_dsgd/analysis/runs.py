@@ -8,6 +8,13 @@ runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and liste
 Std is the sample std over seeds (ddof=1); a cell with one seed shows no std ("n=1").
 Traces that cannot be read (no schema_version, a newer schema, not HDF5) are listed as skipped with
 the reason.
+
+The notebook API is two DataFrames (pandas): `load_trace(path)` gives one DataFrame per trace group (iter,
+epoch, phase, sharpness), each with the run's config in `df.attrs["config"]`; `load_runs(dir)` gives one row
+per run with its experiment (`experiment`, a number shared by its seeds), seed, status, whether it counts
+(`counted`) and why not (`note`), its identity keys and the last value of every /epoch/ column; `summarize`
+gives mean, sample std and count per experiment. The tables use the same rules in list form: `read_runs` (a
+RunSet of Run), `group_runs` (Groups of runs, partitioned by pandas), `Group.stats` (CellStats).
 """
 from __future__ import annotations
 
@@ -16,10 +23,10 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
+import pandas as pd
 
 from ..config import DEFAULTS, inapplicable_keys
-from ..trace import TraceError, parse_config, read_trace
+from ..trace import GROUPS, TraceError, parse_config, read_trace
 
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
@@ -67,6 +74,7 @@ class Run:
     counted: bool = False  # set by group_runs: this run's value enters its experiment's mean
     note: str = ""  # set by group_runs: why it is not counted
     control: list = field(default_factory=list)  # [(kind, text)] for its target phases (control_notes)
+    final: dict = field(default_factory=dict)  # the last value of every /epoch/ column (NaN where none)
 
     @property
     def finished(self) -> bool:
@@ -90,6 +98,10 @@ class RunSet:
             return os.path.relpath(path, self.root)
         except ValueError:
             return path
+
+    def frame(self, ignore: frozenset | set = frozenset()) -> pd.DataFrame:
+        """One row per run (see `load_runs`); marks the counted runs as `group_runs` does."""
+        return runs_frame(self, ignore)
 
 
 def find_traces(paths) -> list[str]:
@@ -116,6 +128,19 @@ def read_summary(path: str) -> tuple[dict, dict, dict]:
     return tr.attrs, tr.epoch, tr.phase
 
 
+def load_trace(path: str, groups=GROUPS) -> dict[str, pd.DataFrame]:
+    """One DataFrame per trace group (iter, epoch, phase, sharpness; empty where the trace has none), one
+    column per dataset. Each carries in `df.attrs`: "config" (the run's config), "trace_attrs" (the file's
+    attributes: status, p, created, ...) and "path". Refuses what `trace.read_trace` refuses (TraceError)."""
+    tr = read_trace(path, groups=tuple(groups))
+    cfg = parse_config(path, tr.attrs)
+    out = {}
+    for g in groups:
+        df = pd.DataFrame(getattr(tr, g) or {})
+        df.attrs = {"config": cfg, "trace_attrs": dict(tr.attrs), "path": path}
+        out[g] = df
+    return out
+
 
 def read_runs(paths, metric: str = "test_acc_avg") -> RunSet:
     """Read every trace under `paths` (directories are searched recursively for *.h5)."""
@@ -133,9 +158,11 @@ def read_runs(paths, metric: str = "test_acc_avg") -> RunSet:
         ep = epoch.get("epoch")
         last_epoch = float(ep[-1]) if ep is not None and len(ep) else math.nan
         stamp = str(attrs.get("finished") or attrs.get("created") or "")
+        final = {k: float(v[-1]) if len(v) else math.nan for k, v in epoch.items()}
         runs.append(Run(path=path, config=cfg, status=str(attrs.get("status", "unknown")),
                         seed=int(cfg.get("seed", 0)), value=value, last_epoch=last_epoch,
-                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, phase)))
+                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, phase),
+                        final=final))
     root = os.fspath(paths) if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths) else "."
     return RunSet(runs, skipped, root)
 
@@ -192,11 +219,11 @@ class CellStats:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
+        return float(pd.Series(self.values, dtype="float64").mean()) if self.values else math.nan
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) >= 2 else math.nan
+        return float(pd.Series(self.values, dtype="float64").std(ddof=1)) if len(self.values) >= 2 else math.nan
 
     def annotations(self) -> list[str]:
         notes = []
@@ -289,16 +316,14 @@ def fmt_value(v) -> str:
 def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
     """Group runs by identifying config; mark per seed the one run that counts (newest finished copy
     with the metric) and say of every other run why it does not count."""
+    idents = [identity(r.config, ignore) for r in runs]
+    df = pd.DataFrame({"key": [json.dumps(i, sort_keys=True) for i in idents], "seed": [r.seed for r in runs]},
+                      index=pd.RangeIndex(len(runs)))
     groups: dict[str, Group] = {}
-    for r in runs:
-        ident = identity(r.config, ignore)
-        key = json.dumps(ident, sort_keys=True)
-        groups.setdefault(key, Group(key, ident)).runs.append(r)
-    for g in groups.values():
-        by_seed: dict[int, list[Run]] = {}
-        for r in g.runs:
-            by_seed.setdefault(r.seed, []).append(r)
-        for seed, rs in by_seed.items():
+    for key, sub in df.groupby("key", sort=False):
+        g = groups[key] = Group(key, idents[sub.index[0]], [runs[i] for i in sub.index])
+        for seed, by_seed in sub.groupby("seed", sort=False):
+            rs = [runs[i] for i in by_seed.index]
             ok = [r for r in rs if r.finished and not math.isnan(r.value)]
             best = max(ok, key=lambda r: r.stamp) if ok else None
             for r in rs:
@@ -352,3 +377,53 @@ def _equal(a, b) -> bool:
 
 def filter_groups(groups: list[Group], where: dict) -> list[Group]:
     return [g for g in groups if all(_equal(g.ident.get(k), v) for k, v in where.items())]
+
+
+RUN_COLUMNS = ("experiment", "path", "seed", "status", "counted", "note", "last_epoch")
+
+
+def runs_frame(runset: RunSet, ignore: frozenset | set = frozenset()) -> pd.DataFrame:
+    """The DataFrame of `load_runs` from a RunSet (groups its runs, marking which count)."""
+    groups = group_runs(runset.runs, ignore)
+    keys = sorted({k for g in groups for k in g.ident} - set(RUN_COLUMNS), key=lambda k: (k not in MAIN_KEYS, k))
+    rows, metrics = [], {}
+    for e, g in enumerate(groups):
+        for r in g.runs:
+            row = dict(zip(RUN_COLUMNS, (e, r.path, r.seed, r.status, r.counted, r.note, r.last_epoch)))
+            row.update({k: tuple(v) if isinstance(v, list) else v for k, v in g.ident.items() if k in keys})
+            for k, v in r.final.items():
+                name = metrics.setdefault(k, f"final_{k}" if k in keys or k in RUN_COLUMNS else k)
+                row[name] = v
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=list(RUN_COLUMNS) + keys + list(metrics.values()))
+    df.attrs = {"keys": keys, "metrics": metrics, "experiments": [g.key for g in groups],
+                "skipped": [(s.path, s.reason) for s in runset.skipped], "root": runset.root}
+    return df
+
+
+def load_runs(paths, metric: str = "test_acc_avg", ignore: frozenset | set = frozenset()) -> pd.DataFrame:
+    """Every trace under `paths` as one row per run: `experiment` (0, 1, ...: runs with the same identifying
+    config are seeds of one experiment; numbered in the flat table's order), `path`, `seed`, `status`,
+    `counted` (this run enters its experiment's mean: the newest finished copy of its seed with `metric`),
+    `note` (why not), `last_epoch`, the identity keys (lists as tuples) and the last value of every /epoch/
+    column (named as in the trace, `final_<name>` where a name is taken). `df.attrs`: "keys" (identity
+    columns), "metrics" (/epoch/ column -> frame column), "experiments" (each experiment's identity as JSON),
+    "skipped" ([(path, reason)] of unreadable traces), "root".
+
+        df = load_runs("runs/")
+        df[df.counted].groupby("experiment").test_acc_avg.agg(["mean", "std", "count"])  # std: ddof=1
+    """
+    return read_runs(paths, metric).frame(ignore)
+
+
+def summarize(df: pd.DataFrame, metric: str = "test_acc_avg") -> pd.DataFrame:
+    """One row per experiment of a `load_runs` frame: its identity keys, then mean, sample std (ddof=1) and
+    count of `metric` over its counted runs (the numbers of the tables' cells; NaN std for one seed)."""
+    col = df.attrs.get("metrics", {}).get(metric, metric)
+    if col not in df.columns:  # no run has that /epoch/ column: every count is 0
+        df = df.assign(**{col: float("nan")})
+    stats = df.loc[df.counted.astype(bool)].groupby("experiment", sort=False)[col].agg(["mean", "std", "count"])
+    ident = df.drop_duplicates("experiment").set_index("experiment")[df.attrs.get("keys", [])]
+    out = ident.join(stats)
+    out["count"] = out["count"].fillna(0).astype(int)
+    return out

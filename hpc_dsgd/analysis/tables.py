@@ -16,6 +16,10 @@ runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and liste
 Std is the sample std over seeds (ddof=1); a cell with one seed shows no std ("n=1").
 Traces that cannot be read (no schema_version, a newer schema, not HDF5) are listed as skipped with
 the reason; the tool exits non-zero only when no readable trace was found.
+
+This module is the command line. The work is in runs.py (traces, identity, grouping and counting; the
+DataFrame API load_runs / load_trace), presets.py (the paper's layouts and values), render.py (Markdown,
+LaTeX, CSV) and the large_batch / lr_sweep presets; the names other code imports from here are re-exported.
 """
 from __future__ import annotations
 
