@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Thin wrapper: `python tools/tables.py --help` (implementation: hpc_dsgd/analysis/tables.py)."""
+"""Thin wrapper: `python tools/tables.py --help` (hpc_dsgd/analysis/tables.py; runs, presets, render beside it)."""
 import os
 import sys
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from ..trace import TraceError, read_trace
-from .tables import find_traces
+from .runs import find_traces
 
 
 def summarize(path: str) -> list[dict]:

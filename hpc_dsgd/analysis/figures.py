@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from ..trace import Trace, TraceError, read_trace  # noqa: E402
 from .gossip_sim import FIG4_TOPOLOGIES, simulate_all  # noqa: E402
-from .tables import find_traces  # noqa: E402
+from .runs import find_traces  # noqa: E402
 
 DPI = 100
 SIZE_WIDE = (12.0, 4.0)  # inches: three panels (Figures 2 and 3)

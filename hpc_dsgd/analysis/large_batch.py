@@ -8,14 +8,13 @@ sample std over the counted seeds (the same counting rules as every table: table
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 
 import h5py
 import numpy as np
 
-from .tables import EMPTY, CellStats, Group, RunSet, _emit_notes, _md_row, _notes_for, _skipped_lines
+from .render import _emit_notes, _md_row, _notes_for, _skipped_lines, csv_text, frame, markdown, num
+from .runs import EMPTY, CellStats, Group, RunSet
 
 METHODS = ("C-SGD", "D-SGD ring", "D-SGD exponential")
 
@@ -97,21 +96,19 @@ def render(rows: list[dict], fmt: str = "md", digits: int = 2, runset: RunSet | 
             "training-loss Hessian at the averaged model (last sharpness measurement), mean consensus distance "
             "Xi over the measured iterations; mean ± sample std over seeds")
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["dataset", "n", "batch_size", "method", "acc_mean", "acc_std", "lambda_max_mean",
-                    "lambda_max_std", "xi_mean", "xi_std", "n_seeds", "seeds", "experiments_matched"])
-        num = lambda x: "" if math.isnan(x) else repr(round(x, 10))  # noqa: E731
+        table = []
         for r in rows:
             ok = "acc" in r
             stats = [x for k in ("acc", "lam", "xi") for x in (num(r[k].mean), num(r[k].std))] if ok else [""] * 6
-            w.writerow([r["dataset"], r["n"], r["batch_size"], r["method"]] + stats
-                       + [r["acc"].count if ok else 0, " ".join(map(str, r["acc"].seeds)) if ok else "",
-                          len(r["groups"])])
-        return buf.getvalue().rstrip("\n")
+            table.append([r["dataset"], r["n"], r["batch_size"], r["method"]] + stats
+                         + [r["acc"].count if ok else 0, " ".join(map(str, r["acc"].seeds)) if ok else "",
+                            len(r["groups"])])
+        return csv_text(frame(table, ["dataset", "n", "batch_size", "method", "acc_mean", "acc_std",
+                                      "lambda_max_mean", "lambda_max_std", "xi_mean", "xi_std", "n_seeds", "seeds",
+                                      "experiments_matched"]))
     if fmt == "md":
-        out += [f"_{info}_", "", _md_row(head), _md_row(["---"] * len(head))]
-        out += [_md_row(b) for b in body] if body else [_md_row([EMPTY[fmt]] * len(head))]
+        out += [f"_{info}_", ""] + markdown(frame(body, head))
+        out += [] if body else [_md_row([EMPTY[fmt]] * len(head))]
     elif fmt == "latex":
         esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
         out += [f"% {info}", r"\begin{tabular}{llllccc l}", r"\toprule",

@@ -12,14 +12,15 @@ in the last column. Carry the choice into configs/tuned_lr.toml and rerun tools/
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
 
-from .tables import (EMPTY, MAIN_KEYS, CellStats, Group, RunSet, _emit_notes, _list_keys, _md_row, _notes_for,
-                     _skipped_lines, fmt_value)
+import pandas as pd
+
+from .render import (_emit_notes, _list_keys, _notes_for, _skipped_lines, csv_text, frame, latex_rows, markdown,
+                     num, tex_escape)
+from .runs import EMPTY, MAIN_KEYS, CellStats, Group, RunSet, fmt_value
 
 
 @dataclass
@@ -34,12 +35,13 @@ class Sweep:
 
 
 def build(groups: list[Group], expected: int | None = None) -> list[Sweep]:
-    sweeps: dict[str, Sweep] = {}
-    for g in groups:
-        rest = {k: v for k, v in g.ident.items() if k != "base_lr"}
-        key = json.dumps(rest, sort_keys=True)
-        sweeps.setdefault(key, Sweep(rest, {})).cells[float(g.ident.get("base_lr", math.nan))] = g.stats(expected)
-    return [sweeps[k] for k in sorted(sweeps, key=lambda k: tuple(json.dumps(sweeps[k].ident.get(m)) for m in MAIN_KEYS))]
+    """One Sweep per experiment without base_lr (grouped by that identity), ordered by MAIN_KEYS."""
+    rests = [{k: v for k, v in g.ident.items() if k != "base_lr"} for g in groups]
+    df = pd.DataFrame({"sweep": [json.dumps(r, sort_keys=True) for r in rests],
+                       "lr": [float(g.ident.get("base_lr", math.nan)) for g in groups]})
+    sweeps = [Sweep(rests[sub.index[0]], {float(lr): groups[i].stats(expected) for i, lr in sub.lr.items()})
+              for _, sub in df.groupby("sweep", sort=False)]
+    return sorted(sweeps, key=lambda s: tuple(json.dumps(s.ident.get(m)) for m in MAIN_KEYS))
 
 
 def render(sweeps: list[Sweep], fmt: str = "md", digits: int = 2, metric: str = "test_acc_avg",
@@ -50,17 +52,11 @@ def render(sweeps: list[Sweep], fmt: str = "md", digits: int = 2, metric: str = 
             "best = highest mean over the counted seeds")
     out: list[str] = []
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(keys + ["base_lr", "metric", "mean", "std", "n_seeds", "seeds", "best", "text"])
-        for s in sweeps:
-            for lr in sorted(s.cells):
-                st = s.cells[lr]
-                num = lambda x: "" if math.isnan(x) else repr(round(x, 10))  # noqa: E731
-                w.writerow([json.dumps(s.ident.get(k)) if isinstance(s.ident.get(k), list) else s.ident.get(k, "")
-                            for k in keys] + [repr(lr), metric, num(st.mean), num(st.std), st.count,
-                                              " ".join(map(str, st.seeds)), int(lr == s.best), st.text(digits, "md")])
-        return buf.getvalue().rstrip("\n")
+        body = [[json.dumps(s.ident.get(k)) if isinstance(s.ident.get(k), list) else s.ident.get(k, "") for k in keys]
+                + [repr(lr), metric, num(st.mean), num(st.std), st.count, " ".join(map(str, st.seeds)),
+                   int(lr == s.best), st.text(digits, "md")]
+                for s in sweeps for lr, st in sorted(s.cells.items())]
+        return csv_text(frame(body, keys + ["base_lr", "metric", "mean", "std", "n_seeds", "seeds", "best", "text"]))
 
     def cell(s: Sweep, lr: float) -> str:
         st = s.cells.get(lr)
@@ -74,15 +70,14 @@ def render(sweeps: list[Sweep], fmt: str = "md", digits: int = 2, metric: str = 
     head = keys + [f"base_lr={fmt_value(lr)}" for lr in lrs] + ["best base_lr"]
     rows = [[fmt_value(s.ident.get(k)) for k in keys] + [cell(s, lr) for lr in lrs]
             + [fmt_value(s.best) if s.best is not None else EMPTY[fmt]] for s in sweeps]
+    table = frame(rows, head)
     if fmt == "md":
         out += ["**Learning-rate sweep** (the paper tunes the All-Reduce rate, a ring's fine-tuned rate and "
-                "plain SGD's)", "", f"_{info}_", "", _md_row(head), _md_row(["---"] * len(head))]
-        out += [_md_row(r) for r in rows]
+                "plain SGD's)", "", f"_{info}_", ""] + markdown(table)
     elif fmt == "latex":
-        esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
         out += [f"% {info}", r"\begin{tabular}{" + "l" * len(keys) + "c" * (len(lrs) + 1) + "}", r"\toprule",
-                " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
-        out += [" & ".join([esc(x) for x in r[:len(keys)]] + r[len(keys):]) + r" \\" for r in rows]
+                " & ".join(tex_escape(h) for h in head) + r" \\", r"\midrule"]
+        out += latex_rows(table, tex_escape, keys)
         out += [r"\bottomrule", r"\end{tabular}"]
     else:
         raise ValueError(f"format {fmt!r}: choose md, latex or csv")

@@ -16,7 +16,7 @@ from hpc_dsgd.analysis.gossip_sim import simulate_consensus
 from hpc_dsgd.config import Config
 from hpc_dsgd.topology import Topology
 from hpc_dsgd import topology_report
-from hpc_dsgd.trace import TraceWriter
+from hpc_dsgd.trace import TraceError, TraceWriter
 
 EPOCHS = 8
 
@@ -419,3 +419,58 @@ def test_seeds_column_counts_and_names_seeds_and_stopped_is_not_failed(tmp_path,
     assert "| 2 (3,5) |" in ring and "(2/3 seeds, 1 stopped)" in ring and "failed" not in out, out
     assert "| 1 (7) |" in complete
     assert "stopped (max_iterations or a signal; resume it to finish)" in out
+
+
+def test_load_runs_frame_counts_like_the_tables(runs_dir):
+    """The notebook API (issue 18): load_runs gives one row per readable run with its experiment, seed, status,
+    whether it counts, identity keys and final metrics; summarize's mean and sample std (pandas) are the tables'."""
+    from hpc_dsgd.analysis import runs
+
+    df = runs.load_runs(runs_dir)
+    assert len(df) == len(ACC) + 2 and df.experiment.nunique() == 4
+    assert sorted(p for p, _ in df.attrs["skipped"])[0].endswith("foreign.h5")
+    assert {"policies", "n", "topology", "test_acc_avg", "train_loss", "counted", "note"} <= set(df.columns)
+    assert int(df.counted.sum()) == len(ACC)  # the duplicate and the unfinished run do not count
+    half = df[df.policies == ("target", "allreduce", "allreduce")]
+    assert sorted(half.status) == ["finished", "finished", "running"] and not half[~half.counted].note.iloc[0] == ""
+    summary = runs.summarize(df)
+    assert list(summary["count"]) == [3, 3, 3, 2]
+    groups = tables.group_runs(tables.load_runs(runs_dir).runs)
+    for (_, row), g in zip(summary.iterrows(), groups):
+        st = g.stats()
+        assert tuple(g.ident["policies"]) == row.policies and row["count"] == st.count
+        assert row["mean"] == pytest.approx(st.mean, rel=1e-12) and row["std"] == pytest.approx(st.std, rel=1e-12)
+        vals = [v for (e, s), v in ACC.items() if tables.identity(CFGS[e]) == g.ident]
+        assert row["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+
+
+def test_load_trace_gives_a_dataframe_per_group_with_the_config(runs_dir):
+    from hpc_dsgd.analysis import load_trace
+
+    tr = load_trace(str(runs_dir / "half" / "s0" / "trace.h5"))
+    assert set(tr) == {"iter", "epoch", "phase", "sharpness"} and tr["sharpness"].empty
+    assert len(tr["iter"]) == 10 * EPOCHS and len(tr["epoch"]) == EPOCHS and len(tr["phase"]) == 3
+    assert tr["epoch"].test_acc_avg.iloc[-1] == 92.0 and tr["iter"].xi.isna().sum() == 5 * EPOCHS
+    for df in tr.values():
+        assert df.attrs["config"]["policies"] == DEC1["policies"] and df.attrs["config"]["seed"] == 0
+        assert df.attrs["trace_attrs"]["status"] == "finished"
+    with pytest.raises(TraceError, match="schema_version 99"):
+        load_trace(str(runs_dir / "future" / "trace.h5"))
+
+
+def test_analysis_modules_have_one_job_and_no_cycle():
+    """runs, presets and render never import the command line (tables) nor the presets that build on them;
+    the training path does not import pandas."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(tables.__file__)
+    for mod in ("runs", "presets", "render", "large_batch", "lr_sweep"):
+        tree = ast.parse(open(os.path.join(here, f"{mod}.py")).read())
+        imported = {a.name.split(".")[0] if n.module is None else n.module for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert not {"tables"} & imported and "large_batch" not in imported and "lr_sweep" not in imported, mod
+    code = "import sys, hpc_dsgd.train, hpc_dsgd.trace, hpc_dsgd.checkpoint; assert 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
