@@ -167,9 +167,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     if cfg.deterministic:  # cuBLAS reads this when CUDA starts: before any device work
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     run_dir = os.path.join(cfg.out_dir, cfg.name)
-    err = _refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None
-    err = comm.bcast(err, root=0)
-    if err:
+    if err := comm.bcast(_refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None, root=0):
         raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     set_determinism(world.device, cfg.deterministic)
@@ -189,14 +187,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                   opt_state=list(reps.opt.state.values()))
     revision = code_revision() if world.rank == 0 else ""  # once per run, not per checkpoint (it runs git)
     trace = _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, st.it, loop, how, ckpt_from, revision, log)
-    meter = EpochMeter(cfg, sched, wl.samples)
-    recorder = TraceRecorder(cfg, sched, world, trace, meter)
-    evaluator = Evaluator(cfg, sched, wl, world, reps, meter, recorder)
-    observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl.data, recorder, log),
-                 ProgressPrinter(cfg, sched, wl, world, meter, evaluator, end, log), recorder]
-    meta = {"config_json": cfg.to_json(), "loop": None, "code_revision": revision, "n": cfg.n, "topology": topo.describe()}
-    ckpt = Checkpointer(cfg, world, run_dir, sched, reps, ctx, list(observers), recorder, stop, end, meta, xi_max, log)
-    observers.append(ckpt)
+    observers, evaluator, ckpt = _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision, xi_max, stop, end, log)
     for o in observers:
         o.load_state_dict(loop)
     done = st.it
@@ -223,6 +214,20 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
             f"wall time {_hms(time.monotonic() - wall0)}", flush=True)
     gossiper.free()
     return RunResult(evaluator.last, reps.X.detach().cpu().clone(), reps.d, ckpt.stopped, ckpt.path)
+
+
+def _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision: str, xi_max, stop, end: int, log) -> tuple:
+    """The observers, in the order they act after each iteration; the Checkpointer last, as it collects the
+    others' state. Returns (observers, the Evaluator, the Checkpointer)."""
+    meter = EpochMeter(cfg, sched, wl.samples)
+    recorder = TraceRecorder(cfg, sched, world, trace, meter)
+    evaluator = Evaluator(cfg, sched, wl, world, reps, meter, recorder)
+    observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl.data, recorder, log),
+                 ProgressPrinter(cfg, sched, wl, world, meter, evaluator, end, log), recorder]
+    meta = {"config_json": cfg.to_json(), "loop": None, "code_revision": revision, "n": cfg.n, "topology": topo.describe()}
+    ckpt = Checkpointer(cfg, world, os.path.join(cfg.out_dir, cfg.name), sched, reps, ctx, list(observers), recorder,
+                        stop, end, meta, xi_max, log)
+    return observers + [ckpt], evaluator, ckpt
 
 
 def _nothing_to_do(cfg, world, sched, loop: dict, xi_max, how: str, ckpt_from, end: int, run_dir: str, log) -> bool:
