@@ -5,7 +5,8 @@ travel in the iteration's one scalar Allreduce), the iteration, then every obser
 in the order of the list: EpochMeter, PhaseSummary, Evaluator, Sharpness, ProgressPrinter,
 TraceRecorder, Checkpointer. At the end, finish(done, status). Each observer owns its part of the
 checkpointed loop state (meta.loop) through state_dict() / load_state_dict(); the Checkpointer
-collects them, beside train.LoopState (the trajectory).
+collects them, beside LoopState (the trajectory), into meta.loop: the same keys and
+meanings as before the observers existed (LOOP_KEYS), so older checkpoints resume.
 """
 from __future__ import annotations
 

@@ -4,7 +4,11 @@ One code path for every workload (workloads/): image classification and translat
 what the workload object supplies. One iteration (paper eq. D-SGD): every replica takes a local
 optimizer step on its own mini-batch, then
 the phase's policy communicates (gossip X <- W X, or exact averaging); all scalars of the
-iteration travel in one small Allreduce; rank 0 appends them to the HDF5 trace.
+iteration (observers.Scalars, with the ranks' stop and checkpoint votes) travel in one small Allreduce.
+`run` sets up, then loops: `iteration`, then a fixed list of observers (observers.py), each deciding
+for itself when to act: the trace rows, the phase summary, evaluation, sharpness, the progress lines
+and checkpoints. LoopState is the trajectory (iteration, gossip step, EMA(phi)); the observers own the rest
+of a checkpoint's meta.loop.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ written at commit 161be28 (before the refactor) by this file's __main__ on 4 ran
     OMP_NUM_THREADS=1 mpiexec -n 4 python tests/mpi/test_prechange_fixture.py OUT_DIR
 Resumed by today's code to the end (iteration 66), it must equal a fresh run of the same config, bitwise:
 the replicas, every /iter/ row, the /phase/ and /epoch/ rows (wall-clock columns aside), and the table."""
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_prechange_run_resumes_and_tabulates(tmp_path_factory):
             np.testing.assert_array_equal(a[col], b[col], err_msg=f"/{grp}/{col}")
     assert {k: v for k, v in fresh.metrics.items() if k not in WALL} == \
         {k: v for k, v in rest.metrics.items() if k not in WALL}
+    old, new = (json.load(open(f"{tmp}/prechange/checkpoints/ckpt-{i:09d}/manifest.json"))["meta"] for i in (STOPPED_AT, END))
+    assert list(new) == list(old) and list(new["loop"]) == list(old["loop"])  # meta.loop: the same keys, in order
     assert tabulate(f"{tmp}/prechange") == tabulate(f"{tmp}/fresh")  # the resumed run tabulates as a finished one
 
 
