@@ -206,15 +206,15 @@ class Evaluator(Observer):
 class Sharpness(Observer):
     """Every sharpness_every epochs and at the end: lambda_max of the averaged model (collective)."""
 
-    def __init__(self, cfg, sched, world, reps, data, recorder: TraceRecorder, log):
-        self.cfg, self.sched, self.world, self.reps, self.data = cfg, sched, world, reps, data
+    def __init__(self, cfg, sched, world, reps, wl, recorder: TraceRecorder, log):
+        self.cfg, self.sched, self.world, self.reps, self.wl = cfg, sched, world, reps, wl  # wl.data: image workloads
         self.recorder, self.log = recorder, log
 
     def after(self, step):
         k, t = self.cfg.sharpness_every, step.t
         if k and every(self.sched, t) and every(self.sched, t, k):
             ep = (t + 1) / self.sched.iters_per_epoch
-            for srow in measure_sharpness(self.cfg, self.world, self.reps, self.data, ep, t):
+            for srow in measure_sharpness(self.cfg, self.world, self.reps, self.wl.data, ep, t):
                 if self.world.rank == 0:
                     self.recorder.append("sharpness", **srow)
                     self.log(f"epoch {ep:6.2f} {describe_sharpness(srow)}", flush=True)

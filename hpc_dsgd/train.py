@@ -226,7 +226,7 @@ def _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision: str, xi_
     meter = EpochMeter(cfg, sched, wl.samples)
     recorder = TraceRecorder(cfg, sched, world, trace, meter)
     evaluator = Evaluator(cfg, sched, wl, world, reps, meter, recorder)
-    observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl.data, recorder, log),
+    observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl, recorder, log),
                  ProgressPrinter(cfg, sched, wl, world, meter, evaluator, end, log), recorder]
     meta = {"config_json": cfg.to_json(), "loop": None, "code_revision": revision, "n": cfg.n, "topology": topo.describe()}
     ckpt = Checkpointer(cfg, world, os.path.join(cfg.out_dir, cfg.name), sched, reps, ctx, list(observers), recorder,
