@@ -4,7 +4,11 @@ One code path for every workload (workloads/): image classification and translat
 what the workload object supplies. One iteration (paper eq. D-SGD): every replica takes a local
 optimizer step on its own mini-batch, then
 the phase's policy communicates (gossip X <- W X, or exact averaging); all scalars of the
-iteration travel in one small Allreduce; rank 0 appends them to the HDF5 trace.
+iteration (observers.Scalars, with the ranks' stop and checkpoint votes) travel in one small Allreduce.
+`run` sets up, then loops: `iteration`, then a fixed list of observers (observers.py), each deciding
+for itself when to act: the trace rows, the phase summary, evaluation, sharpness, the progress lines
+and checkpoints. LoopState is the trajectory (iteration, gossip step, EMA(phi)); the observers own the rest
+of a checkpoint's meta.loop.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,14 +30,14 @@ from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_
 from .replica import Replicas
 from .topology import Topology
 from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state, save_checkpoint,
+                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state,
                          verify_checkpoint)
-from .checkpoint import CheckpointWriteError
 from .faults import fault_point
 from .signals import StopRequest
-from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
 from .workloads import make_workload
+from .observers import (LOOP_KEYS, Checkpointer, EpochMeter, Evaluator, LoopState, PhaseStats, PhaseSummary,  # noqa: F401
+                        ProgressPrinter, Scalars, Sharpness, Step, TraceRecorder, _hms)
 
 
 def code_revision() -> str:
@@ -63,54 +67,6 @@ class RunResult:
     d: int  # parameters per replica (the first d columns of X)
     stopped: bool = False  # stopped on a signal after writing a checkpoint (exit REQUEUE_EXIT_CODE)
     checkpoint: str = ""  # the last checkpoint written
-
-
-class PhaseStats:
-    """Per-phase summary (the /phase/ rows): Xi_max, gossip steps, bytes, cap hits, and whether a control
-    acted: bound_iterations counts the iterations in which the target made gossip more than once, next to
-    pre_control_max (the largest distance one plain gossip step left) and target (the phase's largest
-    target). bound_iterations = 0 under a target policy means the target never bound: the run was plain
-    D-SGD in that phase, and the tables say so."""
-
-    COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations",
-            "bound_iterations", "pre_control_max", "target")
-    NAN_COLS = ("xi_max", "xi_pre_max", "pre_control_max", "target")
-
-    def __init__(self, v: dict | None = None):
-        self.v = dict.fromkeys(self.COLS, 0.0)
-        self.v.update(dict.fromkeys(self.NAN_COLS, NAN))
-        if v:  # a checkpoint written before a column existed leaves it at its start value
-            self.v.update(v)
-
-    def add(self, row: dict) -> None:
-        v = self.v
-        for k, src in (("xi_max", "xi"), ("xi_pre_max", "xi_pre"), ("pre_control_max", "pre_control"),
-                       ("target", "target")):
-            if math.isfinite(row[src]):
-                v[k] = row[src] if not math.isfinite(v[k]) else max(v[k], row[src])
-        v["theta_max"] = max(v["theta_max"], row["theta"])
-        v["gossip_steps"] += row["gossip_steps"]
-        v["bytes_sent"] += row["bytes_sent"]
-        v["cap_hits"] += row["hit_cap"]
-        v["bound_iterations"] += int(math.isfinite(row["target"]) and row["gossip_steps"] > 1)
-        v["iterations"] += 1
-
-
-@dataclass
-class LoopState:
-    """Everything besides the replica block that the trajectory and the trace depend on (checkpointed)."""
-
-    it: int = 0  # next iteration
-    gossip_s: int = 0  # next gossip step index (time-varying W_s)
-    phi_ema: float = NAN
-    ema_phase: int = 0
-    stats: dict | None = None  # PhaseStats.v of the current phase
-    acc: tuple = (0.0, 0.0, 0.0)  # epoch sums: loss, correct, samples
-    t_train: float = 0.0
-    last: dict | None = None
-    trace_pos: dict | None = None  # rows per trace group at this point
-    xi_max: dict | None = None  # the reference Xi_max per phase the targets were computed from
-    trace_pending: dict | None = None  # rows not on disk yet (a flush failed, e.g. a full disk): a resume writes them
 
 
 def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
@@ -146,7 +102,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if err:
         raise CheckpointError(err)
     if not path:
-        return LoopState(), how, None
+        return LoopState(), {}, how, None
     man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
     missing = [name for name in ("X",) + reps.opt.names if name not in tensors]
     if missing:  # the same manifest on every rank: all refuse alike
@@ -156,13 +112,14 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
         S.copy_(tensors[name])
     if rank_state is not None:
         restore_rank_state(rank_state)
-    try:
-        st = LoopState(**man["meta"]["loop"])
-    except (KeyError, TypeError) as e:  # the same manifest on every rank: all refuse alike
-        raise CheckpointError(f"checkpoint {path}: manifest.json has no valid meta.loop ({e!r})") from None
+    loop = man["meta"].get("loop")
+    unknown = sorted(set(loop) - set(LOOP_KEYS)) if isinstance(loop, dict) else None
+    if unknown or unknown is None:  # the same manifest on every rank: all refuse alike
+        raise CheckpointError(f"checkpoint {path}: manifest.json has no valid meta.loop ("
+                              + (f"unknown key(s) {', '.join(unknown)}" if unknown else "none") + ")")
     if how == "branch":  # a new run: its own trace, its own gossip-step and control history
-        st.trace_pos = None
-    return st, how, path
+        loop = dict(loop, trace_pos=None)
+    return LoopState(*(loop.get(f.name, f.default) for f in fields(LoopState))), loop, how, path
 
 
 def _check_trace_covers(tpath: str, loop, ckpt: str) -> None:
@@ -214,43 +171,97 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     if cfg.deterministic:  # cuBLAS reads this when CUDA starts: before any device work
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     run_dir = os.path.join(cfg.out_dir, cfg.name)
-    err = _refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None
-    err = comm.bcast(err, root=0)
-    if err:
+    if err := comm.bcast(_refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None, root=0):
         raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     set_determinism(world.device, cfg.deterministic)
-    rank0 = world.rank == 0
     wl = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
     sched = wl.schedule()
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
-    p = topo.p()
     reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
-    st, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
-    saved = {int(k): v for k, v in (st.xi_max or {}).items()}  # older checkpoints kept every phase of the reference
-    if how == "resume" and st.xi_max and any(saved.get(k) != v for k, v in (xi_max or {}).items()):
-        raise CheckpointError(f"cannot resume from {ckpt_from}: the reference trace(s) now give Xi_max {xi_max}, "
-                              f"the run was controlled against {st.xi_max}")
+    st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
-    if how == "resume" and st.it >= end:  # nothing to do: say so and change nothing (not even the trace's attributes)
-        if rank0:
-            log(f"hpc_dsgd: run already finished at iteration {st.it} ({ckpt_from}); trace "
-                f"{os.path.join(run_dir, 'trace.h5')} left unchanged" if st.it >= sched.total_iters else
-                f"hpc_dsgd: run already at iteration {st.it} ({ckpt_from}), max_iterations = {cfg.max_iterations}; "
-                f"nothing changed: raise max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
+    if _nothing_to_do(cfg, world, sched, loop, xi_max, how, ckpt_from, end, run_dir, log):
         gossiper.free()
-        return RunResult(dict(st.last or {}), reps.X.detach().cpu().clone(), reps.d, False, ckpt_from)
-    ctx = Context(world, gossiper, GossipCounter(st.gossip_s), p, phi_ema=st.phi_ema, ema_phase=st.ema_phase,
+        return RunResult(dict(loop.get("last") or {}), reps.X.detach().cpu().clone(), reps.d, False, ckpt_from)
+    ctx = Context(world, gossiper, GossipCounter(st.gossip_s), topo.p(), phi_ema=st.phi_ema, ema_phase=st.ema_phase,
                   opt_state=list(reps.opt.state.values()))
-    stats = PhaseStats(st.stats)
+    revision = code_revision() if world.rank == 0 else ""  # once per run, not per checkpoint (it runs git)
+    trace = _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, st.it, loop, how, ckpt_from, revision, log)
+    observers, evaluator, ckpt = _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision, xi_max, stop, end, log)
+    for o in observers:
+        o.load_state_dict(loop)
+    done = st.it
+    try:
+        for t in range(st.it, end):
+            fault_point("iteration", world.rank, t)
+            votes = [o.before(t) for o in observers]
+            row, s = iteration(cfg, world, reps, ctx, policies[sched.phase(t) - 1], t, sched,
+                               stop=any(v[0] for v in votes), checkpoint=any(v[1] for v in votes))
+            step, done = Step(t, row["phase"], row["lr"], row, s.stop > 0 and t + 1 < end, s.checkpoint > 0), t + 1
+            for o in observers:
+                o.after(step)
+            if step.stop:
+                break
+    except TraceWriteError:  # a full disk: raised on every rank alike, after the checkpoint (or its failure)
+        gossiper.free()
+        raise
+    status = "finished" if end == sched.total_iters and not ckpt.stopped else "stopped"
+    for o in observers:
+        o.finish(done, status)
+    if world.rank == 0:
+        log(f"hpc_dsgd: {status} at iteration {done} of {sched.total_iters}"
+            + (f", checkpoint {ckpt.path}" if ckpt.path else "") + f"; trace {os.path.join(run_dir, 'trace.h5')}; "
+            f"wall time {_hms(time.monotonic() - wall0)}", flush=True)
+    gossiper.free()
+    return RunResult(evaluator.last, reps.X.detach().cpu().clone(), reps.d, ckpt.stopped, ckpt.path)
 
-    trace, setup_err = None, None
-    revision = code_revision() if rank0 else ""  # once per run, not per checkpoint (it runs git)
+
+def _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision: str, xi_max, stop, end: int, log) -> tuple:
+    """The observers, in the order they act after each iteration; the Checkpointer last, as it collects the
+    others' state. Returns (observers, the Evaluator, the Checkpointer)."""
+    meter = EpochMeter(cfg, sched, wl.samples)
+    recorder = TraceRecorder(cfg, sched, world, trace, meter)
+    evaluator = Evaluator(cfg, sched, wl, world, reps, meter, recorder)
+    observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl, recorder, log),
+                 ProgressPrinter(cfg, sched, wl, world, meter, evaluator, end, log), recorder]
+    meta = {"config_json": cfg.to_json(), "loop": None, "code_revision": revision, "n": cfg.n, "topology": topo.describe()}
+    ckpt = Checkpointer(cfg, world, os.path.join(cfg.out_dir, cfg.name), sched, reps, ctx, list(observers), recorder,
+                        stop, end, meta, xi_max, log)
+    return observers + [ckpt], evaluator, ckpt
+
+
+def _nothing_to_do(cfg, world, sched, loop: dict, xi_max, how: str, ckpt_from, end: int, run_dir: str, log) -> bool:
+    """A resume refuses another reference Xi_max than the run was controlled against; one at (or past) the
+    end has nothing to do: it says so and changes nothing (not even the trace's attributes)."""
+    saved = {int(k): v for k, v in (loop.get("xi_max") or {}).items()}  # older checkpoints kept every phase
+    if how == "resume" and loop.get("xi_max") and any(saved.get(k) != v for k, v in (xi_max or {}).items()):
+        raise CheckpointError(f"cannot resume from {ckpt_from}: the reference trace(s) now give Xi_max {xi_max}, "
+                              f"the run was controlled against {loop['xi_max']}")
+    it = loop.get("it", 0)
+    if how != "resume" or it < end:
+        return False
+    if world.rank == 0:
+        log(f"hpc_dsgd: run already finished at iteration {it} ({ckpt_from}); trace "
+            f"{os.path.join(run_dir, 'trace.h5')} left unchanged" if it >= sched.total_iters else
+            f"hpc_dsgd: run already at iteration {it} ({ckpt_from}), max_iterations = {cfg.max_iterations}; "
+            f"nothing changed: raise max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
+    return True
+
+
+def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, loop: dict, how: str, ckpt_from,
+                revision: str, log) -> TraceWriter | None:
+    """Rank 0 writes config.toml and opens the trace: a resume truncates it to the checkpoint's position
+    (trace_pos) and adds the rows a full disk kept out of it (trace_pending); a fresh start or a branch starts
+    a new one (a branch with its parent's rows before the branch point). Logs the run's set-up line.
+    Any error stops every rank alike, before any iteration. The TraceWriter on rank 0, None elsewhere."""
+    trace, setup_err, p = None, None, topo.p()
+    run_dir = os.path.join(cfg.out_dir, cfg.name)
     tpath = os.path.join(run_dir, "trace.h5")
-    if rank0:
+    if world.rank == 0:
         try:
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "config.toml"), "w") as f:
@@ -265,26 +276,26 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
                      "parameters": reps.d, "row_length": reps.D, "executor": reps.exec.name,
                      "precision": cfg.precision, "deterministic": cfg.deterministic,
                      "cuda_graph": bool(reps.capture), "optimizer": cfg.optimizer, **wl.trace_attrs()}
-            if how == "resume" and st.trace_pos is not None and os.path.isfile(tpath):
+            if how == "resume" and loop.get("trace_pos") is not None and os.path.isfile(tpath):
                 trace = TraceWriter(tpath, {}, mode="a")
-                for grp, rows in st.trace_pos.items():
+                for grp, rows in loop["trace_pos"].items():
                     trace.truncate(grp, rows)  # rows flushed after the checkpoint are redone, never duplicated
-                trace.add_pending(st.trace_pending or {})  # rows a full disk kept out of the trace: written now
+                trace.add_pending(loop.get("trace_pending") or {})  # rows a full disk kept out of the trace: written now
                 trace.set_attrs(status="running", resumed_from=ckpt_from, ranks=world.ranks, replicas_per_rank=world.k)
             else:
                 if os.path.isfile(tpath):  # --resume auto found no checkpoint: keep the old trace, start a new one
                     kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
                     os.replace(tpath, kept)
                     log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
-                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=st.it))
+                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it))
                 if how == "branch":
-                    copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, st.it)
+                    copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, it)
             log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
                 f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
                 f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"
                 f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
                 f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
-                + (f", {how} from {ckpt_from} at iteration {st.it}" if ckpt_from else ""))
+                + (f", {how} from {ckpt_from} at iteration {it}" if ckpt_from else ""))
         except (TraceError, TraceWriteError, OSError) as e:  # every rank stops alike, before any iteration
             setup_err = (type(e).__name__, str(e) if not isinstance(e, OSError) else
                          f"cannot write run directory {run_dir}: {e.strerror or e} (on {mount_of(run_dir)})")
@@ -292,110 +303,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     if setup_err:
         gossiper.free()
         raise (TraceError if setup_err[0] == "TraceError" else TraceWriteError)(setup_err[1])
-    trace_err = None  # rank 0: why the last flush failed (its rows stay buffered; the run checkpoints and stops)
-
-    def flush() -> None:
-        nonlocal trace_err
-        if trace_err is None:
-            try:
-                trace.flush()
-            except TraceWriteError as e:
-                trace_err = str(e)
-
-    ipe, imgs, rate = sched.iters_per_epoch, cfg.n * cfg.batch_size, f"{wl.samples}_per_s"
-    unit = {"images": "img/s", "sentences": "sent/s"}.get(wl.samples, "samples/s")
-    acc, t_train, last = np.array(st.acc), st.t_train, dict(st.last or {})
-    last_ckpt, ckpt_path, stopped = time.monotonic(), "", False
-    for t in range(st.it, end):
-        fault_point("iteration", world.rank, t)
-        tic = time.perf_counter()
-        epoch, b, lr, phase = t // ipe, t % ipe, sched.lr(t), sched.phase(t)
-        periodic_due = rank0 and cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes
-        flags = [float(stop is not None and stop.requested() or trace_err is not None), float(periodic_due)]
-        row, (stop_all, due_all) = iteration(cfg, world, reps, ctx, policies[phase - 1], t, epoch, b, lr,
-                                             phase, sched, flags)
-        t_train += time.perf_counter() - tic
-        acc += (row["loss"] * cfg.n, row["acc"] * row["predictions"] / 100.0, row["predictions"])  # epoch sums
-        stats.add(row)
-        if rank0:
-            trace.append("iter", **row, time=t_train)
-        phase_end = t + 1 in sched.decay_iters or t + 1 == sched.total_iters
-        if phase_end:
-            if rank0:
-                trace.append("phase", phase=phase, first_it=sched.phase_bounds()[phase - 1][0], last_it=t,
-                             complete=1, **stats.v)
-            stats = PhaseStats()
-        if (t + 1) % ipe == 0 or t + 1 == sched.total_iters:  # end of an epoch: progress line, evaluation
-            ep = (t + 1) / ipe
-            train = dict(epoch=ep, it=t, train_loss=acc[0] / (cfg.n * max(t + 1 - epoch * ipe, 1)),
-                         train_acc=100.0 * acc[1] / max(acc[2], 1), **{rate: (t + 1) * imgs / t_train},
-                         elapsed=t_train)
-            acc[:] = 0
-            evaluated = (t + 1) % (ipe * cfg.eval_every) == 0 or t + 1 == sched.total_iters
-            if evaluated:
-                last = {**wl.evaluate(world, reps), **train}
-            if cfg.sharpness_every and ((t + 1) % (ipe * cfg.sharpness_every) == 0 or t + 1 == sched.total_iters):
-                for srow in measure_sharpness(cfg, world, reps, wl.data, ep, t):  # collective: every rank
-                    if rank0:
-                        trace.append("sharpness", **srow)
-                        log(f"epoch {ep:6.2f} {describe_sharpness(srow)}", flush=True)
-            if rank0:
-                if evaluated:
-                    trace.append("epoch", **last)
-                test = wl.describe(last if evaluated else None)
-                log(f"epoch {ep:6.2f}/{cfg.epochs:g} phase {phase} lr {lr:.3e} loss {train['train_loss']:.4f} "
-                    f"train {train['train_acc']:5.1f}% {test} {train[rate]:7.0f} {unit} "
-                    f"ETA {_hms(t_train / (t + 1) * (end - t - 1))}", flush=True)
-                flush()
-        elif rank0 and trace.due(cfg.trace_flush_seconds):
-            flush()
-        stopped = stop_all > 0 and t + 1 < end
-        if phase_end or due_all > 0 or stopped or t + 1 == end:  # checkpoint the state after iteration t
-            if rank0:
-                flush()  # durable (fsynced) before the checkpoint that records its position
-            pos, pending, failed = world.comm.bcast(
-                (trace.rows(), trace.pending() if trace_err else None, trace_err) if rank0 else None, root=0)
-            state = LoopState(t + 1, ctx.counter.s, ctx.phi_ema, ctx.ema_phase, stats.v, tuple(acc), t_train, last,
-                              pos, xi_max, pending)
-            try:
-                ckpt_path = save_checkpoint(
-                    world.comm, run_dir, t + 1, "phase" if phase_end else "periodic", sched.phase(t + 1 if not phase_end else t),
-                    {"X": reps.X, **reps.opt.state}, list(world.replica_ids), [{} for _ in world.replica_ids],
-                    {"config_json": cfg.to_json(), "loop": asdict(state), "code_revision": revision,
-                     "n": cfg.n, "topology": topo.describe()}, keep_last=cfg.keep_checkpoints)
-            except CheckpointWriteError as e:  # raised on every rank alike
-                if failed:
-                    raise TraceWriteError(f"{failed}; the checkpoint of iteration {t + 1} could not be written either "
-                                          f"({e}): free space there and continue with --resume auto, which restarts "
-                                          f"from the newest intact checkpoint") from None
-                raise
-            last_ckpt = time.monotonic()
-            if failed:
-                if rank0:
-                    log(f"epoch {(t + 1) / ipe:6.2f}/{cfg.epochs:g} stopped at iteration {t + 1} of {sched.total_iters}: "
-                        f"the trace could not be written; checkpoint {ckpt_path} holds the state and the "
-                        f"{len((pending or {}).get('iter', {}).get('it', ()))} unwritten iteration rows", flush=True)
-                gossiper.free()
-                raise TraceWriteError(f"{failed}; checkpoint {ckpt_path} (iteration {t + 1}) holds the state and the "
-                                      f"rows not written: free space there and continue with --resume auto")
-        if stopped:
-            if rank0:
-                log(f"hpc_dsgd: stop requested by signal{' ' + stop.name if stop and stop.name else ''}: "
-                    f"stopped at iteration {t + 1}, checkpoint {ckpt_path}; exiting for requeue", flush=True)
-            break
-    if rank0 and end > st.it and (t + 1) % ipe and t + 1 != sched.total_iters:  # stopped mid-epoch: a final line too
-        log(f"epoch {(t + 1) / ipe:6.2f}/{cfg.epochs:g} phase {phase} lr {lr:.3e} loss "
-            f"{acc[0] / (cfg.n * max(t + 1 - (t // ipe) * ipe, 1)):.4f} train {100.0 * acc[1] / max(acc[2], 1):5.1f}% "
-            f"(stopped at iteration {t + 1} of {sched.total_iters}, mid-epoch: not evaluated) "
-            f"{(t + 1 - st.it) * imgs / max(t_train - st.t_train, 1e-9):7.0f} {unit}", flush=True)
-    if rank0:
-        status = "finished" if end == sched.total_iters and not stopped else "stopped"
-        trace.set_attrs(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        log(f"hpc_dsgd: {status} at iteration {t + 1 if end > st.it else st.it} of {sched.total_iters}"
-            + (f", checkpoint {ckpt_path}" if ckpt_path else "") + f"; trace {tpath}; wall time "
-            f"{_hms(time.monotonic() - wall0)}", flush=True)
-    gossiper.free()
-    return RunResult(last, reps.X.detach().cpu().clone(), reps.d, stopped, ckpt_path)
+    return trace
 
 
 def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
@@ -413,14 +321,14 @@ def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
     trace.flush()
 
 
-def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t, epoch, b, lr, phase, sched,
-              flags: list[float]) -> tuple[dict, np.ndarray]:
+def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t: int, sched, stop: bool = False,
+              checkpoint: bool = False) -> tuple[dict, Scalars]:
     """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce
-    (which also carries the ranks' stop/checkpoint flags, summed).
+    (which also carries this rank's stop/checkpoint votes, summed over the ranks).
 
-    Returns the trace row (global values, identical on every rank) and the summed flags."""
-    n = cfg.n
-    loss, correct, count, grad_sq = reps.local_step(t, epoch, b, lr, grad_hook=policy.grad_hook(ctx))
+    Returns the trace row (global values, identical on every rank) and the summed Scalars."""
+    n, ipe, phase, lr = cfg.n, sched.iters_per_epoch, sched.phase(t), sched.lr(t)
+    loss, correct, count, grad_sq = reps.local_step(t, t // ipe, t % ipe, lr, grad_hook=policy.grad_hook(ctx))
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
         ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
@@ -428,19 +336,19 @@ def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t, epoch,
     xi_pre = xi_sq_local(world, reps.P) if measure else 0.0  # Xi of x^(t+1/2), for Lemma A.1
     res = policy.communicate(reps.X, reps.d, ctx)
     xi_post = xi_sq_local(world, reps.P) if measure and not math.isfinite(res.xi) else 0.0
-    s = allreduce_scalars(world.comm, [loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post,
-                                       count] + list(flags))
+    s = Scalars(loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post, count,
+                float(stop), float(checkpoint)).allreduce(world.comm)
     if not policy.needs_phi:
-        ctx.phi = math.sqrt(s[4] / n)
+        ctx.phi = math.sqrt(s.grad_sq / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
-    xi = res.xi if math.isfinite(res.xi) else (math.sqrt(max(s[6], 0.0) / n) if measure else NAN)
-    return dict(it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s[0] / n,
-                acc=100.0 * s[1] / max(s[7], 1.0), predictions=int(s[7]), gossip_steps=res.steps, bytes_sent=int(s[2]),
-                theta=math.sqrt(max(s[3], 0.0) / n), phi=ctx.phi, phi_ema=ctx.phi_ema,
-                xi=xi if measure or math.isfinite(res.xi) else NAN,
-                xi_pre=math.sqrt(max(s[5], 0.0) / n) if measure else NAN,
+    xi = res.xi if math.isfinite(res.xi) else (math.sqrt(max(s.xi_post_sq, 0.0) / n) if measure else NAN)
+    return dict(it=t, epoch=sched.epoch(t), phase=phase, lr=lr, loss=s.loss / n,
+                acc=100.0 * s.correct / max(s.count, 1.0), predictions=int(s.count), gossip_steps=res.steps,
+                bytes_sent=int(s.bytes_sent), theta=math.sqrt(max(s.theta_sq, 0.0) / n), phi=ctx.phi,
+                phi_ema=ctx.phi_ema, xi=xi if measure or math.isfinite(res.xi) else NAN,
+                xi_pre=math.sqrt(max(s.xi_pre_sq, 0.0) / n) if measure else NAN,
                 target=res.target, controlled=res.controlled, pre_control=res.first, planned_steps=res.planned,
-                hit_cap=int(res.hit_cap)), s[8:]
+                hit_cap=int(res.hit_cap)), s
 
 
 def set_determinism(device: torch.device, deterministic: bool) -> None:
@@ -460,8 +368,3 @@ def _ema(ctx: Context, phase: int, beta: float) -> float:
         ctx.ema_phase = phase
         return ctx.phi
     return beta * ctx.phi_ema + (1.0 - beta) * ctx.phi
-
-
-def _hms(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
