@@ -662,7 +662,7 @@ def _check_meta(path: str, m: dict) -> None:
     if "loop" in meta:
         lp = meta["loop"]
         need(isinstance(lp, dict), "meta.loop", "an object")
-        for key, ok, what in (  # the fields of train.LoopState (an unknown key: train.py refuses it, naming it)
+        for key, ok, what in (  # the fields of observers.LOOP_KEYS (an unknown key: train.py refuses it, naming it)
                 ("it", lambda v: is_int(v) and v == m["iteration"], f"the manifest's iteration {m['iteration']}"),
                 ("gossip_s", lambda v: is_int(v) and 0 <= v < 2 ** 62, "an integer >= 0"),
                 ("ema_phase", lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer >= 0"),
@@ -690,7 +690,7 @@ def _check_meta(path: str, m: dict) -> None:
                 need(ok(lp[key]), f"meta.loop.{key}", f"{what}, not {json.dumps(lp[key])[:80]}")
 
 
-# train.PhaseStats.COLS and train.LoopState's fields, as _check_meta checks them (tests/serial/test_checkpoint.py
+# train.PhaseStats.COLS and observers.LOOP_KEYS's fields, as _check_meta checks them (tests/serial/test_checkpoint.py
 # fails if train.py changes either without this).
 # The phase-statistics columns every checkpoint has; columns added later (bound_iterations, pre_control_max,
 # target: issue 16) start at their defaults when a checkpoint predates them (train.PhaseStats).
