@@ -54,7 +54,6 @@ when the layout is the same, since they have no meaning for another split.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import hashlib
 import json
 import math
@@ -65,11 +64,12 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .compat import saved_config  # noqa: F401 (re-export: analysis/surface.py reads it from here)
 from .faults import fault_point
 
 FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
@@ -83,22 +83,6 @@ _CHUNK = 1 << 20
 MANIFEST_MAX_BYTES = 64 << 20  # a manifest of 2**20 rank files and a long meta stays far below
 JSON_MAX_DEPTH = 64  # a manifest or rank document nests about 6 deep
 MAX_REPLICAS = 1 << 20
-
-# Config keys that may change when a run resumes (run control, paths, local resources); every
-# other key must agree with the checkpoint. Entries are fnmatch patterns.
-RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "trace_flush_seconds",
-                            "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume",
-                            "sharpness_*")  # sharpness: measurements only, the trajectory is the same
-# Config keys a branch (a new run started from another run's phase checkpoint) must share with it:
-# the model, the data, the optimisation schedule and the trajectory's randomness; the consensus
-# policies, their targets and the topology they gossip over are what a branch changes (a dec-phase-2
-# ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
-BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
-                     "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
-                     "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
-                     "layers", "d_ff", "dropout")
-
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the path and the failing file."""
@@ -960,39 +944,3 @@ def upgrade_checkpoint(path: str) -> str:
                               f"the original is unchanged") from None
     verify_checkpoint(path)
     return backup
-
-
-# -- compatibility -----------------------------------------------------------------------------
-def saved_config(saved_meta: dict) -> dict:
-    """The config dict recorded in a manifest's meta (its "config_json" or "config"), else meta itself."""
-    if "config_json" in saved_meta:
-        return json.loads(saved_meta["config_json"])
-    if isinstance(saved_meta.get("config"), dict):
-        return saved_meta["config"]
-    return saved_meta
-
-
-def check_compatible(saved_meta: dict, cfg_dict: dict, keys: Iterable[str] | None = None,
-                     exclude: Iterable[str] = ()) -> list[str]:
-    """Differences "key: checkpoint=... config=..." between the checkpoint's config and cfg_dict, over
-    `keys` (None: every key of either side) minus the fnmatch patterns in `exclude`. Empty = compatible.
-    A config key the checkpoint predates (absent from its config) matches the key's default value.
-    Resume: check_compatible(m["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT);
-    branch: check_compatible(m["meta"], cfg.to_dict(), keys=BRANCH_MUST_MATCH)."""
-    from .config import DEFAULTS as defaults
-
-    saved = saved_config(saved_meta)
-    names = list(keys) if keys is not None else sorted(set(saved) | set(cfg_dict))
-    patterns = list(exclude)
-    absent = "<absent>"
-    out = []
-    for key in names:
-        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
-            continue
-        a, b = saved.get(key, absent), cfg_dict.get(key, absent)
-        if a is absent and key in defaults and b == defaults[key]:
-            continue  # a key added after the checkpoint was written, at its default: the behaviour the run had
-        if a != b:
-            out.append(f"{key}: checkpoint={json.dumps(a) if a is not absent else absent} "
-                       f"config={json.dumps(b) if b is not absent else absent}")
-    return out

@@ -133,7 +133,7 @@ class Config:
 _HINTS = typing.get_type_hints(Config)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Every key's default, read-only. A config written before a key existed behaved as its default: resume and
-# branch (checkpoint.check_compatible) and the tables (analysis.tables.identity) read an absent key so.
+# branch (compat.check_compatible) and the tables (analysis.tables.identity) read an absent key so.
 DEFAULTS = Config().to_dict()
 
 

@@ -25,10 +25,9 @@ from .comm import Gossiper, World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .replica import Replicas
 from .topology import Topology
-from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state, save_checkpoint,
-                         verify_checkpoint)
-from .checkpoint import CheckpointWriteError
+from .checkpoint import (CheckpointError, CheckpointWriteError, list_checkpoints, load_checkpoint_collective,
+                         resolve_branch, resolve_resume, restore_rank_state, save_checkpoint, verify_checkpoint)
+from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from .faults import fault_point
 from .signals import StopRequest
 from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness

@@ -13,10 +13,10 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from hpc_dsgd.checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError,
-                                 capture_rank_state, check_compatible, checkpoint_path, list_checkpoints,
+from hpc_dsgd.checkpoint import (CheckpointError, capture_rank_state, checkpoint_path, list_checkpoints,
                                  load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
                                  verify_checkpoint)
+from hpc_dsgd.compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from hpc_dsgd.config import Config
 
 N, D = 4, 37
