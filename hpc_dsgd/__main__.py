@@ -174,7 +174,8 @@ def _checkpoint(argv: list[str]) -> int:
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
 
-    from .checkpoint import CheckpointError, list_checkpoints, upgrade_checkpoint, verify_checkpoint
+    from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+    from .checkpoint_v1 import upgrade_checkpoint
 
     rc = 0
     for path in args.paths:

@@ -20,7 +20,7 @@ bool, None and tensors. Loading checks the checksum, then every key, shape and d
 against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
 the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
 is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
-upgrade PATH` (upgrade_checkpoint; the original is kept as PATH.format1).
+upgrade PATH` (checkpoint_v1.upgrade_checkpoint; the original is kept as PATH.format1).
 
 Bounded, contained reading (every reader: verify, resume, branch, upgrade, sharpness, surfaces): a
 file name from a manifest must be rank<5 digits>.pt; every file is lstat-checked to be a regular file
@@ -875,72 +875,3 @@ def load_checkpoint_collective(comm, path: str, replica_ids: Sequence[int],
     if bad:
         raise CheckpointError(bad[0])
     return out
-
-
-# -- upgrade from format 1 (trusted input only) ------------------------------------------------
-def _plain_rank_state_v1(state: dict) -> dict:
-    """A format-1 rank_state (numpy/random tuples) as plain data."""
-    out = {"torch": state["torch"]}
-    alg, key, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
-                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    version, internal, gauss_next = state["random"]
-    out["random"] = {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}
-    if "cuda" in state:
-        out["cuda"] = list(state["cuda"])
-    return out
-
-
-def upgrade_checkpoint(path: str) -> str:
-    """Convert a format-1 checkpoint (pickled rank files) to format 2 in place; returns the backup path.
-
-    UNPICKLES the old files (torch.load(weights_only=False)): run it only on checkpoints you trust.
-    Checks every file's checksum first; writes the new checkpoint into PATH.upgrade.tmp, then renames
-    PATH -> PATH.format1 (kept, ignored by readers) and PATH.upgrade.tmp -> PATH. The converted
-    checkpoint holds the same tensors and states, so a run resumes from it bitwise as before."""
-    path = os.path.normpath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path}: no such directory")
-    old = _read_manifest(path, formats=(1, FORMAT_VERSION))
-    if old["format"] == FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
-    backup, tmp = path + ".format1", path + ".upgrade.tmp"
-    if os.path.lexists(backup):
-        raise CheckpointError(f"checkpoint {path}: {backup} exists; move it away first")
-    if os.path.lexists(tmp) and not (os.path.isdir(tmp) and not os.path.islink(tmp)):
-        raise CheckpointError(f"checkpoint {path}: {tmp} exists and is not a directory of ours; move it away first")
-    made = False
-    try:
-        for fname, entry in sorted(old["files"].items()):
-            _check_file(path, fname, entry)
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)  # the leftover of an interrupted upgrade (checked above: a real directory)
-        os.makedirs(tmp)
-        made = True
-        files = {}
-        for fname, entry in sorted(old["files"].items()):
-            p = torch.load(_regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
-            ids = [int(i) for i in p["replica_ids"]]
-            payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
-                                    _plain_rank_state_v1(p["rank_state"]))
-            files[fname] = dict(_write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
-        manifest = dict(old, format=FORMAT_VERSION, files=files, upgraded_from_format=1,
-                        upgraded=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        _check_manifest(path, manifest)
-        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
-        _fsync_dir(tmp)
-        os.rename(path, backup)
-        os.rename(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
-    except CheckpointError:
-        if made:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
-        if made:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "
-                              f"the original is unchanged") from None
-    verify_checkpoint(path)
-    return backup

@@ -308,7 +308,7 @@ def test_format1_refused_then_upgraded_roundtrip(tmp_path):
     replica states and process RNG state as before, and the original is kept aside."""
     from ckpt_tamper import to_format1
 
-    from hpc_dsgd.checkpoint import upgrade_checkpoint
+    from hpc_dsgd.checkpoint_v1 import upgrade_checkpoint
 
     torch.manual_seed(3)
     path = save(tmp_path, 6)
