@@ -55,7 +55,7 @@ from .consensus import xi_sq_local
 from .data import ImageData
 from .data.multi30k import Multi30k, ParallelText
 from .execution import EXECS
-from .nmt import inverse_sqrt_lr, scaled_warmup_steps
+from .schedule import inverse_sqrt_lr, scaled_warmup_steps
 from .replica import Replicas
 from .topology import Topology
 from .workloads import Translation
