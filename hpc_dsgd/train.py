@@ -23,7 +23,7 @@ from mpi4py import MPI
 from . import __version__
 from .comm import Gossiper, World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
-from .replica import Replicas
+from .replica import Replicas, set_precision
 from .topology import Topology
 from .checkpoint import (CheckpointError, CheckpointWriteError, list_checkpoints, load_checkpoint_collective,
                          resolve_branch, resolve_resume, restore_rank_state, save_checkpoint, verify_checkpoint)
@@ -32,7 +32,7 @@ from .faults import fault_point
 from .signals import StopRequest
 from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
-from .workloads import make_workload
+from .workloads import Workload, make_workload
 
 
 def code_revision() -> str:
@@ -220,10 +220,12 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     set_determinism(world.device, cfg.deterministic)
     rank0 = world.rank == 0
-    wl = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
+    wl: Workload = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
     sched = wl.schedule()
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     p = topo.p()
+    set_precision(cfg.precision)  # process-wide: TF32 or strict fp32 (the paper)
+    torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
     reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
