@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if translation:
         cfg = translation_config(args, n, B)
         try:
-            validate(cfg, world.ranks, check_files=False)
+            validate(cfg, world.ranks)
         except ConfigError as e:
             ap.error(str(e))
         wl: Workload = synthetic_translation(cfg, N, world.device)

@@ -1,4 +1,5 @@
-"""Checks before any work: the launch, the device, the data size, and one run per run directory.
+"""Checks before any work: the inputs a config names, the launch, the device, the data size, and one run per
+run directory.
 
 Each check returns or raises one message naming the value and what would be right; the command
 line prints it as `hpc_dsgd: error: ...` and exits 2 on every rank, before anything is written.
@@ -13,7 +14,9 @@ import tempfile
 import threading
 import time
 
+from .checkpoint import CheckpointError, resolve_branch
 from .config import ConfigError
+from .data import check_dataset
 
 # Environment variables through which launchers announce how many tasks they started, in the order
 # they are consulted (srun sets SLURM_STEP_NUM_TASKS for the step, SLURM_NTASKS for the job; Hydra
@@ -24,6 +27,27 @@ LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_
 # Training images per data set, to refuse batch_size x n larger than an epoch before loading the data.
 # ImageNet-32 and Multi30k are counted from the files (train_size), which the config check has read.
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000}
+
+
+def check_inputs(cfg) -> None:
+    """What the config names outside itself, after config.validate has checked its values (load_config and
+    from_dict call both): every target phase's reference trace (matching experiment, plain gossip, measured),
+    the branch_from checkpoint, the data directory. ConfigError naming the key and the path otherwise."""
+    if "target" in cfg.policies:
+        # consensus imports comm, which initialises MPI: `python -m hpc_dsgd check` (run before srun) stays
+        # MPI-free unless a target phase needs its reference.
+        from .consensus import reference_xi_max
+
+        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
+    if cfg.branch_from:
+        try:
+            branch = resolve_branch(cfg.branch_from)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        if not os.path.isdir(branch):
+            raise ConfigError(f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
+                              "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
+    check_dataset(cfg.dataset, cfg.data_dir or None)
 
 
 def train_size(cfg) -> int | None:
