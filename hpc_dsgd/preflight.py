@@ -14,9 +14,13 @@ import tempfile
 import threading
 import time
 
+import torch
+
 from .checkpoint import CheckpointError, resolve_branch
 from .config import ConfigError
 from .data import check_dataset
+from .data.imagenet32 import prepare_imagenet32
+from .data.multi30k import load_multi30k
 
 # Environment variables through which launchers announce how many tasks they started, in the order
 # they are consulted (srun sets SLURM_STEP_NUM_TASKS for the step, SLURM_NTASKS for the job; Hydra
@@ -58,12 +62,8 @@ def train_size(cfg) -> int | None:
     if not cfg.data_dir:
         return None
     if cfg.dataset == "imagenet32":
-        from .data.imagenet32 import prepare_imagenet32
-
         return int(prepare_imagenet32(cfg.data_dir)[1]["arrays"]["train_y"]["shape"][0])
     if cfg.dataset == "multi30k":
-        from .data.multi30k import load_multi30k
-
         return len(load_multi30k(cfg.data_dir).train)
     return None
 
@@ -114,8 +114,6 @@ def launch_error(world_size: int, env: dict | None = None) -> str | None:
 def check_run(cfg, ranks: int) -> None:
     """What the config alone cannot tell: the device on this node, an epoch with at least one
     iteration, a writable out_dir. ConfigError naming the key otherwise."""
-    import torch
-
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device='cuda' but torch sees no CUDA device on {socket.gethostname()} "
                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): "

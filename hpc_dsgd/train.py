@@ -16,6 +16,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
+import h5py
+import mpi4py
 import numpy as np
 import torch
 from mpi4py import MPI
@@ -46,9 +48,6 @@ def code_revision() -> str:
 
 
 def versions() -> dict:
-    import h5py
-    import mpi4py
-
     return {"hpc_dsgd": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
