@@ -274,7 +274,8 @@ def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, refused before any work (no MPI collective, no file opened here). What lives
     outside the config (data directory, reference traces, branch_from) is preflight.check_inputs'."""
     # The value lists live with the modules that use them, which import torch: imported here, not at the
-    # top, so that reading DEFAULTS (the analysis tables, `python -m hpc_dsgd check`'s start) stays torch-free.
+    # top, so that importing this module (DEFAULTS for the analysis tables, `python -m hpc_dsgd --help`) stays
+    # torch-free.
     from .data import DATASETS
     from .execution import EXECS
     from .models import MODELS
