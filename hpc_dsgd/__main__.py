@@ -12,6 +12,12 @@ import sys
 import time
 import traceback
 
+# Light modules only at the top (standard library alone: no numpy, torch or MPI), so that `--help` starts in a
+# fraction of a second; each command imports what it runs (numpy, torch, mpi4py, whose import initialises
+# MPI) inside its function.
+from .config import ConfigError, load_config
+from .signals import REQUEUE_EXIT_CODE, StopBeforeStart, StopRequest
+
 ABORT_GRACE_S = 1.0  # seconds a failing rank waits, after printing its traceback, before MPI_Abort
 
 
@@ -33,11 +39,12 @@ def _train(argv: list[str]) -> int:
 
     from mpi4py import MPI
 
-    from .config import ConfigError, load_config
-    from .topology import TopologyError
-
+    from .checkpoint import CheckpointError, CheckpointWriteError
+    from .data import DataError
     from .preflight import RunLock, check_run, launch_error
-    from .signals import REQUEUE_EXIT_CODE, StopBeforeStart, StopRequest
+    from .topology import TopologyError
+    from .trace import TraceError, TraceWriteError
+    from .train import run
 
     comm = MPI.COMM_WORLD
     launch = launch_error(comm.Get_size())
@@ -72,12 +79,6 @@ def _train(argv: list[str]) -> int:
             where = f" (on rank {rank})" if comm.Get_size() > 1 and bad.count(msg) < len(bad) else ""
             print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
-    from .checkpoint import CheckpointError, CheckpointWriteError
-    from .data import DataError
-    from .signals import REQUEUE_EXIT_CODE, StopRequest
-    from .trace import TraceError, TraceWriteError
-    from .train import run
-
     # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
     # dead jobs are taken over); a directory in use stops every rank with exit 2 before any work.
     lock, error = None, None
@@ -148,7 +149,6 @@ def _check(argv: list[str]) -> int:
     ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
     args = ap.parse_args(argv)
 
-    from .config import load_config
     from .preflight import check_data_size
 
     try:
@@ -174,7 +174,8 @@ def _checkpoint(argv: list[str]) -> int:
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
 
-    from .checkpoint import CheckpointError, list_checkpoints, upgrade_checkpoint, verify_checkpoint
+    from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+    from .checkpoint_v1 import upgrade_checkpoint
 
     rc = 0
     for path in args.paths:

@@ -55,10 +55,11 @@ from .consensus import xi_sq_local
 from .data import ImageData
 from .data.multi30k import Multi30k, ParallelText
 from .execution import EXECS
-from .nmt import inverse_sqrt_lr, scaled_warmup_steps
-from .replica import Replicas
+from .schedule import inverse_sqrt_lr, scaled_warmup_steps
+from .replica import Replicas, set_precision
 from .topology import Topology
-from .workloads import Translation
+from .train import set_determinism
+from .workloads import ImageClassification, Translation, Workload
 
 MODES = ("premade", "local", "gossip", "theta", "allreduce", "xi")
 WORKLOADS = ("image", "translation")
@@ -181,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     k = args.replicas_per_rank
     world = make_world(comm, k, args.device)
-    from .train import set_determinism
-
     set_determinism(world.device, args.deterministic)
     n, B = world.n, args.batch_size
     g = torch.Generator().manual_seed(0)
@@ -190,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     if translation:
         cfg = translation_config(args, n, B)
         try:
-            validate(cfg, world.ranks, check_files=False)
+            validate(cfg, world.ranks)
         except ConfigError as e:
             ap.error(str(e))
-        data = synthetic_translation(cfg, N, world.device)
+        wl: Workload = synthetic_translation(cfg, N, world.device)
         warm = scaled_warmup_steps(n, B, cfg.warmup_steps)
         lr = inverse_sqrt_lr(warm, cfg.d_model, warm, cfg.lr_scale)  # the schedule's peak
     else:
@@ -203,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8, generator=g)
         y = torch.randint(0, args.classes, (N,), generator=g)
         data = ImageData("random", x, y, x[:64], y[:64], (0.5,) * 3, (0.25,) * 3, args.classes).to(world.device)
+        wl = ImageClassification(cfg, data, world.device)
         lr = 0.01
-    reps = Replicas(cfg, world, data)  # the data pipeline on the device
-    pre = Replicas(cfg, world, data)  # the same step on fixed batches
+    set_precision(cfg.precision)
+    torch.manual_seed(cfg.seed)  # every block starts from the same initial model, as a run's replicas do
+    reps = Replicas(cfg, world, wl)  # the data pipeline on the device
+    torch.manual_seed(cfg.seed)
+    pre = Replicas(cfg, world, wl)  # the same step on fixed batches
     if translation:  # iteration 0's batches, padded as the workload pads them
         pre.set_inputs(0, 0, 0, lr)
         with torch.no_grad():
@@ -214,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         pre.premade = (torch.randn(k, B, 3, 32, 32, generator=g).to(world.device), y[:k * B].view(k, B).to(world.device))
     samples = reps.wl.samples  # "images" or "sentences"
     modes = MODES + (("loop_local",) if args.compare_loop else ())
-    loop = Replicas(Config(**{**cfg.to_dict(), "replica_exec": "loop"}), world, data) if args.compare_loop else None
+    if args.compare_loop:
+        torch.manual_seed(cfg.seed)
+    loop = Replicas(Config(**{**cfg.to_dict(), "replica_exec": "loop"}), world, wl) if args.compare_loop else None
     gossiper = Gossiper(world, Topology(args.topology, n), reps.D, capture=bool(reps.capture))
     d, s = reps.d, 0
     sync = (lambda: torch.cuda.synchronize(world.device)) if world.device.type == "cuda" else (lambda: None)

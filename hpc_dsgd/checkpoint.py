@@ -20,7 +20,7 @@ bool, None and tensors. Loading checks the checksum, then every key, shape and d
 against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
 the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
 is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
-upgrade PATH` (upgrade_checkpoint; the original is kept as PATH.format1).
+upgrade PATH` (checkpoint_v1.upgrade_checkpoint; the original is kept as PATH.format1).
 
 Bounded, contained reading (every reader: verify, resume, branch, upgrade, sharpness, surfaces): a
 file name from a manifest must be rank<5 digits>.pt; every file is lstat-checked to be a regular file
@@ -54,7 +54,6 @@ when the layout is the same, since they have no meaning for another split.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import hashlib
 import json
 import math
@@ -65,11 +64,12 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .compat import saved_config  # noqa: F401 (re-export: analysis/surface.py reads it from here)
 from .faults import fault_point
 
 FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
@@ -83,22 +83,6 @@ _CHUNK = 1 << 20
 MANIFEST_MAX_BYTES = 64 << 20  # a manifest of 2**20 rank files and a long meta stays far below
 JSON_MAX_DEPTH = 64  # a manifest or rank document nests about 6 deep
 MAX_REPLICAS = 1 << 20
-
-# Config keys that may change when a run resumes (run control, paths, local resources); every
-# other key must agree with the checkpoint. Entries are fnmatch patterns.
-RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "trace_flush_seconds",
-                            "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume",
-                            "sharpness_*")  # sharpness: measurements only, the trajectory is the same
-# Config keys a branch (a new run started from another run's phase checkpoint) must share with it:
-# the model, the data, the optimisation schedule and the trajectory's randomness; the consensus
-# policies, their targets and the topology they gossip over are what a branch changes (a dec-phase-2
-# ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
-BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
-                     "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
-                     "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
-                     "layers", "d_ff", "dropout")
-
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the path and the failing file."""
@@ -893,109 +877,4 @@ def load_checkpoint_collective(comm, path: str, replica_ids: Sequence[int],
     bad = [e for e in errors if e]
     if bad:
         raise CheckpointError(bad[0])
-    return out
-
-
-# -- upgrade from format 1 (trusted input only) ------------------------------------------------
-def _plain_rank_state_v1(state: dict) -> dict:
-    """A format-1 rank_state (numpy/random tuples) as plain data."""
-    out = {"torch": state["torch"]}
-    alg, key, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
-                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    version, internal, gauss_next = state["random"]
-    out["random"] = {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}
-    if "cuda" in state:
-        out["cuda"] = list(state["cuda"])
-    return out
-
-
-def upgrade_checkpoint(path: str) -> str:
-    """Convert a format-1 checkpoint (pickled rank files) to format 2 in place; returns the backup path.
-
-    UNPICKLES the old files (torch.load(weights_only=False)): run it only on checkpoints you trust.
-    Checks every file's checksum first; writes the new checkpoint into PATH.upgrade.tmp, then renames
-    PATH -> PATH.format1 (kept, ignored by readers) and PATH.upgrade.tmp -> PATH. The converted
-    checkpoint holds the same tensors and states, so a run resumes from it bitwise as before."""
-    path = os.path.normpath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path}: no such directory")
-    old = _read_manifest(path, formats=(1, FORMAT_VERSION))
-    if old["format"] == FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
-    backup, tmp = path + ".format1", path + ".upgrade.tmp"
-    if os.path.lexists(backup):
-        raise CheckpointError(f"checkpoint {path}: {backup} exists; move it away first")
-    if os.path.lexists(tmp) and not (os.path.isdir(tmp) and not os.path.islink(tmp)):
-        raise CheckpointError(f"checkpoint {path}: {tmp} exists and is not a directory of ours; move it away first")
-    made = False
-    try:
-        for fname, entry in sorted(old["files"].items()):
-            _check_file(path, fname, entry)
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)  # the leftover of an interrupted upgrade (checked above: a real directory)
-        os.makedirs(tmp)
-        made = True
-        files = {}
-        for fname, entry in sorted(old["files"].items()):
-            p = torch.load(_regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
-            ids = [int(i) for i in p["replica_ids"]]
-            payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
-                                    _plain_rank_state_v1(p["rank_state"]))
-            files[fname] = dict(_write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
-        manifest = dict(old, format=FORMAT_VERSION, files=files, upgraded_from_format=1,
-                        upgraded=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        _check_manifest(path, manifest)
-        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
-        _fsync_dir(tmp)
-        os.rename(path, backup)
-        os.rename(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
-    except CheckpointError:
-        if made:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
-        if made:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "
-                              f"the original is unchanged") from None
-    verify_checkpoint(path)
-    return backup
-
-
-# -- compatibility -----------------------------------------------------------------------------
-def saved_config(saved_meta: dict) -> dict:
-    """The config dict recorded in a manifest's meta (its "config_json" or "config"), else meta itself."""
-    if "config_json" in saved_meta:
-        return json.loads(saved_meta["config_json"])
-    if isinstance(saved_meta.get("config"), dict):
-        return saved_meta["config"]
-    return saved_meta
-
-
-def check_compatible(saved_meta: dict, cfg_dict: dict, keys: Iterable[str] | None = None,
-                     exclude: Iterable[str] = ()) -> list[str]:
-    """Differences "key: checkpoint=... config=..." between the checkpoint's config and cfg_dict, over
-    `keys` (None: every key of either side) minus the fnmatch patterns in `exclude`. Empty = compatible.
-    A config key the checkpoint predates (absent from its config) matches the key's default value.
-    Resume: check_compatible(m["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT);
-    branch: check_compatible(m["meta"], cfg.to_dict(), keys=BRANCH_MUST_MATCH)."""
-    from .config import DEFAULTS as defaults
-
-    saved = saved_config(saved_meta)
-    names = list(keys) if keys is not None else sorted(set(saved) | set(cfg_dict))
-    patterns = list(exclude)
-    absent = "<absent>"
-    out = []
-    for key in names:
-        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
-            continue
-        a, b = saved.get(key, absent), cfg_dict.get(key, absent)
-        if a is absent and key in defaults and b == defaults[key]:
-            continue  # a key added after the checkpoint was written, at its default: the behaviour the run had
-        if a != b:
-            out.append(f"{key}: checkpoint={json.dumps(a) if a is not absent else absent} "
-                       f"config={json.dumps(b) if b is not absent else absent}")
     return out

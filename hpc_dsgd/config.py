@@ -3,6 +3,10 @@
 Validation happens on every rank, from the file alone plus the rank count, before the first
 collective: a bad value stops every rank with the same one-line message, and nothing hangs.
 Errors are ValueError (ConfigError) naming the key, the value and what would be right.
+
+validate() checks values only, opening no file; what the config names outside itself (reference traces, the
+data directory, a branch's checkpoint) is preflight.check_inputs', which load_config and from_dict call after
+validate unless check_files=False.
 """
 from __future__ import annotations
 
@@ -133,7 +137,7 @@ class Config:
 _HINTS = typing.get_type_hints(Config)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Every key's default, read-only. A config written before a key existed behaved as its default: resume and
-# branch (checkpoint.check_compatible) and the tables (analysis.tables.identity) read an absent key so.
+# branch (compat.check_compatible) and the tables (analysis.tables.identity) read an absent key so.
 DEFAULTS = Config().to_dict()
 
 
@@ -252,7 +256,11 @@ def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
         raise ConfigError(f"unknown config key(s) {', '.join(hints)}; the keys and their meaning are in "
                           f"hpc_dsgd/config.py (class Config) and the README")
     cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
-    validate(cfg, ranks, check_files)
+    validate(cfg, ranks)
+    if check_files:
+        from .preflight import check_inputs  # preflight imports this module (ConfigError): not at the top
+
+        check_inputs(cfg)
     return cfg
 
 
@@ -262,10 +270,13 @@ def reference_for_phase(cfg, k: int) -> str:
     return refs[k - 1] if refs else cfg.reference_trace
 
 
-def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
-    """Impossible values, refused before any work (no MPI collective here). check_files=False skips
-    what lives outside the config (data directory, reference trace), e.g. to lint config files."""
-    from .data import DATASETS, check_dataset
+def validate(cfg: Config, ranks: int) -> None:
+    """Impossible values, refused before any work (no MPI collective, no file opened here). What lives
+    outside the config (data directory, reference traces, branch_from) is preflight.check_inputs'."""
+    # The value lists live with the modules that use them, which import torch: imported here, not at the
+    # top, so that importing this module (DEFAULTS for the analysis tables, `python -m hpc_dsgd --help`) stays
+    # torch-free.
+    from .data import DATASETS
     from .execution import EXECS
     from .models import MODELS
     from .optim import OPTIMIZERS
@@ -354,9 +365,6 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
         need(bool(reference_for_phase(cfg, k)), f"policies[{k - 1}]='target' but phase {k} has no reference: set "
              "reference_trace (or reference_traces[" f"{k - 1}]) to the trace of the uncontrolled run of this "
              f"experiment (plain gossip in phase {k})")
-    if targets and check_files:
-        from .consensus import reference_xi_max
-        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
     need(cfg.sharpness_every >= 0, f"sharpness_every={cfg.sharpness_every}: need >= 0 epochs (0 = never)")
     need(cfg.sharpness_samples >= 1, f"sharpness_samples={cfg.sharpness_samples}: need >= 1 training image")
     need(cfg.sharpness_method in SHARPNESS_METHODS,
@@ -370,15 +378,5 @@ def validate(cfg: Config, ranks: int, check_files: bool = True) -> None:
     need(cfg.local_eval_samples >= 0, f"local_eval_samples={cfg.local_eval_samples}: need >= 0 (0 = whole test set)")
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
-    if cfg.branch_from and check_files:
-        from .checkpoint import CheckpointError, resolve_branch
-        try:
-            branch = resolve_branch(cfg.branch_from)
-        except CheckpointError as e:
-            raise ConfigError(str(e)) from None
-        need(os.path.isdir(branch), f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
-             "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
     need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")
-    if check_files:
-        check_dataset(cfg.dataset, cfg.data_dir or None)

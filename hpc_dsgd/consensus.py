@@ -33,7 +33,9 @@ from dataclasses import dataclass
 import torch
 
 from .comm import Gossiper, World, allreduce_scalars, average_rows, global_mean
+from .config import DEFAULTS, reference_for_phase
 from .topology import gossip_steps_needed
+from .trace import TraceError, read_trace
 
 NAN = float("nan")
 
@@ -228,9 +230,6 @@ def reference_xi_max(cfg) -> dict[int, float]:
     dec-phase-k run that is the dec-phase-k Xi_max run (All-Reduce elsewhere), whose phase k starts from
     consensus as the controlled run's does; an all-gossip run is accepted too, but its phase-k maximum carries
     the previous phase's distance, so the target may never bind: the trace's /phase/ rows say so (bound_its)."""
-    from .config import DEFAULTS, reference_for_phase
-    from .trace import TraceError, read_trace
-
     out, traces = {}, {}
     for k, pol in enumerate(cfg.policies, start=1):
         if pol != "target":

@@ -31,6 +31,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .models.resnet import CifarResNet
+
 EXECS = ("batched", "loop")  # config values of replica_exec
 
 
@@ -143,8 +145,6 @@ class GroupedResNetExec(_Exec):
     name = "grouped"
 
     def __init__(self, proto: nn.Module, layout: Layout):
-        from .models.resnet import CifarResNet
-
         if not isinstance(proto, CifarResNet):
             raise TypeError("the grouped executor needs a CifarResNet")
         super().__init__()
@@ -206,8 +206,6 @@ class GroupedResNetExec(_Exec):
 def make_executor(replica_exec: str, proto: nn.Module, layout: Layout, batched_kind: str = "auto"):
     """replica_exec 'loop' -> LoopExec; 'batched' -> grouped for a CifarResNet, vmap for anything else
     (batched_kind 'vmap' forces vmap, e.g. to compare the two)."""
-    from .models.resnet import CifarResNet
-
     if replica_exec == "loop":
         return LoopExec(proto, layout)
     if replica_exec != "batched":

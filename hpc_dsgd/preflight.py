@@ -1,4 +1,5 @@
-"""Checks before any work: the launch, the device, the data size, and one run per run directory.
+"""Checks before any work: the inputs a config names, the launch, the device, the data size, and one run per
+run directory.
 
 Each check returns or raises one message naming the value and what would be right; the command
 line prints it as `hpc_dsgd: error: ...` and exits 2 on every rank, before anything is written.
@@ -13,7 +14,13 @@ import tempfile
 import threading
 import time
 
+import torch
+
+from .checkpoint import CheckpointError, resolve_branch
 from .config import ConfigError
+from .data import check_dataset
+from .data.imagenet32 import prepare_imagenet32
+from .data.multi30k import load_multi30k
 
 # Environment variables through which launchers announce how many tasks they started, in the order
 # they are consulted (srun sets SLURM_STEP_NUM_TASKS for the step, SLURM_NTASKS for the job; Hydra
@@ -26,6 +33,27 @@ LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000}
 
 
+def check_inputs(cfg) -> None:
+    """What the config names outside itself, after config.validate has checked its values (load_config and
+    from_dict call both): every target phase's reference trace (matching experiment, plain gossip, measured),
+    the branch_from checkpoint, the data directory. ConfigError naming the key and the path otherwise."""
+    if "target" in cfg.policies:
+        # consensus imports comm, which initialises MPI: `python -m hpc_dsgd check` (run before srun) stays
+        # MPI-free unless a target phase needs its reference.
+        from .consensus import reference_xi_max
+
+        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
+    if cfg.branch_from:
+        try:
+            branch = resolve_branch(cfg.branch_from)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        if not os.path.isdir(branch):
+            raise ConfigError(f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
+                              "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
+    check_dataset(cfg.dataset, cfg.data_dir or None)
+
+
 def train_size(cfg) -> int | None:
     """Training samples of cfg's data set: the fixed sizes, else from the ImageNet-32 cache's manifest or
     the Multi30k training file (DataError if they cannot be read); None where the config has no data_dir."""
@@ -34,12 +62,8 @@ def train_size(cfg) -> int | None:
     if not cfg.data_dir:
         return None
     if cfg.dataset == "imagenet32":
-        from .data.imagenet32 import prepare_imagenet32
-
         return int(prepare_imagenet32(cfg.data_dir)[1]["arrays"]["train_y"]["shape"][0])
     if cfg.dataset == "multi30k":
-        from .data.multi30k import load_multi30k
-
         return len(load_multi30k(cfg.data_dir).train)
     return None
 
@@ -90,8 +114,6 @@ def launch_error(world_size: int, env: dict | None = None) -> str | None:
 def check_run(cfg, ranks: int) -> None:
     """What the config alone cannot tell: the device on this node, an epoch with at least one
     iteration, a writable out_dir. ConfigError naming the key otherwise."""
-    import torch
-
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device='cuda' but torch sees no CUDA device on {socket.gethostname()} "
                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): "

@@ -33,9 +33,10 @@ from typing import Callable
 import torch
 
 from .comm import World
-from .data import ImageData, epoch_permutation
+from .data import epoch_permutation
 from .execution import Layout, float_buffers, make_executor
 from .optim import decay_mask
+from .workloads import Workload
 
 GradHook = Callable[[torch.Tensor], None]
 
@@ -49,15 +50,13 @@ def set_precision(precision: str) -> None:
 
 
 class Replicas:
-    def __init__(self, cfg, world: World, workload, batched_kind: str = "auto"):
-        """workload: a Workload (workloads/), or an ImageData (wrapped as image classification)."""
-        if isinstance(workload, ImageData):
-            from .workloads import ImageClassification
-
-            workload = ImageClassification(cfg, workload, world.device)
+    def __init__(self, cfg, world: World, workload: Workload, batched_kind: str = "auto"):
+        """The k replicas of this rank, every one the model workload.build_model() builds now. Process-wide
+        state is the caller's to set first, where the run is set up (train.run, bench.py): the global seed
+        (torch.manual_seed(cfg.seed): every replica, on every rank, starts from the same initial model, so
+        Xi_0 = 0) and the precision flags (set_precision(cfg.precision))."""
         self.cfg, self.world, self.k, self.wl = cfg, world, world.k, workload
         dev = self.device = world.device
-        torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
         proto = workload.build_model().to(dev)
         self.layout = Layout(proto)
         self.d, self.D = self.layout.d, self.layout.d + self.layout.b
@@ -86,7 +85,6 @@ class Replicas:
         self.premade: tuple | None = None  # (inputs, target) instead of the data pipeline (benchmark)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture = dev.type == "cuda" and cfg.cuda_graph and workload.capturable and self.opt.capturable
-        set_precision(cfg.precision)
         bf16 = cfg.precision == "bf16"
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 

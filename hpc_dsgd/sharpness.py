@@ -36,6 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
+from .compat import saved_config
+from .config import FIELDS, ConfigError, from_dict
+from .data import load_dataset
+from .data.augment import normalise
+from .models import build_model
+
 CHUNK = 250  # images per forward/double-backward pass
 
 
@@ -203,8 +210,6 @@ def sharpness_subset(seed: int, num_train: int, samples: int) -> torch.Tensor:
 
 def rank_batches(data, idx: torch.Tensor, rank: int, ranks: int, device) -> list:
     """This rank's share of the subset (every ranks-th image), normalised, no augmentation, in chunks."""
-    from .data.augment import normalise
-
     mine = idx[rank::ranks]
     out = []
     for s in range(0, len(mine), CHUNK):
@@ -248,8 +253,7 @@ def measure_run(cfg, world, reps, data, epoch: float, it: int) -> list[dict]:
 
     Reads only the replica block reps.X (k, D) and reps.D; the model is a plain module of the run's
     architecture (built without touching the global RNG) into which each row is copied, in fp32."""
-    from .comm import global_mean
-    from .models import build_model
+    from .comm import global_mean  # comm initialises MPI: the loss-surface figures import this module without it
 
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg.model, data.num_classes, cfg.width).to(world.device)
@@ -302,9 +306,6 @@ def main(argv: list[str]) -> int:
 
     from mpi4py import MPI
 
-    from .checkpoint import CheckpointError, load_checkpoint, saved_config, verify_checkpoint
-    from .config import ConfigError, from_dict
-
     comm = MPI.COMM_WORLD
     rank, ranks = comm.Get_rank(), comm.Get_size()
     err, cfg_d = None, None
@@ -327,8 +328,6 @@ def main(argv: list[str]) -> int:
             if cfg.dataset == "multi30k":
                 raise ConfigError(f"{args.checkpoint} is a multi30k (translation) run: the sharpness study measures "
                                   "image-classification checkpoints (digits, cifar10, imagenet32)")
-            from .data import load_dataset
-
             ntrain = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_y)
             if cfg.sharpness_samples > ntrain:
                 raise ConfigError(f"--samples {cfg.sharpness_samples}: the training set has {ntrain} images; "
@@ -346,9 +345,6 @@ def main(argv: list[str]) -> int:
             print(f"hpc_dsgd: error: {err}", file=sys.stderr, flush=True)
         return 2
     cfg = from_dict(cfg_d, ranks=1, check_files=False)
-    from .data import load_dataset
-    from .models import build_model
-
     dev = torch.device(args.device)
     torch.set_num_threads(cfg.torch_threads)
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
@@ -380,6 +376,4 @@ def main(argv: list[str]) -> int:
 
 
 def _config_fields() -> set:
-    from .config import FIELDS
-
     return set(FIELDS)

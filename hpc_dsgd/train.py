@@ -20,6 +20,8 @@ import subprocess
 import time
 from dataclasses import dataclass, fields
 
+import h5py
+import mpi4py
 import numpy as np
 import torch
 from mpi4py import MPI
@@ -27,15 +29,15 @@ from mpi4py import MPI
 from . import __version__
 from .comm import Gossiper, World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
-from .replica import Replicas
+from .replica import Replicas, set_precision
 from .topology import Topology
-from .checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError, check_compatible,
-                         list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume, restore_rank_state,
-                         verify_checkpoint)
+from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume,
+                         restore_rank_state, verify_checkpoint)
+from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from .faults import fault_point
 from .signals import StopRequest
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
-from .workloads import make_workload
+from .workloads import Workload, make_workload
 from .observers import (LOOP_KEYS, Checkpointer, EpochMeter, Evaluator, LoopState, PhaseStats, PhaseSummary,  # noqa: F401
                         ProgressPrinter, Scalars, Sharpness, Step, TraceRecorder, _hms)
 
@@ -51,9 +53,6 @@ def code_revision() -> str:
 
 
 def versions() -> dict:
-    import h5py
-    import mpi4py
-
     return {"hpc_dsgd": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
@@ -175,9 +174,11 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
     set_determinism(world.device, cfg.deterministic)
-    wl = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
+    wl: Workload = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
     sched = wl.schedule()
     topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    set_precision(cfg.precision)  # process-wide: TF32 or strict fp32 (the paper)
+    torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
     reps = Replicas(cfg, world, wl)
     gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None

@@ -2,7 +2,7 @@
 
 The loop (train.py), the replica block and its executors (replica.py, execution.py), gossip and consensus
 control (comm.py, consensus.py), traces, checkpoints and the tools are ONE code path for every workload. A
-workload supplies only what differs between tasks:
+workload supplies only what differs between tasks (the Workload protocol below):
 
   build_model()          the model of one replica (called under torch.manual_seed(cfg.seed): every replica
                          starts from the same initial model);
@@ -22,13 +22,53 @@ Translation (multi30k; the Transformer). How to add one: see the README, "Adding
 """
 from __future__ import annotations
 
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ..optim import LocalAdam, LocalSGD
+from ..schedule import Schedule
 from .image import ImageClassification
 from .translation import Translation
 
-WORKLOADS = {"image": ImageClassification, "translation": Translation}
+
+class Workload(Protocol):
+    """What the loop, the replica block and its executors, the benchmark and the tests call on a workload (the
+    list above). `reps` is the replica block (replica.Replicas: batch() reads its static device inputs, evaluate()
+    its rows and executor); `world` is comm.World. ImageClassification and Translation implement it; so does any
+    class with these members (structural typing: no base class to inherit)."""
+
+    name: ClassVar[str]  # trace attribute "workload"
+    datasets: ClassVar[tuple[str, ...]]  # the config's `dataset` values it trains on
+    samples: ClassVar[str]  # what one training sample is called ("images", "sentences"): throughput column
+    capturable: ClassVar[bool]  # fixed shapes: the local step can be captured as one CUDA graph
+    num_train: int  # training samples (the epoch permutation's length)
+
+    @classmethod
+    def load(cls, cfg, world, run_dir: str, how: str = "fresh") -> Workload: ...
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def optimizer(self, k: int, d: int, device) -> LocalSGD | LocalAdam: ...
+
+    def schedule(self) -> Schedule: ...
+
+    def trace_attrs(self) -> dict[str, Any]: ...
+
+    def batch(self, reps, idx: torch.Tensor) -> tuple[Any, torch.Tensor]: ...
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def evaluate(self, world, reps) -> dict[str, float]: ...
+
+    @staticmethod
+    def describe(metrics: dict | None) -> str: ...
 
 
-def workload_of(dataset: str) -> type:
+WORKLOADS: dict[str, type[Workload]] = {"image": ImageClassification, "translation": Translation}
+
+
+def workload_of(dataset: str) -> type[Workload]:
     """The workload class that trains on `dataset`."""
     for cls in WORKLOADS.values():
         if dataset in cls.datasets:
@@ -36,10 +76,10 @@ def workload_of(dataset: str) -> type:
     raise ValueError(f"no workload trains on dataset {dataset!r}")
 
 
-def make_workload(cfg, world, run_dir: str, how: str = "fresh"):
+def make_workload(cfg, world, run_dir: str, how: str = "fresh") -> Workload:
     """Load the run's data (collective: every rank of world.comm calls it) and build its workload.
     how: 'fresh', 'resume' or 'branch' (a translation run keeps its tokenizer across resumes)."""
     return workload_of(cfg.dataset).load(cfg, world, run_dir, how)
 
 
-__all__ = ["WORKLOADS", "ImageClassification", "Translation", "make_workload", "workload_of"]
+__all__ = ["WORKLOADS", "ImageClassification", "Translation", "Workload", "make_workload", "workload_of"]

@@ -23,7 +23,7 @@ from hpc_dsgd.data import epoch_permutation, replica_shard
 from hpc_dsgd.data.augment import counter_hash
 from hpc_dsgd.data.multi30k import EncodedPairs, SubwordTokenizer, load_multi30k, pad_batch
 from hpc_dsgd.models.transformer import Seq2SeqTransformer, label_smoothed_loss
-from hpc_dsgd.nmt import inverse_sqrt_lr, scaled_warmup_steps
+from hpc_dsgd.schedule import inverse_sqrt_lr, scaled_warmup_steps
 from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.topology import Topology
 from hpc_dsgd.trace import read_trace

@@ -13,10 +13,10 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from hpc_dsgd.checkpoint import (BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, CheckpointError,
-                                 capture_rank_state, check_compatible, checkpoint_path, list_checkpoints,
+from hpc_dsgd.checkpoint import (CheckpointError, capture_rank_state, checkpoint_path, list_checkpoints,
                                  load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
                                  verify_checkpoint)
+from hpc_dsgd.compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from hpc_dsgd.config import Config
 
 N, D = 4, 37
@@ -308,7 +308,7 @@ def test_format1_refused_then_upgraded_roundtrip(tmp_path):
     replica states and process RNG state as before, and the original is kept aside."""
     from ckpt_tamper import to_format1
 
-    from hpc_dsgd.checkpoint import upgrade_checkpoint
+    from hpc_dsgd.checkpoint_v1 import upgrade_checkpoint
 
     torch.manual_seed(3)
     path = save(tmp_path, 6)

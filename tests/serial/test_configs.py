@@ -80,7 +80,7 @@ def test_figure3_configs(stem, topology, policies, factors, reference):
 # -- the protocol of issue 16: references per experiment, branch parents, one place for learning rates --------
 import importlib.util  # noqa: E402
 
-from hpc_dsgd.checkpoint import BRANCH_MUST_MATCH  # noqa: E402
+from hpc_dsgd.compat import BRANCH_MUST_MATCH  # noqa: E402
 from hpc_dsgd.config import DEFAULTS  # noqa: E402
 
 

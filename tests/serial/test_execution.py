@@ -15,7 +15,8 @@ from hpc_dsgd.config import Config
 from hpc_dsgd.data import load_dataset
 from hpc_dsgd.execution import Layout, float_buffers, make_executor
 from hpc_dsgd.models import build_model
-from hpc_dsgd.replica import Replicas
+from hpc_dsgd.replica import Replicas, set_precision
+from hpc_dsgd.workloads import ImageClassification
 
 torch.set_num_threads(1)
 
@@ -70,7 +71,9 @@ def test_batched_equals_loop(model, kind, k):
 def _replicas(exec_, k=4, **kw):
     cfg = Config(n=k, width=0.25, batch_size=8, replica_exec=exec_, device="cpu", **kw)
     world = make_world(MPI.COMM_SELF, k, "cpu")
-    return Replicas(cfg, world, load_dataset("digits", None))
+    set_precision(cfg.precision)
+    torch.manual_seed(cfg.seed)  # the run's set-up: every replica starts from the same initial model
+    return Replicas(cfg, world, ImageClassification(cfg, load_dataset("digits", None), world.device))
 
 
 @pytest.mark.parametrize("model", ["resnet20", "small_cnn"])

@@ -15,9 +15,10 @@ from hpc_dsgd.comm import make_world
 from hpc_dsgd.config import Config, from_dict
 from hpc_dsgd.data import load_dataset
 from hpc_dsgd.data.augment import crop_flip_params
-from hpc_dsgd.replica import Replicas
+from hpc_dsgd.replica import Replicas, set_precision
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run, set_determinism
+from hpc_dsgd.workloads import ImageClassification
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
 QUIET = dict(log=lambda *a, **k: None)
@@ -33,7 +34,10 @@ def test_counter_hash_same_on_gpu_and_cpu():
 def _reps(**kw):
     cfg = Config(n=8, width=0.5, batch_size=32, device="cuda", **kw)
     set_determinism(torch.device("cuda"), cfg.deterministic)
-    return Replicas(cfg, make_world(MPI.COMM_SELF, 8, "cuda"), load_dataset("digits", None).to("cuda"))
+    set_precision(cfg.precision)
+    torch.manual_seed(cfg.seed)  # the run's set-up: every replica starts from the same initial model
+    return Replicas(cfg, make_world(MPI.COMM_SELF, 8, "cuda"),
+                    ImageClassification(cfg, load_dataset("digits", None).to("cuda"), "cuda"))
 
 
 def test_batched_step_equals_loop_on_gpu():

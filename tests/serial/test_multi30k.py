@@ -28,8 +28,8 @@ from hpc_dsgd.data.multi30k import (
 )
 from hpc_dsgd.models.transformer import Seq2SeqTransformer, greedy_decode, label_smoothed_loss, sinusoidal_positions
 from hpc_dsgd.optim import LocalAdam
-from hpc_dsgd.schedule import Schedule
-from hpc_dsgd.nmt import corpus_bleu, evaluate_bleu, evaluate_loss, inverse_sqrt_lr, scaled_warmup_steps
+from hpc_dsgd.schedule import Schedule, inverse_sqrt_lr, scaled_warmup_steps
+from hpc_dsgd.workloads.translation import corpus_bleu, evaluate_bleu, evaluate_loss
 
 from multi30k_corpus import corpus, fabricate  # tests/multi30k_corpus.py
 

@@ -1,0 +1,85 @@
+"""Format 1 -> format 2: the one-off upgrader of the earlier checkpoint format (trusted input only).
+
+Format 1 stored each rank's state as a Python pickle (torch.save of arbitrary objects), which can run code
+when loaded; checkpoint.py refuses it with the command that calls this module:
+`python -m hpc_dsgd checkpoint upgrade PATH`. Nothing else in the package reads format 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import torch
+
+from .checkpoint import (FORMAT_VERSION, MANIFEST, CheckpointError, _atomic_write, _check_file, _check_manifest,
+                         _fsync_dir, _rank_payload, _read_manifest, _regular_file, _write_rank_file, verify_checkpoint)
+
+
+def _plain_rank_state_v1(state: dict) -> dict:
+    """A format-1 rank_state (numpy/random tuples) as plain data."""
+    out = {"torch": state["torch"]}
+    alg, key, pos, has_gauss, cached = state["numpy"]
+    out["numpy"] = {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
+                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    version, internal, gauss_next = state["random"]
+    out["random"] = {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}
+    if "cuda" in state:
+        out["cuda"] = list(state["cuda"])
+    return out
+
+
+def upgrade_checkpoint(path: str) -> str:
+    """Convert a format-1 checkpoint (pickled rank files) to format 2 in place; returns the backup path.
+
+    UNPICKLES the old files (torch.load(weights_only=False)): run it only on checkpoints you trust.
+    Checks every file's checksum first; writes the new checkpoint into PATH.upgrade.tmp, then renames
+    PATH -> PATH.format1 (kept, ignored by readers) and PATH.upgrade.tmp -> PATH. The converted
+    checkpoint holds the same tensors and states, so a run resumes from it bitwise as before."""
+    path = os.path.normpath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    old = _read_manifest(path, formats=(1, FORMAT_VERSION))
+    if old["format"] == FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
+    backup, tmp = path + ".format1", path + ".upgrade.tmp"
+    if os.path.lexists(backup):
+        raise CheckpointError(f"checkpoint {path}: {backup} exists; move it away first")
+    if os.path.lexists(tmp) and not (os.path.isdir(tmp) and not os.path.islink(tmp)):
+        raise CheckpointError(f"checkpoint {path}: {tmp} exists and is not a directory of ours; move it away first")
+    made = False
+    try:
+        for fname, entry in sorted(old["files"].items()):
+            _check_file(path, fname, entry)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)  # the leftover of an interrupted upgrade (checked above: a real directory)
+        os.makedirs(tmp)
+        made = True
+        files = {}
+        for fname, entry in sorted(old["files"].items()):
+            p = torch.load(_regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
+            ids = [int(i) for i in p["replica_ids"]]
+            payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
+                                    _plain_rank_state_v1(p["rank_state"]))
+            files[fname] = dict(_write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
+        manifest = dict(old, format=FORMAT_VERSION, files=files, upgraded_from_format=1,
+                        upgraded=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _check_manifest(path, manifest)
+        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
+        _fsync_dir(tmp)
+        os.rename(path, backup)
+        os.rename(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
+    except CheckpointError:
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "
+                              f"the original is unchanged") from None
+    verify_checkpoint(path)
+    return backup
