@@ -237,7 +237,7 @@ def rows(trace):
         return 0
 
 
-def wait_for(cond, what, limit=200):
+def wait_for(cond, what, limit=500):  # generous: a loaded 2-core machine is slow
     deadline = time.monotonic() + limit
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -140,7 +140,7 @@ def test_run_fails_fast_when_n_does_not_fit_the_tasks(tmp_path):
     env = {"SLURM_JOB_ID": "5", "SLURM_SUBMIT_DIR": ROOT, "SLURM_NTASKS": "3", "HPC_DSGD_PYTHON": sys.executable}
     p = sh("run.sbatch", CONFIG, path_dir=bindir, env=env)
     assert p.returncode == 2
-    assert "hpc_dsgd: error: n=8 replicas cannot be split over 3 MPI ranks" in p.stderr
+    assert "hpc_dsgd: error: config file 'configs/quickstart.toml': n=8 replicas cannot be split over 3 MPI ranks" in p.stderr
     assert "SLURM_NTASKS=3" in p.stderr and calls(tmp_path) == []
     p = sh("run.sbatch", CONFIG, path_dir=bindir, env={**env, "SLURM_NTASKS": "4"})
     assert p.returncode == 0, p.stderr
