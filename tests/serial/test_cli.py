@@ -4,7 +4,6 @@ refusals name the key; the quickstart prints the README's progress line. Bad con
 directories and run directories refused before any work: the fault suite's table (test_fault_suite.py),
 in the test process with one real mpiexec case per kind."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,14 +13,11 @@ import pytest
 from hpc_dsgd.config import ConfigError, load_config
 from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICK = os.path.join(ROOT, "configs", "quickstart.toml")
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+from conftest import MPIEXEC, QUICK, ROOT, launcher_free_env  # noqa: E402,F401 (tests/ is on sys.path under pytest)
 
 
 def launch(args, ranks=4, timeout=120, env=None):
-    e = {k: v for k, v in os.environ.items() if k not in LAUNCHER_SIZE_VARS}  # CI may itself run under a launcher
-    e.update(OMP_NUM_THREADS="1", **(env or {}))
+    e = launcher_free_env(env)
     cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [sys.executable, "-m", "hpc_dsgd"] + args
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
