@@ -742,6 +742,7 @@ def resume_finishes(out) -> None:
     assert tr.attrs["status"] == "finished"
 
 
+@pytest.mark.timeout(600)  # seven short jobs: 274 s on a loaded 2-core machine, near the module's 300 s
 def test_kill_9_mid_iteration_and_mid_checkpoint_then_resume(tmp_path):
     """One run, four faults, each followed by `--resume auto`:
     1. kill -9 of ONE rank mid-iteration: the job ends non-zero within seconds (no hang);
