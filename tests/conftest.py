@@ -7,6 +7,7 @@ Timeouts use pytest-timeout's thread method: a rank stuck inside an MPI call sti
 process manager then tears the job down.
 """
 import os
+import shutil
 import sys
 import time
 
@@ -17,6 +18,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+# -- helpers the test files share (import them: `from conftest import ROOT, QUICK, ...`) --------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = os.path.join(ROOT, "configs", "quickstart.toml")
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+
+
+def launcher_free_env(extra: dict | None = None) -> dict:
+    """The test process's environment without any launcher's task count (CI may itself run under one), with
+    OMP_NUM_THREADS=1: what a test's own `mpiexec` or `python -m hpc_dsgd` job starts with."""
+    from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
+
+    e = {k: v for k, v in os.environ.items() if k not in LAUNCHER_SIZE_VARS}
+    e.update(OMP_NUM_THREADS="1", **(extra or {}))
+    return e
 
 
 def _world():

@@ -1,5 +1,7 @@
 """Claim: the README's main job (configs/quickstart.toml) runs end to end on 4 ranks, its averaged
-model ends well above chance (10 classes), and its trace holds what the schema in trace.py says."""
+model ends well above chance (10 classes), and its trace holds what the schema in trace.py says.
+Run for 12 of its 20 epochs (the same schedule, its three phases scaled): it learns all the same (72.5 %
+with one process; the model reaches 60 % only after the second decay, at 3/4 of training)."""
 import os
 
 import h5py
@@ -10,13 +12,16 @@ from hpc_dsgd.config import load_config
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import ROOT  # noqa: E402 (tests/ is on sys.path under pytest)
+
+EPOCHS = 12  # of the config's 20: 40 % less time, still well above 60 % (fewer epochs stay below it: 49 % at 10)
 
 
 def test_quickstart_end_to_end(tmp_path_factory):
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(str(tmp_path_factory.mktemp("qs")) if comm.Get_rank() == 0 else None)
-    cfg = load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [f"out_dir={tmp}"], ranks=comm.Get_size())
+    cfg = load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [f"out_dir={tmp}", f"epochs={EPOCHS}"],
+                      ranks=comm.Get_size())
     res = run(cfg, comm, log=lambda *a, **k: None)
     assert res.metrics["test_acc_avg"] > 60.0  # chance is 10 %
     if comm.Get_rank() == 0:

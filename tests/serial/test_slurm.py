@@ -244,7 +244,3 @@ def test_signal_list_is_configurable():
         os.kill(os.getpid(), signal.SIGUSR2)
         assert stop.requested() and stop.signum == signal.SIGUSR2
     assert signal.getsignal(signal.SIGUSR2) != stop._handle
-
-
-def test_requeue_exit_code_is_ex_tempfail():
-    assert REQUEUE_EXIT_CODE == 75 == getattr(os, "EX_TEMPFAIL", 75)
