@@ -71,6 +71,7 @@ import torch
 
 from .compat import saved_config  # noqa: F401 (re-export: analysis/surface.py reads it from here)
 from .faults import fault_point
+from .trace import fsync_dir
 
 FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
 KINDS = ("phase", "periodic")
@@ -135,18 +136,7 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems refuse fsync on directories
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
-            raise
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir  # trace.fsync_dir: one implementation for every durable rename
 
 
 def _regular_file(path: str, fname: str, what: str) -> str:

@@ -48,6 +48,7 @@ import torch
 
 from hpc_dsgd.data.base import DataError, ImageData
 from hpc_dsgd.signals import StopBeforeStart, check_stop
+from hpc_dsgd.trace import fsync_dir
 
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{k}" for k in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"
@@ -361,12 +362,7 @@ def _tmp_name(path: str) -> str:
     return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir  # trace.fsync_dir: one implementation for every durable rename
 
 
 class _NpyWriter:
