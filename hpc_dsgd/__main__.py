@@ -41,7 +41,8 @@ def _train(argv: list[str]) -> int:
 
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .data import DataError
-    from .preflight import RunLock, check_run, launch_error
+    from .preflight import check_run, launch_error
+    from .runlock import RunLock
     from .topology import TopologyError
     from .trace import TraceError, TraceWriteError
     from .train import run

@@ -392,13 +392,13 @@ def _s(v):
 
 def lock_owner(run_dir: str) -> dict | None:
     """The owner of RUN_DIR/run.lock if a live process holds it (preflight.RunLock's own staleness rule)."""
-    from .preflight import RunLock
+    from .runlock import RunLock
 
     lock = RunLock(run_dir)
     if not os.path.isfile(lock.path):
         return None
-    owner = lock._owner()
-    return None if lock._stale(owner) else owner
+    owner = lock.owner()
+    return None if lock.is_stale(owner) else owner
 
 
 def config_diff(run: Run, saved: dict) -> list[str]:

@@ -71,7 +71,7 @@ import torch
 
 from .compat import saved_config  # noqa: F401 (re-export: analysis/surface.py reads it from here)
 from .faults import fault_point
-from .trace import fsync_dir
+from .fileio import fsync_dir
 
 FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
 KINDS = ("phase", "periodic")

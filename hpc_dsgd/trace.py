@@ -22,7 +22,7 @@ writers of later issues add columns without a schema change.
 
 Durability: rows are buffered and written by `flush()` as a whole new file, never in place. The
 writer loads trace.h5 into memory (HDF5's core driver: no file lock, no write to the file), appends
-the rows there, writes the image to trace.h5.tmp, fsyncs it, renames it over trace.h5 and fsyncs the
+the rows there, writes the image to an exclusive temporary (.trace.h5.tmp-PID-RANDOM), fsyncs it, renames it over trace.h5 and fsyncs the
 directory. trace.h5 is therefore always a complete file that some flush committed: kill -9, a node
 crash or a full disk at any moment loses at most the rows since the last flush, and HDF5 itself never
 meets a failing write (a full disk is a plain ENOSPC from os.write, reported as TraceWriteError naming
@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 
 from .faults import fault_point
+from .fileio import atomic_write, fsync_dir
 
 SCHEMA_VERSION = 1
 GROUPS = ("iter", "epoch", "phase", "sharpness")
@@ -92,22 +93,6 @@ def mount_of(path: str) -> str:
 
 def _mib(b: int) -> str:
     return f"{b / 2**20:.1f} MiB"
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename in directory `path` durable. The one implementation (checkpoints, traces, the ImageNet-32
-    cache): some file systems refuse fsync on a directory, which is then not an error."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _plain(v):
@@ -240,30 +225,25 @@ class TraceWriter:
             return f.id.get_file_image(), rows
 
     def _commit(self, edited: tuple[bytes, dict], write: bool = True) -> None:
-        """Write the image to PATH.tmp, fsync, rename over PATH, fsync the directory."""
+        """Write the image to an exclusive temporary beside PATH (fileio.atomic_write: never through a planted
+        link), fsync, rename over PATH, fsync the directory."""
         image, rows = edited
         if write:
-            d, tmp = os.path.dirname(os.path.abspath(self.path)), self.path + ".tmp"
+            d = os.path.dirname(os.path.abspath(self.path))
+
+            def chunks(f) -> None:
+                view = memoryview(image)
+                while view:
+                    f.write(view[:1 << 24])
+                    view = view[1 << 24:]
+                    fault_point("trace_write", 0, rows["iter"])  # mid-write: kill or ENOSPC
+
             try:
                 st = os.statvfs(d)
                 if st.f_bavail * st.f_frsize < len(image):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    view = memoryview(image)
-                    while view:
-                        view = view[os.write(fd, view[:1 << 24]):]
-                        fault_point("trace_write", 0, rows["iter"])  # mid-write: kill or ENOSPC
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, self.path)
-                fsync_dir(d)
+                atomic_write(self.path, chunks)
             except OSError as e:
-                try:
-                    os.remove(tmp)
-                except OSError:
-                    pass
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     st = os.statvfs(d)
                     raise TraceWriteError(
@@ -271,7 +251,8 @@ class TraceWriter:
                         f"{_mib(len(image))} free ({len(image)} bytes: the new copy is written beside the old one), "
                         f"{_mib(st.f_bavail * st.f_frsize)} are free; trace.h5 still holds the "
                         f"{self._disk['iter']} iteration rows of the previous flush") from None
-                raise TraceWriteError(f"trace {self.path}: cannot write {tmp} ({e.strerror or e})") from None
+                raise TraceWriteError(f"trace {self.path}: cannot write a temporary copy in {d} "
+                                      f"({e.strerror or e})") from None
         self._disk = rows
 
 

@@ -48,7 +48,7 @@ import torch
 
 from hpc_dsgd.data.base import DataError, ImageData
 from hpc_dsgd.signals import StopBeforeStart, check_stop
-from hpc_dsgd.trace import fsync_dir
+from hpc_dsgd.fileio import fsync_dir
 
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{k}" for k in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"

@@ -41,7 +41,8 @@ import pytest
 import torch
 
 from hpc_dsgd.checkpoint import list_checkpoints, verify_checkpoint
-from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS, LOCK_NAME, LOCK_STALE_S, RunLock, RunLockError
+from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
+from hpc_dsgd.runlock import LOCK_NAME, LOCK_STALE_S, RunLock, RunLockError
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
@@ -924,10 +925,12 @@ def test_trace_is_durable_before_the_checkpoint_that_records_it(tmp_path, monkey
     commits = [i for i, e in enumerate(events) if e[0] == "rename" and e[1].endswith(".tmp")
                and os.path.basename(e[2]).startswith("ckpt-")]
     assert len(commits) >= 3  # the three phase ends
+    tmp = os.path.join(rd, ".trace.h5.tmp-")  # fileio.atomic_write's exclusive temporary of trace.h5
+
     for i in commits:
-        j = max(k for k in range(i) if events[k][:3] == ("replace", tr + ".tmp", tr))
-        assert ("fsync", tr + ".tmp") in events[:j] and ("fsync", rd) in events[j:i], events[:i]
-        assert not any(e[0] == "fsync" and e[1] == tr + ".tmp" for e in events[j:i])  # no later trace write
+        j = max(k for k in range(i) if events[k][0] == "replace" and events[k][1].startswith(tmp) and events[k][2] == tr)
+        assert ("fsync", events[j][1]) in events[:j] and ("fsync", rd) in events[j:i], events[:i]
+        assert not any(e[0] == "fsync" and e[1].startswith(tmp) for e in events[j:i])  # no later trace write
     for ck in list_checkpoints(rd):
         pos = json.load(open(os.path.join(ck, "manifest.json")))["meta"]["loop"]["trace_pos"]
         assert pos["iter"] == int(os.path.basename(ck).split("-")[1])
