@@ -65,7 +65,7 @@ def _fill(dtype: np.dtype):
 LOCK_WAIT_S = 60.0  # how long a reader waits for HDF5's file lock (held by another reader or an old writer)
 
 
-def _open(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
+def open_h5(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
     """h5py.File(path, mode), waiting while another process holds HDF5's file lock; other errors at once."""
     deadline = time.monotonic() + wait
     while True:
@@ -312,7 +312,7 @@ def read_trace(path: str, groups: tuple = GROUPS) -> Trace:
         raise TraceError(f"trace {path!r} is not a regular file")
     size = os.path.getsize(path)
     try:
-        f = _open(path, "r")
+        f = open_h5(path, "r")
     except OSError as e:
         raise TraceError(f"trace {path!r} is not a readable HDF5 file ({e})") from None
     with f:

@@ -497,10 +497,28 @@ def prepare_imagenet32(root: str) -> tuple[str, dict]:
     return cdir, man
 
 
-def check_imagenet32(root: str) -> None:
+def cache_status(root: str) -> tuple[str, dict | None]:
+    """(cache directory, its manifest if the cache is current for the 11 files under ``root``, else None),
+    reading only: nothing is built, locked or written. DataError if files are missing."""
+    files = imagenet32_files(root)
+    cdir = cache_dir(root)
+    man = _read_manifest(cdir) if os.path.isdir(cdir) else None
+    return cdir, man if _cache_is_current(cdir, files, man) else None
+
+
+def check_imagenet32(root: str, build: bool = True) -> str | None:
     """Raise DataError (one message) unless the 11 official files are present and readable; converts them
-    into the cache on first use (that is where damaged files are found)."""
-    prepare_imagenet32(root)
+    into the cache on first use (that is where damaged files are found). build=False writes nothing: the
+    files must be there, and the cache, if not built yet, is left to the first run; then a line saying so
+    is returned (None when the cache is ready)."""
+    if build:
+        prepare_imagenet32(root)
+        return None
+    cdir, man = cache_status(root)
+    if man is not None:
+        return None
+    return (f"the ImageNet-32 cache {cdir} is not built yet: the first run builds it (minutes, several GB; "
+            f"the files' contents are checked then)")
 
 
 def load_imagenet32(root: str) -> ImageData:

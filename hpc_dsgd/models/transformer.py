@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpc_dsgd.data.augment import _M32, _mix
+from hpc_dsgd.data.augment import M32, mix
 
 
 class CounterDropout(nn.Module):
@@ -53,9 +53,9 @@ class CounterDropout(nn.Module):
         key = self._owner[0]._key
         if key is None:
             return F.dropout(x, self.p, True)
-        h = _mix((key.to(torch.int64) + self.site) & _M32)
+        h = mix((key.to(torch.int64) + self.site) & M32)
         idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
-        bits = _mix((h + idx) & _M32)  # uniform on [0, 2^32)
+        bits = mix((h + idx) & M32)  # uniform on [0, 2^32)
         keep = bits >= int(self.p * 2 ** 32)
         return torch.where(keep, x / (1.0 - self.p), torch.zeros((), dtype=x.dtype, device=x.device))
 

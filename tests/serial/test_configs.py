@@ -21,7 +21,7 @@ def rel(path):
 
 @pytest.mark.parametrize("path", FILES, ids=rel)
 def test_every_config_is_valid(path):
-    cfg = load_config(path, ranks=1, check_files=False)  # data dir and reference traces live elsewhere
+    cfg = load_config(path, ranks=1)  # data dir and reference traces live elsewhere
     assert cfg.n % 1 == 0 and len(cfg.policies) == len(cfg.decay_fractions) + 1
 
 
@@ -42,7 +42,7 @@ def _cells(preset, cfg):
     ("table7", "table7/e250_zero.toml", ("250", "0 Ξ_max")),
 ])
 def test_paper_configs_fill_the_papers_cells(table, pattern, expect):
-    cfg = load_config(os.path.join(ROOT, "configs", pattern), ranks=1, check_files=False).to_dict()
+    cfg = load_config(os.path.join(ROOT, "configs", pattern), ranks=1).to_dict()
     lay = PRESETS[table].layout
     cells = _cells(table, cfg)
     assert len(cells) == 1, cells

@@ -279,7 +279,7 @@ def fabricated_reference(tmp, **changes) -> str:
     from hpc_dsgd.config import load_config
     from hpc_dsgd.trace import TraceWriter
 
-    cfg = {**load_config(QUICK, ["width=0.25"], check_files=False).to_dict(), **changes}
+    cfg = {**load_config(QUICK, ["width=0.25"]).to_dict(), **changes}
     path = str(tmp / "ref" / "trace.h5")
     w = TraceWriter(path, {"config_json": json.dumps(cfg)})
     for k in (1, 2, 3):

@@ -25,6 +25,7 @@ import torch
 
 from hpc_dsgd.analysis.tables import PRESETS, Run, build_preset, group_runs, render_preset
 from hpc_dsgd.config import load_config
+from hpc_dsgd.preflight import check_inputs
 from hpc_dsgd.data import DATASETS, DataError, check_dataset, epoch_permutation, load_dataset, replica_shard
 from hpc_dsgd.data import imagenet32 as inet
 from hpc_dsgd.models import build_model
@@ -311,7 +312,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
     pre = PRESETS["table3"]
     lay = pre.layout
     hits: dict = {}
-    cfgs = {path: load_config(path, ranks=1, check_files=False) for path in T3}
+    cfgs = {path: load_config(path, ranks=1) for path in T3}
     by_name = {c.name: c for c in cfgs.values()}
     for path, cfg in cfgs.items():
         assert (cfg.dataset, cfg.model, cfg.width, cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == \
@@ -329,7 +330,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
     assert len(hits) == 2 * 12 + 2 * 2  # 24 cells + All-Reduce and D-SGD baselines for n = 16, 32
     assert all(len(v) == 1 for v in hits.values()), hits
     # spot checks against the paper's headings
-    cfg = load_config(os.path.join(ROOT, "configs", "table3", "n32_dec3_quarter.toml"), check_files=False).to_dict()
+    cfg = load_config(os.path.join(ROOT, "configs", "table3", "n32_dec3_quarter.toml")).to_dict()
     (r, c), = [(r, c) for r in range(2) for c in range(12) if pre.cell(cfg, r, c, {})]
     assert lay.rows[r] == "n=32" and lay.columns[c] == ("dec-phase-3", "1/4 Ξ_max")
 
@@ -337,7 +338,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
 def test_table3_preset_renders_from_runs_of_these_configs():
     runs = []
     for i, path in enumerate(T3):
-        cfg = load_config(path, ranks=1, check_files=False).to_dict()
+        cfg = load_config(path, ranks=1).to_dict()
         for seed in (0, 1):  # the paper: two seeds
             runs.append(Run(path=f"{path}.s{seed}", config={**cfg, "seed": seed}, status="finished", seed=seed,
                             value=50.0 + i / 100 + seed / 10, last_epoch=90.0, stamp=str(seed)))
@@ -374,9 +375,10 @@ def test_training_loop_runs_imagenet32_and_config_check_refuses_damaged_files(da
         assert cfg["dataset"] == "imagenet32"
         assert len(f["epoch"]["test_acc_avg"]) >= 1 and np.all(np.isfinite(f["iter"]["loss"][()]))
         assert int(f.attrs["iters_per_epoch"]) == 40 // (4 * 4)
-    ref["val_path"].write_bytes(b"\x80\x02}q\x00")  # a truncated pickle: refused by the config check that
+    ref["val_path"].write_bytes(b"\x80\x02}q\x00")  # a truncated pickle: refused by the input check that
     with pytest.raises(DataError) as e:  # every rank runs before any work (the CLI prints it as hpc_dsgd: error: ...)
-        load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [o for o in base[2:] if o != "--set"], ranks=1)
+        check_inputs(load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [o for o in base[2:] if o != "--set"],
+                                 ranks=1))
     assert str(e.value).startswith(f"ImageNet-32 file {ref['val_path']} is damaged or not a pickle")
 
 
