@@ -57,6 +57,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from .config import DEFAULTS, FIELDS, ConfigError, from_dict, parse_override, read_toml
+from .rundir import RunDir
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
@@ -92,11 +93,11 @@ class Run:
 
     @property
     def trace(self) -> str:
-        return os.path.join(self.run_dir, "trace.h5")
+        return RunDir(self.run_dir).trace
 
     @property
     def log(self) -> str:
-        return os.path.join(self.run_dir, "campaign.log")
+        return RunDir(self.run_dir).campaign_log
 
 
 @dataclass

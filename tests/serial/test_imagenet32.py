@@ -360,6 +360,34 @@ def _launch(args, ranks):
                           capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
 
 
+def test_check_command_builds_no_cache_and_says_what_it_checked(data_root, tmp_path, monkeypatch, capsys):
+    """`python -m hpc_dsgd check` (the batch scripts' "seconds, not after the queue" check, run on a login node)
+    on an ImageNet-32 config whose cache is not built: exit 0 in seconds, what it checked and that the first run
+    builds the cache, and not one file created (the cache directory empty); with the cache built, it checks the
+    epoch size from the cache's manifest."""
+    import time
+
+    from hpc_dsgd.__main__ import main
+
+    fabricate(data_root)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(inet.CACHE_ENV, str(cache))
+    before = sorted(p for p in glob.glob(str(tmp_path / "**"), recursive=True))
+    args = ["check", os.path.join(ROOT, "configs", "quickstart.toml"), "--ranks", "2", "--set", "dataset=imagenet32",
+            "--set", f"data_dir={data_root}", "--set", "n=4", "--set", "batch_size=4"]
+    t0 = time.monotonic()
+    assert main(args) == 0
+    assert time.monotonic() - t0 < 30  # seconds (on a loaded 2-core machine): no unpickling, no cache
+    out = capsys.readouterr().out
+    assert "values valid; n=4 = 2 ranks x 2 replicas" in out and f"data: imagenet32 in {data_root}" in out
+    assert "is not built yet: the first run builds it" in out and out.rstrip().endswith(": ok")
+    assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before and os.listdir(cache) == []
+    inet.prepare_imagenet32(str(data_root))
+    assert main(args) == 0 and "imagenet32 in" in (out := capsys.readouterr().out) and " ready" in out
+    assert "an epoch has at least one iteration of n x batch_size = 16" in out
+
+
 @pytest.mark.slow
 def test_training_loop_runs_imagenet32_and_config_check_refuses_damaged_files(data_root, tmp_path):
     ref = fabricate(data_root)
