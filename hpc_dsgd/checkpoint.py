@@ -67,7 +67,7 @@ from collections.abc import Sequence
 import torch
 
 from .faults import fault_point
-from .fileio import JSON_MAX_DEPTH, atomic_write, atomic_write_bytes, fsync_dir, open_regular, parse_json_bounded
+from .fileio import atomic_write, atomic_write_bytes, fsync_dir, open_regular, parse_json_bounded
 from .plaindata import DTYPES, cpu_compact, dtype_name, from_plain, to_plain
 from .rngstate import capture_rank_state, check_rank_state
 from .rundir import RunDir
@@ -263,7 +263,8 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
     tensors: name -> (k, ...) tensor whose row j belongs to global replica replica_ids[j] (any device;
     saved on the CPU). replica_state: k dicts of plain data (see to_plain). meta: JSON-serialisable run description
     (rank 0's copy goes into the manifest). keep_last: periodic checkpoints kept (<= 0: all).
-    A failure on any rank (a full disk, non-plain state) raises CheckpointWriteError on every rank; the previous checkpoints stay intact.
+    A failure on any rank (a full disk, non-plain state) raises CheckpointWriteError on every rank; the previous
+    checkpoints stay intact.
     """
     rank = comm.Get_rank()
     final = checkpoint_path(run_dir, it)

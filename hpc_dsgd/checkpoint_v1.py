@@ -13,8 +13,18 @@ import time
 
 import torch
 
-from .checkpoint import (FORMAT_VERSION, MANIFEST, CheckpointError, check_file, check_manifest, rank_payload,
-                         read_manifest, regular_file, verify_checkpoint, write_rank_file)
+from .checkpoint import (
+    FORMAT_VERSION,
+    MANIFEST,
+    CheckpointError,
+    check_file,
+    check_manifest,
+    rank_payload,
+    read_manifest,
+    regular_file,
+    verify_checkpoint,
+    write_rank_file,
+)
 from .fileio import atomic_write_bytes, fsync_dir
 
 
@@ -58,7 +68,7 @@ def upgrade_checkpoint(path: str) -> str:
         os.makedirs(tmp)
         made = True
         files = {}
-        for fname, entry in sorted(old["files"].items()):
+        for fname in sorted(old["files"]):
             p = torch.load(regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
             ids = [int(i) for i in p["replica_ids"]]
             payload = rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],

@@ -23,9 +23,9 @@ import numpy as np
 from .checkpoint import CheckpointWriteError, save_checkpoint
 from .comm import allreduce_scalars
 from .consensus import NAN
-from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
+from .sharpness import describe as describe_sharpness
+from .sharpness import measure_run as measure_sharpness
 from .trace import TraceWriteError
-
 
 
 def _is_int(v) -> bool:
@@ -290,7 +290,7 @@ class ProgressPrinter(Observer):
         self.phase, self.lr, self.first = 0, 0.0, None
 
     def after(self, step):
-        t, tr, ipe = step.t, self.meter.train, self.sched.iters_per_epoch
+        t, tr = step.t, self.meter.train
         self.phase, self.lr, self.first = step.phase, step.lr, step.t if self.first is None else self.first
         if self.rank0 and every(self.sched, t):
             test = self.wl.describe(self.evaluator.last if self.evaluator.evaluated else None)
@@ -361,7 +361,7 @@ class TraceRecorder(Observer):
             "null or an object trace group -> column -> list of values (rows a full disk kept out of the trace)")
 
     def load_state_dict(self, loop):
-        self.check_state(loop)  # the trace is truncated to trace_pos and given trace_pending when it is opened (train._open_trace)
+        self.check_state(loop)  # the trace is truncated to trace_pos, given trace_pending, when train opens it
 
     def finish(self, done, status):
         if self.trace is not None:

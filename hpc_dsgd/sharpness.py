@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
 from .compat import saved_config
-from .preflight import check_inputs
 from .config import FIELDS, ConfigError, from_dict
 from .data import load_dataset
 from .data.augment import normalise
 from .models import build_model
+from .preflight import check_inputs
 
 CHUNK = 250  # images per forward/double-backward pass
 

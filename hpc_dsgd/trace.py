@@ -22,8 +22,8 @@ writers of later issues add columns without a schema change.
 
 Durability: rows are buffered and written by `flush()` as a whole new file, never in place. The
 writer loads trace.h5 into memory (HDF5's core driver: no file lock, no write to the file), appends
-the rows there, writes the image to an exclusive temporary (.trace.h5.tmp-PID-RANDOM), fsyncs it, renames it over trace.h5 and fsyncs the
-directory. trace.h5 is therefore always a complete file that some flush committed: kill -9, a node
+the rows there, writes the image to an exclusive temporary (.trace.h5.tmp-PID-RANDOM), fsyncs it, renames it
+over trace.h5 and fsyncs the directory. trace.h5 is therefore always a complete file that some flush committed: kill -9, a node
 crash or a full disk at any moment loses at most the rows since the last flush, and HDF5 itself never
 meets a failing write (a full disk is a plain ENOSPC from os.write, reported as TraceWriteError naming
 the file system and the space needed; the rows stay buffered). A flush returns only when the rows are
@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from .faults import fault_point
-from .fileio import atomic_write, fsync_dir
+from .fileio import atomic_write
 
 SCHEMA_VERSION = 1
 GROUPS = ("iter", "epoch", "phase", "sharpness")
@@ -137,7 +137,7 @@ class TraceWriter:
         for k, v in columns.items():
             col = buf.setdefault(k, [None] * nrows)
             col.append(v)
-        for k, col in buf.items():  # a column missing from this row
+        for col in buf.values():  # a column missing from this row
             if len(col) < nrows + 1:
                 col.append(None)
 
@@ -294,7 +294,7 @@ def parse_config(path: str, attrs: dict) -> dict:
 def _attr(path: str, f: h5py.File, k: str):
     try:
         v = f.attrs[k]
-    except Exception as e:  # noqa: BLE001 - h5py raises OSError, TypeError, ValueError for odd attribute types
+    except Exception as e:  # h5py raises OSError, TypeError, ValueError (and more) for odd attribute types
         raise TraceError(f"trace {path!r}: attribute {k!r} cannot be read ({e})") from None
     v = v.decode(errors="replace") if isinstance(v, bytes) else v
     return v.item() if isinstance(v, np.generic) else v

@@ -33,8 +33,21 @@ from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatibl
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .faults import fault_point
 from .fileio import atomic_write_text
-from .observers import (LOOP_KEYS, Checkpointer, EpochMeter, Evaluator, LoopState, PhaseSummary, ProgressPrinter,
-                        Scalars, Sharpness, Step, TraceRecorder, check_loop, hms)
+from .observers import (
+    LOOP_KEYS,
+    Checkpointer,
+    EpochMeter,
+    Evaluator,
+    LoopState,
+    PhaseSummary,
+    ProgressPrinter,
+    Scalars,
+    Sharpness,
+    Step,
+    TraceRecorder,
+    check_loop,
+    hms,
+)
 from .replica import Replicas, set_precision
 from .resume import resolve_branch, resolve_resume
 from .rngstate import restore_rank_state

@@ -100,8 +100,8 @@ def averaged_model(checkpoint: str, data_dir: str | None = None):
     from ..compat import saved_config
     from ..config import FIELDS, from_dict
     from ..data import load_dataset
-    from ..preflight import check_inputs
     from ..models import build_model
+    from ..preflight import check_inputs
     from ..sharpness import load_row
 
     man = verify_checkpoint(checkpoint)

@@ -34,9 +34,9 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
-import math
 import reprlib
 import struct
 from contextlib import contextmanager
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from hpc_dsgd.data.base import DataError, ImageData
-from hpc_dsgd.signals import StopBeforeStart, check_stop
 from hpc_dsgd.fileio import O_NOFOLLOW, atomic_write_text, create_exclusive, read_json_bounded
+from hpc_dsgd.signals import StopBeforeStart, check_stop
 
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{k}" for k in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from hpc_dsgd.data.base import DataError
-from hpc_dsgd.data.bpe import BOS, EOS, PAD, bpe as _bpe
+from hpc_dsgd.data.bpe import BOS, EOS, PAD
+from hpc_dsgd.data.bpe import bpe as _bpe
 from hpc_dsgd.fileio import atomic_write_bytes, atomic_write_text, read_bounded
 from hpc_dsgd.rundir import RunDir
 from hpc_dsgd.signals import check_stop, stop_watch_active

@@ -11,9 +11,10 @@ Adam's two moments, so a smaller model keeps the (n, d) blocks small. ``num_laye
 ``num_layers=6`` gives the width-halved, full-depth variant.
 
 Built from ``torch.nn`` layers (``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``, post-norm
-as in Vaswani et al., ReLU, batch first). Dropout is Vaswani et al.'s (their Sec. 5.4, P_drop = 0.1; Kong et al. do not state it): on the output of every
-sub-layer before the residual sum, and on the sums of embeddings and positions; no attention-weight or
-feed-forward-inner dropout (later tensor2tensor additions). Its masks are COUNTER-BASED: ``forward`` takes a
+as in Vaswani et al., ReLU, batch first). Dropout is Vaswani et al.'s (their Sec. 5.4, P_drop = 0.1; Kong et al.
+do not state it): on the output of every sub-layer before the residual sum, and on the sums of embeddings
+and positions; no attention-weight or feed-forward-inner dropout (later tensor2tensor additions). Its masks are
+COUNTER-BASED: ``forward`` takes a
 0-dim int64 ``key`` (the workload derives it from (seed, replica, iteration)), and the mask of dropout site s
 is a hash of (key, s, element index) (data/augment.py's hash). So the masks are the same under ``vmap`` over k
 replicas and in a loop, on any rank split, on CPU and GPU, and need no generator state; without a key

@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
+from hpc_dsgd import topology_report
 from hpc_dsgd.analysis import figures, tables
 from hpc_dsgd.analysis.gossip_sim import simulate_consensus
 from hpc_dsgd.config import Config
 from hpc_dsgd.topology import Topology
-from hpc_dsgd import topology_report
 from hpc_dsgd.trace import TraceError, TraceWriter
 
 EPOCHS = 8

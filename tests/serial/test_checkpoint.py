@@ -13,8 +13,14 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from hpc_dsgd.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint,
-                                 verify_checkpoint)
+from hpc_dsgd.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from hpc_dsgd.compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from hpc_dsgd.config import Config
 from hpc_dsgd.resume import resolve_resume
@@ -92,7 +98,7 @@ def test_views_are_saved_compactly(tmp_path):
     save_checkpoint(SELF, str(tmp_path), 0, "periodic", 1, {"P": big[:, :3]}, list(range(N)),
                     [{}] * N, {})
     path = checkpoint_path(str(tmp_path), 0)
-    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (about 20 kB: the rows plus RNG states)
+    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (~20 kB: rows, RNG states)
     _, t, _, _ = load_checkpoint(path, range(N))
     assert torch.equal(t["P"], big[:, :3])
 
@@ -307,9 +313,9 @@ def test_malformed_rank_file_is_a_checkpoint_error(tmp_path, damage, reason):
 def test_format1_refused_then_upgraded_roundtrip(tmp_path):
     """A format-1 checkpoint is refused with the upgrade command; upgraded, it loads the same rows,
     replica states and process RNG state as before, and the original is kept aside."""
-    from ckpt_tamper import to_format1
-
     from hpc_dsgd.checkpoint_v1 import upgrade_checkpoint
+
+    from ckpt_tamper import to_format1
 
     torch.manual_seed(3)
     path = save(tmp_path, 6)

@@ -1,13 +1,15 @@
 """Claims about the shipped configs: every file in configs/ is a valid run description, and the
 paper-table files land in the cells of the table tool's presets that the paper puts them in."""
 import glob
+import importlib.util
 import os
 import tomllib
 
 import pytest
 
 from hpc_dsgd.analysis.tables import PRESETS
-from hpc_dsgd.config import load_config
+from hpc_dsgd.compat import BRANCH_MUST_MATCH
+from hpc_dsgd.config import DEFAULTS, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Run descriptions; not the learning-rate file (configs/tuned_lr.toml) or campaign plans (configs/campaigns/).
@@ -77,12 +79,7 @@ def test_figure3_configs(stem, topology, policies, factors, reference):
         "multi30k", "transformer", "adam", [])
 
 
-# -- the protocol of issue 16: references per experiment, branch parents, one place for learning rates --------
-import importlib.util  # noqa: E402
-
-from hpc_dsgd.compat import BRANCH_MUST_MATCH  # noqa: E402
-from hpc_dsgd.config import DEFAULTS  # noqa: E402
-
+# -- the experiment protocol: references per experiment, branch parents, one place for learning rates --------
 
 def _generator():
     spec = importlib.util.spec_from_file_location("make_paper_configs", os.path.join(ROOT, "tools", "make_paper_configs.py"))

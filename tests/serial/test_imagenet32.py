@@ -25,10 +25,10 @@ import torch
 
 from hpc_dsgd.analysis.tables import PRESETS, Run, build_preset, group_runs, render_preset
 from hpc_dsgd.config import load_config
-from hpc_dsgd.preflight import check_inputs
 from hpc_dsgd.data import DATASETS, DataError, check_dataset, epoch_permutation, load_dataset, replica_shard
 from hpc_dsgd.data import imagenet32 as inet
 from hpc_dsgd.models import build_model
+from hpc_dsgd.preflight import check_inputs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +46,9 @@ def _batch(rng, n, first_label=1):
 def _py2_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
     """{'data': rows, 'labels': labels} as Python 2's cPickle writes it (protocol 2: byte strings as
     SHORT_BINSTRING/BINSTRING, numpy.core paths), assembled opcode by opcode; Python 3 cannot write this."""
-    s = lambda b: b"U" + bytes([len(b)]) + b  # SHORT_BINSTRING
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
     n = len(rows)
     arr = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
            + b"(K\x01K" + bytes([n]) + b"M\x00\x0c\x86"  # version 1, shape (n, 3072)
@@ -283,8 +285,8 @@ def test_resnet20_3_parameter_count_for_1000_classes():
         c = [16 * width, 32 * width, 64 * width]
         total = 3 * c[0] * 9 + 2 * c[0]  # stem conv + BN
         cin = c[0]
-        for s, ch in enumerate(c):
-            for b in range(3):
+        for ch in c:
+            for _ in range(3):
                 total += cin * ch * 9 + ch * ch * 9 + 2 * (2 * ch)  # two convs, two BNs
                 if cin != ch:
                     total += cin * ch + 2 * ch  # projection shortcut conv + BN

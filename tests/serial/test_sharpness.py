@@ -98,7 +98,9 @@ def test_hutchinson_trace_within_its_stated_error():
     A = spd_with_spectrum(list(np.linspace(-1.0, 4.0, 30)), seed=2)
     A = A + 0.3 * torch.ones_like(A)  # off-diagonal mass: the estimator has real variance
     true = float(torch.trace(A))
-    hvp = lambda v: A @ v  # noqa: E731
+    def hvp(v):
+        return A @ v
+
     est = hutchinson(hvp, 30, probes=40, seed=0)
     assert est.probes == 40 and est.stderr > 0
     assert abs(est.value - true) <= 3 * est.stderr
