@@ -15,36 +15,25 @@ Layout (FORMAT_VERSION 2):
                      topology, code revision, trace position, control state ...), and for every rank
                      file its sha256, size, replica ids and every key with its shape and dtype.
 
-Plain data: replica_state and rank_state may hold only dicts with str keys, lists, str, int, float,
-bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank file
-against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
-the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
-is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
-upgrade PATH` (checkpoint_v1.upgrade_checkpoint; the original is kept as PATH.format1).
+Plain data (plaindata.py): replica_state and rank_state (rngstate.py) hold only dicts with str keys, lists,
+str, int, float, bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank
+file against the manifest, then the JSON document's structure; anything else is a CheckpointError naming the
+file. Loading never runs code from a file. Format 1 (pickled rank files) is refused with the command that
+converts one you trust: `python -m hpc_dsgd checkpoint upgrade PATH` (checkpoint_v1.py; the original is kept).
 
-Bounded, contained reading (every reader: verify, resume, branch, upgrade, sharpness, surfaces): a
-file name from a manifest must be rank<5 digits>.pt; every file is lstat-checked to be a regular file
-before it is opened (no symlink out, no FIFO or device that could hang or never end) and opened
-O_NONBLOCK|O_NOFOLLOW; manifest.json is at most MANIFEST_MAX_BYTES and JSON_MAX_DEPTH deep, its fields
-typed and in range (n <= MAX_REPLICAS, meta.loop, meta.config_json) and, for a training checkpoint, its
-per-replica tensor sizes those of the run's model; every tensor of a rank file, inspected memory-mapped,
-must be contiguous and own exactly its elements before anything is copied.
+Bounded, contained reading (fileio): a file name from a manifest must be rank<5 digits>.pt; every file is
+lstat-checked to be a regular file, then opened O_NONBLOCK|O_NOFOLLOW (no symlink out, no FIFO or device);
+manifest.json is at most MANIFEST_MAX_BYTES and fileio.JSON_MAX_DEPTH deep, its fields typed and in range
+(meta.loop is the training loop's to check: observers.check_loop); every tensor of a rank file, inspected
+memory-mapped, must be contiguous and own exactly its elements before anything is copied.
 
-Atomicity: every rank writes its file into ckpt-XXX.tmp/ under a temporary name, flushes, fsyncs
-and renames it; after an agreement (every rank reports success or its error, so no rank waits
-forever) rank 0 writes the manifest the same way, fsyncs the directory, renames ckpt-XXX.tmp ->
-ckpt-XXX and fsyncs checkpoints/. A directory named ckpt-XXX therefore always holds a complete
-checkpoint (unless damaged later, which the checksums catch); ckpt-XXX.tmp and ckpt-XXX.trash are
-leftovers that readers ignore and the next successful save removes. Nothing touches an older
-checkpoint before the new one is complete (a full disk during a save leaves the previous ones as
-they were). On network file systems the directory fsyncs are best effort (Lustre and NFS commit
-metadata operations on the server).
-
-Retention: "phase" checkpoints are kept always; of the "periodic" ones the newest `keep_last` (by
-iteration) are kept and older ones are deleted by rank 0 after the new checkpoint is complete
-(renamed to .trash first, so a half-deleted directory never looks like a checkpoint). A checkpoint
-saved at an iteration that already has one replaces it (one checkpoint per iteration: save "phase"
-when a phase end and a periodic save coincide).
+Atomicity: every rank writes its file into ckpt-XXX.tmp/ (fileio.atomic_write: an exclusive temporary that
+never follows a planted link, fsync, rename); after an agreement (every rank reports success or its error, so
+no rank waits forever) rank 0 writes the manifest the same way, renames ckpt-XXX.tmp -> ckpt-XXX and fsyncs
+checkpoints/. A directory named ckpt-XXX therefore always holds a complete checkpoint; .tmp and .trash
+leftovers are ignored by readers and removed by the next save, and nothing touches an older checkpoint before
+the new one is complete. Retention (_retain_and_clean): phase checkpoints are kept; of the periodic ones the
+newest keep_last. One checkpoint per iteration (a save at an iteration that has one replaces it).
 
 Loading is per replica: a rank reads only the files holding its global replica ids, so a
 checkpoint written by 4 ranks x 1 replica loads on 2 ranks x 2 and vice versa. The per-replica
@@ -94,10 +83,6 @@ class CheckpointWriteError(CheckpointError):
 
 
 # -- paths -------------------------------------------------------------------------------------
-def checkpoint_dir(run_dir: str) -> str:
-    return RunDir(run_dir).checkpoints
-
-
 def checkpoint_path(run_dir: str, it: int) -> str:
     return RunDir(run_dir).checkpoint(it)
 
@@ -109,7 +94,7 @@ def rank_file(r: int) -> str:
 def list_checkpoints(run_dir: str) -> list[str]:
     """Complete-looking checkpoint directories of a run, newest (highest iteration) first.
     Leftover ckpt-XXX.tmp / .trash directories are not listed. Nothing is verified here."""
-    d = checkpoint_dir(run_dir)
+    d = RunDir(run_dir).checkpoints
     try:
         names = os.listdir(d)
     except FileNotFoundError:
@@ -140,13 +125,12 @@ def regular_file(path: str, fname: str, what: str) -> str:
     return fpath
 
 
-def _sha256(path: str) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
     with os.fdopen(open_regular(path), "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return h.hexdigest()
 
 
 def _is_int(v) -> bool:
@@ -327,7 +311,7 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
                     shutil.rmtree(trash)
                 os.rename(final, trash)
             os.rename(tmp, final)
-            fsync_dir(checkpoint_dir(run_dir))
+            fsync_dir(RunDir(run_dir).checkpoints)
         except Exception as e:  # any failure: broadcast to every rank below
             error = f"{type(e).__name__}: {e}"
         if error is None:
@@ -342,9 +326,10 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
 
 
 def _retain_and_clean(run_dir: str, keep_last: int) -> None:
-    """Rank 0, after a successful save: delete periodic checkpoints beyond the newest keep_last and
-    leftover .tmp/.trash directories. Failures here never fail the save (the next save retries)."""
-    d = checkpoint_dir(run_dir)
+    """Rank 0, after a successful save: delete periodic checkpoints beyond the newest keep_last (renamed to
+    .trash first, so a half-deleted directory never looks like a checkpoint) and leftover .tmp/.trash
+    directories; phase checkpoints are kept always. Failures here never fail the save (the next save retries)."""
+    d = RunDir(run_dir).checkpoints
     doomed = []
     if keep_last > 0:
         periodic = []
@@ -538,7 +523,7 @@ def check_file(path: str, fname: str, entry: dict) -> None:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} has {size} bytes, the manifest says "
                               f"{entry['size']} (truncated or overwritten)")
     try:
-        sha, _ = _sha256(fpath)
+        sha = _sha256(fpath)
     except OSError as e:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} cannot be read: {e.strerror}") from None
     if sha != entry["sha256"]:

@@ -8,7 +8,7 @@ neighbour rank per step (packed contiguously), through an MPI neighbourhood coll
  - a distributed-graph communicator otherwise (fixed graphs, and one cached per distinct W_t for the
    one-peer exponential graph),
  - paired point-to-point exchanges for random matchings (a new W_t every step).
-The communicator is always an argument (STYLE.md practice 2).
+The communicator is always an argument.
 """
 from __future__ import annotations
 

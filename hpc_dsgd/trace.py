@@ -6,7 +6,7 @@ Schema (SCHEMA_VERSION 1):
                    total_iters, phase_bounds (P x 2), versions_json, code_revision, created, finished
   /iter/<col>      one row per iteration, 1-D chunked extendable datasets: it, epoch, phase, lr,
                    loss, acc, predictions (images or target tokens: acc is correct / predictions),
-                   gossip_steps, bytes_sent, time (+ the consensus columns of later issues)
+                   gossip_steps, bytes_sent, time (+ the consensus columns that came later)
   /epoch/<col>     one row per evaluation: epoch, it, train_loss, train_acc, elapsed, and the workload's
                    columns: image classification test_acc_avg, test_loss_avg, test_acc_local_mean,
                    test_acc_local_std, images_per_s; translation val_loss_avg, val_nll_avg, val_ppl_avg,
@@ -18,7 +18,7 @@ Schema (SCHEMA_VERSION 1):
                    (absent from traces written before it existed: read back as an empty group)
 
 A column that first appears after rows exist is back-filled with NaN (floats) or -1 (ints), so
-writers of later issues add columns without a schema change.
+later writers add columns without a schema change.
 
 Durability: rows are buffered and written by `flush()` as a whole new file, never in place. The
 writer loads trace.h5 into memory (HDF5's core driver: no file lock, no write to the file), appends

@@ -1,7 +1,7 @@
 """Runs from traces: reading HDF5 traces, a run's identity (the config keys that name its experiment), grouping
 runs into experiments with the counting rules of every table, and per-experiment statistics.
 
-Nothing is silently averaged in (STYLE.md practice 7): only finished runs (status "finished") count;
+Nothing is silently averaged in: only finished runs (status "finished") count;
 a seed is counted once per experiment (a second run of the same seed is a duplicate, listed, and the
 newest finished copy counts); unfinished ("running" left behind: still running or crashed) and failed
 runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and listed below the table.

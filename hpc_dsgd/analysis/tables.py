@@ -9,7 +9,7 @@ cannot change a result (seed, name, output and data paths, device, threads, flus
 `NON_IDENTIFYING`). The metric of a run is the chosen /epoch/ column at its last evaluation row
 (default test_acc_avg, the averaged model's test top-1 accuracy in percent, as in the paper's tables).
 
-Nothing is silently averaged in (STYLE.md practice 7): only finished runs (status "finished") count;
+Nothing is silently averaged in: only finished runs (status "finished") count;
 a seed is counted once per experiment (a second run of the same seed is a duplicate, listed, and the
 newest finished copy counts); unfinished ("running" left behind: still running or crashed) and failed
 runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and listed below the table.

@@ -130,7 +130,7 @@ def test_every_target_is_measured_against_the_uncontrolled_run_of_its_own_experi
                         "batch_size", "base_lr", "momentum", "nesterov"):
                 assert ref[key] == cfg[key], (name, k, key)
             # earlier phases as the controlled run's, so phase k starts from the same kind of state (Table 5's
-            # phase-2 targets use Table 2's dec-phase-2 Xi_max, the paper's phase-2 Xi_max, as the issue asks)
+            # phase-2 targets use Table 2's dec-phase-2 Xi_max, the paper's phase-2 Xi_max)
             if not name.startswith("table5"):
                 assert ref["policies"][:k - 1] == cfg["policies"][:k - 1], (name, k, ref["name"])
             checked += 1

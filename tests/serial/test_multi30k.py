@@ -218,7 +218,7 @@ def test_transformer_is_base_halved_tied_xavier_and_trains_shapes():
 
 def test_k_replicas_under_vmap_equal_k_separate_models():
     """The general batched path (torch.func.functional_call + vmap over a leading replica axis of the
-    parameters, as DESIGN.md plans for non-ResNet models) gives each replica its own loss and gradient."""
+    parameters, the batched executor of non-ResNet models) gives each replica its own loss and gradient."""
     from torch.func import grad
 
     torch.manual_seed(0)

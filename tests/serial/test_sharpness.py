@@ -55,7 +55,7 @@ def test_top_eigenvalue_of_a_quadratic(method):
     op = quadratic_operator(A)
     r = method(op, op.d, tol=1e-6, max_hvps=400, seed=3)
     assert r.converged and r.tol_reached <= 1e-6
-    assert abs(r.value - 5.0) / 5.0 < 1e-4  # the issue asks for 1 %
+    assert abs(r.value - 5.0) / 5.0 < 1e-4  # within 1 %
     assert r.hvps == op.hvps and r.hvps < 400
 
 
