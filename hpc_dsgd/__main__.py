@@ -187,7 +187,7 @@ def _checkpoint(argv: list[str]) -> int:
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
 
-    from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+    from .checkpoint import MANIFEST, CheckpointError, list_checkpoints, verify_checkpoint
     from .checkpoint_v1 import upgrade_checkpoint
 
     rc = 0
@@ -198,7 +198,7 @@ def _checkpoint(argv: list[str]) -> int:
                   f"or a run directory", file=sys.stderr)
             rc = 2
             continue
-        paths = [path] if os.path.lexists(os.path.join(path, "manifest.json")) else list_checkpoints(path)
+        paths = [path] if os.path.lexists(os.path.join(path, MANIFEST)) else list_checkpoints(path)
         if not paths:
             print(f"hpc_dsgd: error: {_one_line(path)}: neither a checkpoint nor a run directory with checkpoints",
                   file=sys.stderr)
