@@ -41,7 +41,8 @@ def _train(argv: list[str]) -> int:
 
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .data import DataError
-    from .preflight import check_run, launch_error
+    from .preflight import check_inputs, check_run, launch_error
+    from .rundir import RunDir
     from .runlock import RunLock
     from .topology import TopologyError
     from .trace import TraceError, TraceWriteError
@@ -58,6 +59,7 @@ def _train(argv: list[str]) -> int:
     error, stopped = None, None
     try:
         cfg = load_config(args.config, args.overrides, ranks=comm.Get_size())
+        check_inputs(cfg)  # reference traces, branch_from, the data (builds the ImageNet-32 cache on first use)
         check_run(cfg, comm.Get_size())  # the device on this node, the data size, a writable out_dir
     except (ConfigError, TopologyError, ValueError) as e:
         error = str(e)
@@ -85,13 +87,13 @@ def _train(argv: list[str]) -> int:
     lock, error = None, None
     if comm.Get_rank() == 0:
         try:
-            lock = RunLock(os.path.join(cfg.out_dir, cfg.name)).acquire()
+            lock = RunLock(RunDir.of(cfg).path).acquire()
             if lock.taken_over:
                 print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
         except ValueError as e:
             error = str(e)
         except OSError as e:  # the reason in words, not a raw errno
-            error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {os.path.join(cfg.out_dir, cfg.name)}: " \
+            error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {RunDir.of(cfg).path}: " \
                     f"{(e.strerror or str(e)).lower()}"
     error = comm.bcast(error, root=0)
     if error:
@@ -143,24 +145,34 @@ def _train(argv: list[str]) -> int:
 def _check(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd check",
                                  description="Validate a config for a rank count without MPI (batch scripts call it "
-                                             "before srun, so a mismatch fails in seconds, not after the queue).")
+                                             "before srun, so a mismatch fails in seconds, not after the queue): its "
+                                             "values, the reference traces, branch_from and the data files. It builds "
+                                             "and writes nothing (a data cache not built yet is left to the first run).")
     ap.add_argument("config", help="TOML config file")
     ap.add_argument("--ranks", type=int, required=True, help="the number of MPI ranks (tasks) the job will start")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
     args = ap.parse_args(argv)
 
-    from .preflight import check_data_size
+    from .preflight import check_data_size, check_inputs
 
     try:
         if args.ranks < 1:
             raise ValueError(f"--ranks {args.ranks}: need at least one task")
         cfg = load_config(args.config, args.overrides, ranks=args.ranks)
-        check_data_size(cfg)
+        found = check_inputs(cfg, prepare_data=False)  # builds nothing: a data cache is the first run's to build
+        if found.data_ready:
+            check_data_size(cfg)
+            found.checked.append(f"an epoch has at least one iteration of n x batch_size = {cfg.n * cfg.batch_size}")
+        else:
+            found.checked.append("the epoch size is checked when the run starts (after the cache is built)")
     except ValueError as e:
         print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
-    print(f"hpc_dsgd: {args.config}: n={cfg.n} = {args.ranks} ranks x {cfg.n // args.ranks} replicas: ok")
+    print(f"hpc_dsgd: {args.config}: values valid; n={cfg.n} = {args.ranks} ranks x {cfg.n // args.ranks} replicas")
+    for line in found.checked:
+        print(f"hpc_dsgd:   {line}")
+    print(f"hpc_dsgd: {args.config}: ok")
     return 0
 
 
@@ -175,7 +187,7 @@ def _checkpoint(argv: list[str]) -> int:
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
 
-    from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+    from .checkpoint import MANIFEST, CheckpointError, list_checkpoints, verify_checkpoint
     from .checkpoint_v1 import upgrade_checkpoint
 
     rc = 0
@@ -186,7 +198,7 @@ def _checkpoint(argv: list[str]) -> int:
                   f"or a run directory", file=sys.stderr)
             rc = 2
             continue
-        paths = [path] if os.path.lexists(os.path.join(path, "manifest.json")) else list_checkpoints(path)
+        paths = [path] if os.path.lexists(os.path.join(path, MANIFEST)) else list_checkpoints(path)
         if not paths:
             print(f"hpc_dsgd: error: {_one_line(path)}: neither a checkpoint nor a run directory with checkpoints",
                   file=sys.stderr)

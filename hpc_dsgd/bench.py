@@ -33,9 +33,9 @@ Each mode's spread is printed beside its median: the middle half of its rounds (
 percentile). Under mpiexec on shared CPUs it is often wider than the gap between two modes; modes whose
 spreads overlap are listed as not distinguishable by the run (so theta timed below gossip is noise,
 not a result). The JSON file (--json) has, per mode, ms_per_iteration (the median), ms_p25 and ms_p75,
-samples_per_s and the same figure under the workload's own name (images_per_s or sentences_per_s). The communication parts are also timed alone (no
-local step), since on a CPU their cost is smaller than the noise of the step; Theta's extra cost is
-reported as a percentage of a gossip iteration.
+samples_per_s and the same figure under the workload's own name (images_per_s or sentences_per_s). The
+communication parts are also timed alone (no local step), since on a CPU their cost is smaller than the
+noise of the step; Theta's extra cost is reported as a percentage of a gossip iteration.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ from .consensus import xi_sq_local
 from .data import ImageData
 from .data.multi30k import Multi30k, ParallelText
 from .execution import EXECS
-from .schedule import inverse_sqrt_lr, scaled_warmup_steps
 from .replica import Replicas, set_precision
+from .schedule import inverse_sqrt_lr, scaled_warmup_steps
 from .topology import Topology
 from .train import set_determinism
 from .workloads import ImageClassification, Translation, Workload

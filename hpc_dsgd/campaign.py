@@ -56,7 +56,8 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 
-from .config import DEFAULTS, FIELDS, ConfigError, _read_toml, from_dict, parse_override
+from .config import DEFAULTS, FIELDS, ConfigError, from_dict, parse_override, read_toml
+from .rundir import RunDir
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
@@ -92,11 +93,11 @@ class Run:
 
     @property
     def trace(self) -> str:
-        return os.path.join(self.run_dir, "trace.h5")
+        return RunDir(self.run_dir).trace
 
     @property
     def log(self) -> str:
-        return os.path.join(self.run_dir, "campaign.log")
+        return RunDir(self.run_dir).campaign_log
 
 
 @dataclass
@@ -225,7 +226,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None) ->
     raw_of, orig_dir, runs, where = {}, {}, [], {}
     for cf in files:
         try:
-            raw = _read_toml(cf)
+            raw = read_toml(cf)
         except ConfigError as e:
             raise CampaignError(f"plan {path!r}: {e}") from None
         raw_of[cf] = raw
@@ -286,7 +287,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None) ->
             if key in raw and raw[key] != raw_of[r.config].get(key):
                 r.sets.append(f"{key}={_toml_value(raw[key])}")
         try:
-            r.cfg = from_dict(raw, ranks, check_files=False).to_dict()
+            r.cfg = from_dict(raw, ranks).to_dict()
         except ConfigError as e:
             raise CampaignError(f"plan {path!r}: run {r.name} ({r.config}): {e}") from None
 
@@ -348,7 +349,7 @@ def _toposort(path: str, runs: list[Run]) -> list[Run]:
 # What is on disk
 # ------------------------------------------------------------------------------------------------
 def trace_status(path: str) -> str | None:
-    """The trace's status attribute (None: no trace). Read through trace._open, which waits while the
+    """The trace's status attribute (None: no trace). Read through trace.open_h5, which waits while the
     writer holds HDF5's file lock, so a running run's flush is never disturbed (the writer waits likewise)."""
     info = trace_progress(path)
     return info.get("status") if info else None
@@ -360,10 +361,10 @@ def trace_progress(path: str) -> dict | None:
         return None
     import numpy as np
 
-    from .trace import _open
+    from .trace import open_h5
 
     try:
-        with _open(path, "r", wait=10.0) as f:
+        with open_h5(path, "r", wait=10.0) as f:
             a = f.attrs
             out = {"status": _s(a.get("status", "unknown")), "config_json": _s(a.get("config_json", "{}")),
                    "total": int(a.get("total_iters", 0) or 0)}

@@ -15,36 +15,25 @@ Layout (FORMAT_VERSION 2):
                      topology, code revision, trace position, control state ...), and for every rank
                      file its sha256, size, replica ids and every key with its shape and dtype.
 
-Plain data: replica_state and rank_state may hold only dicts with str keys, lists, str, int, float,
-bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank file
-against the manifest, then the JSON document's structure; anything else is a CheckpointError naming
-the file. Loading never runs code from a file. Format 1 (pickled rank files, the earlier format)
-is refused with the command that converts a checkpoint you trust: `python -m hpc_dsgd checkpoint
-upgrade PATH` (checkpoint_v1.upgrade_checkpoint; the original is kept as PATH.format1).
+Plain data (plaindata.py): replica_state and rank_state (rngstate.py) hold only dicts with str keys, lists,
+str, int, float, bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank
+file against the manifest, then the JSON document's structure; anything else is a CheckpointError naming the
+file. Loading never runs code from a file. Format 1 (pickled rank files) is refused with the command that
+converts one you trust: `python -m hpc_dsgd checkpoint upgrade PATH` (checkpoint_v1.py; the original is kept).
 
-Bounded, contained reading (every reader: verify, resume, branch, upgrade, sharpness, surfaces): a
-file name from a manifest must be rank<5 digits>.pt; every file is lstat-checked to be a regular file
-before it is opened (no symlink out, no FIFO or device that could hang or never end) and opened
-O_NONBLOCK|O_NOFOLLOW; manifest.json is at most MANIFEST_MAX_BYTES and JSON_MAX_DEPTH deep, its fields
-typed and in range (n <= MAX_REPLICAS, meta.loop, meta.config_json) and, for a training checkpoint, its
-per-replica tensor sizes those of the run's model; every tensor of a rank file, inspected memory-mapped,
-must be contiguous and own exactly its elements before anything is copied.
+Bounded, contained reading (fileio): a file name from a manifest must be rank<5 digits>.pt; every file is
+lstat-checked to be a regular file, then opened O_NONBLOCK|O_NOFOLLOW (no symlink out, no FIFO or device);
+manifest.json is at most MANIFEST_MAX_BYTES and fileio.JSON_MAX_DEPTH deep, its fields typed and in range
+(meta.loop is the training loop's to check: observers.check_loop); every tensor of a rank file, inspected
+memory-mapped, must be contiguous and own exactly its elements before anything is copied.
 
-Atomicity: every rank writes its file into ckpt-XXX.tmp/ under a temporary name, flushes, fsyncs
-and renames it; after an agreement (every rank reports success or its error, so no rank waits
-forever) rank 0 writes the manifest the same way, fsyncs the directory, renames ckpt-XXX.tmp ->
-ckpt-XXX and fsyncs checkpoints/. A directory named ckpt-XXX therefore always holds a complete
-checkpoint (unless damaged later, which the checksums catch); ckpt-XXX.tmp and ckpt-XXX.trash are
-leftovers that readers ignore and the next successful save removes. Nothing touches an older
-checkpoint before the new one is complete (a full disk during a save leaves the previous ones as
-they were). On network file systems the directory fsyncs are best effort (Lustre and NFS commit
-metadata operations on the server).
-
-Retention: "phase" checkpoints are kept always; of the "periodic" ones the newest `keep_last` (by
-iteration) are kept and older ones are deleted by rank 0 after the new checkpoint is complete
-(renamed to .trash first, so a half-deleted directory never looks like a checkpoint). A checkpoint
-saved at an iteration that already has one replaces it (one checkpoint per iteration: save "phase"
-when a phase end and a periodic save coincide).
+Atomicity: every rank writes its file into ckpt-XXX.tmp/ (fileio.atomic_write: an exclusive temporary that
+never follows a planted link, fsync, rename); after an agreement (every rank reports success or its error, so
+no rank waits forever) rank 0 writes the manifest the same way, renames ckpt-XXX.tmp -> ckpt-XXX and fsyncs
+checkpoints/. A directory named ckpt-XXX therefore always holds a complete checkpoint; .tmp and .trash
+leftovers are ignored by readers and removed by the next save, and nothing touches an older checkpoint before
+the new one is complete. Retention (_retain_and_clean): phase checkpoints are kept; of the periodic ones the
+newest keep_last. One checkpoint per iteration (a save at an iteration that has one replaces it).
 
 Loading is per replica: a rank reads only the files holding its global replica ids, so a
 checkpoint written by 4 ranks x 1 replica loads on 2 ranks x 2 and vice versa. The per-replica
@@ -53,37 +42,36 @@ when the layout is the same, since they have no meaning for another split.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
 import os
 import pickle
-import random
 import re
 import shutil
 import stat
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from .compat import saved_config  # noqa: F401 (re-export: analysis/surface.py reads it from here)
 from .faults import fault_point
-from .fileio import fsync_dir
+from .fileio import atomic_write, atomic_write_bytes, fsync_dir, open_regular, parse_json_bounded
+from .plaindata import DTYPES, cpu_compact, dtype_name, from_plain, to_plain
+from .rngstate import capture_rank_state, check_rank_state
+from .rundir import RunDir
 
 FORMAT_VERSION = 2  # 1: pickled rank files (refused; `python -m hpc_dsgd checkpoint upgrade`)
 KINDS = ("phase", "periodic")
-CKPT_SUBDIR = "checkpoints"
+CKPT_SUBDIR = RunDir.CHECKPOINTS
 MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"^ckpt-(\d{9})$")
 _LEFTOVER_RE = re.compile(r"^ckpt-\d{9}\.(tmp|trash)$")
+_KEY_RE = re.compile(r"^(t\.[A-Za-z0-9_]+|b\.\d+|json)$")  # the keys of a rank file
 _CHUNK = 1 << 20
 # Bounds on what a checkpoint's files may claim before anything is parsed or allocated.
 MANIFEST_MAX_BYTES = 64 << 20  # a manifest of 2**20 rank files and a long meta stays far below
-JSON_MAX_DEPTH = 64  # a manifest or rank document nests about 6 deep
-MAX_REPLICAS = 1 << 20
+MAX_REPLICAS = 1 << 20  # (a manifest or rank document nests about 6 deep: fileio.JSON_MAX_DEPTH bounds it)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the path and the failing file."""
@@ -95,12 +83,8 @@ class CheckpointWriteError(CheckpointError):
 
 
 # -- paths -------------------------------------------------------------------------------------
-def checkpoint_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, CKPT_SUBDIR)
-
-
 def checkpoint_path(run_dir: str, it: int) -> str:
-    return os.path.join(checkpoint_dir(run_dir), f"ckpt-{it:09d}")
+    return RunDir(run_dir).checkpoint(it)
 
 
 def rank_file(r: int) -> str:
@@ -110,7 +94,7 @@ def rank_file(r: int) -> str:
 def list_checkpoints(run_dir: str) -> list[str]:
     """Complete-looking checkpoint directories of a run, newest (highest iteration) first.
     Leftover ckpt-XXX.tmp / .trash directories are not listed. Nothing is verified here."""
-    d = checkpoint_dir(run_dir)
+    d = RunDir(run_dir).checkpoints
     try:
         names = os.listdir(d)
     except FileNotFoundError:
@@ -120,26 +104,8 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return [os.path.join(d, name) for _, name in sorted(found, reverse=True)]
 
 
-# -- low-level I/O -----------------------------------------------------------------------------
-class _HashingWriter:
-    """File wrapper for torch.save: sha256 and size of exactly the bytes written."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, b) -> int:
-        self.sha.update(b)
-        self.size += len(b)
-        return self.f.write(b)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-_fsync_dir = fsync_dir  # trace.fsync_dir: one implementation for every durable rename
-
-
-def _regular_file(path: str, fname: str, what: str) -> str:
+# -- low-level I/O (fileio: exclusive temporaries, bounded reads) ------------------------------
+def regular_file(path: str, fname: str, what: str) -> str:
     """path/fname after checking, with lstat and before any open, that fname is one plain name inside
     path and a regular file there (no symlink, FIFO or device, which could escape, hang or never end)."""
     if (not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\0" in fname
@@ -159,58 +125,16 @@ def _regular_file(path: str, fname: str, what: str) -> str:
     return fpath
 
 
-def _open_regular(fpath: str) -> int:
-    """A read-only descriptor of fpath that cannot hang on a FIFO nor follow a symlink swapped in since
-    the lstat; OSError unless it is a regular file."""
-    fd = os.open(fpath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", fpath)
-    return fd
-
-
-def _json_depth(data: bytes) -> int:
-    """Nesting depth of a JSON text (strings skipped), in linear time without recursion."""
-    a = np.frombuffer(re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', data), dtype=np.uint8)
-    step = (a == ord("[")).astype(np.int64) + (a == ord("{")) - (a == ord("]")) - (a == ord("}"))
-    return int(np.cumsum(step).max()) if len(step) else 0
-
-
-def _parse_json(data: bytes, max_depth: int = JSON_MAX_DEPTH):
-    """json.loads of bounded nesting (ValueError beyond max_depth, not a RecursionError)."""
-    depth = _json_depth(data)
-    if depth > max_depth:
-        raise ValueError(f"nested {depth} levels deep (at most {max_depth})")
-    return json.loads(data)
-
-
-def _atomic_write(path: str, write) -> tuple[str, int]:
-    """write(fileobj) into path+'.part', flush, fsync, rename to path. Returns (sha256, size)."""
-    part = path + ".part"
-    with open(part, "wb") as f:
-        w = _HashingWriter(f)
-        write(w)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
-    return w.sha.hexdigest(), w.size
-
-
-def _sha256(path: str) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with os.fdopen(_open_regular(path), "rb") as f:
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with os.fdopen(open_regular(path), "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return h.hexdigest()
 
 
-def _cpu_compact(t: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor owning exactly its elements (torch.save of a view would save the whole storage)."""
-    t = t.detach().to("cpu")
-    if not t.is_contiguous() or t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        t = t.contiguous().clone()
-    return t
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _agree(comm, error: str | None, what: str, exc: type = CheckpointError) -> None:
@@ -223,109 +147,8 @@ def _agree(comm, error: str | None, what: str, exc: type = CheckpointError) -> N
         raise exc(f"{what} failed on rank {r}{more}: {e}")
 
 
-# -- plain data: JSON + tensors ------------------------------------------------------------------
-_PLAIN = "dicts with str keys, lists, str, int, float, bool, None and torch tensors"
-_KEY_RE = re.compile(r"^(t\.[A-Za-z0-9_]+|b\.\d+|json)$")
-_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                                                    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-                                                    torch.bool)}
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
-
-
-def to_plain(obj, blobs: dict[str, torch.Tensor], where: str = "state"):
-    """obj as a JSON-able tree; each tensor moves into blobs under "b.<i>" and is replaced by
-    {"$tensor": "b.<i>"}. Tuples become lists. Anything else is a TypeError naming where it was."""
-    if isinstance(obj, torch.Tensor):
-        if _dtype_name(obj) not in _DTYPES:
-            raise TypeError(f"{where}: tensor dtype {obj.dtype} is not one a checkpoint stores")
-        key = f"b.{len(blobs)}"
-        blobs[key] = _cpu_compact(obj)
-        return {"$tensor": key}
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str) or k.startswith("$"):
-                raise TypeError(f"{where}: key {k!r} is not a plain str key (nor may it start with '$')")
-            out[k] = to_plain(v, blobs, f"{where}[{k!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v, blobs, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, (str, bool, int, float)):
-        return obj
-    raise TypeError(f"{where}: {type(obj).__name__} is not plain data ({_PLAIN})")
-
-
-def from_plain(obj, blobs: dict[str, torch.Tensor], where: str = "state"):
-    """Inverse of to_plain; a reference to a tensor that is not there is a ValueError naming where."""
-    if isinstance(obj, dict):
-        if set(obj) == {"$tensor"}:
-            key = obj["$tensor"]
-            if not isinstance(key, str) or not key.startswith("b.") or key not in blobs:
-                raise ValueError(f"{where} refers to tensor {key!r}, which the file does not hold")
-            return blobs[key]
-        return {k: from_plain(v, blobs, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_plain(v, blobs, f"{where}[{i}]") for i, v in enumerate(obj)]
-    return obj
-
-
-# -- RNG state of a process --------------------------------------------------------------------
-def capture_rank_state() -> dict:
-    """This process's global RNG states as plain data: torch (CPU and every CUDA device in use) as
-    uint8 tensors, numpy's MT19937 and Python's Mersenne Twister as integer lists."""
-    alg, key, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"algorithm": str(alg), "key": [int(x) for x in key], "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "random": {"version": int(version), "internal": [int(x) for x in internal], "gauss_next": gauss_next}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def check_rank_state(state) -> None:
-    """ValueError unless `state` has the structure capture_rank_state produces (checked before use)."""
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise ValueError(f"rank_state: {what}")
-
-    need(isinstance(state, dict) and {"torch", "numpy", "random"} <= set(state), "needs keys torch, numpy, random")
-    t = state["torch"]
-    need(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and t.numel() == torch.get_rng_state().numel(),
-         "torch: needs the uint8 state tensor of torch.get_rng_state()")
-    npst = state["numpy"]
-    need(isinstance(npst, dict) and npst.get("algorithm") == "MT19937" and isinstance(npst.get("key"), list)
-         and len(npst["key"]) == 624 and all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in npst["key"])
-         and isinstance(npst.get("pos"), int) and isinstance(npst.get("has_gauss"), int)
-         and isinstance(npst.get("cached_gaussian"), (int, float)), "numpy: needs an MT19937 state (624 keys, pos, ...)")
-    r = state["random"]
-    need(isinstance(r, dict) and isinstance(r.get("version"), int) and isinstance(r.get("internal"), list)
-         and len(r["internal"]) == 625 and all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in r["internal"])
-         and (r.get("gauss_next") is None or isinstance(r["gauss_next"], float)),
-         "random: needs Python's Mersenne Twister state (625 integers)")
-    cuda = state.get("cuda", [])
-    need(isinstance(cuda, list) and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda),
-         "cuda: needs a list of uint8 state tensors")
-
-
-def restore_rank_state(state: dict) -> None:
-    """Inverse of capture_rank_state (CUDA states only where CUDA is available)."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["algorithm"], np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    r = state["random"]
-    random.setstate((r["version"], tuple(r["internal"]), r["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # -- rank files ----------------------------------------------------------------------------------
-def _rank_payload(it: int, ids: list[int], tensors: dict[str, torch.Tensor], replica_state: Sequence,
+def rank_payload(it: int, ids: list[int], tensors: dict[str, torch.Tensor], replica_state: Sequence,
                   rank_state: dict) -> dict[str, torch.Tensor]:
     """The flat str -> tensor dict of one rank file (TypeError for anything that is not plain data)."""
     blobs: dict[str, torch.Tensor] = {}
@@ -333,27 +156,28 @@ def _rank_payload(it: int, ids: list[int], tensors: dict[str, torch.Tensor], rep
            "replica_state": to_plain(list(replica_state), blobs, "replica_state"),
            "rank_state": to_plain(rank_state, blobs, "rank_state")}
     text = json.dumps(doc, sort_keys=True, allow_nan=True).encode()
-    payload = {f"t.{name}": _cpu_compact(t) for name, t in tensors.items()}
+    payload = {f"t.{name}": cpu_compact(t) for name, t in tensors.items()}
     payload.update(blobs)
     payload["json"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
     return payload
 
 
-def _write_rank_file(path: str, payload: dict[str, torch.Tensor], after_write=None) -> dict:
-    """Write one rank file atomically; its manifest entry (sha256, size, keys with shape and dtype)."""
+def write_rank_file(path: str, payload: dict[str, torch.Tensor], after_write=None) -> dict:
+    """Write one rank file atomically (fileio.atomic_write: an exclusive temporary, fsync, rename, fsync of the
+    directory); its manifest entry (sha256, size, keys with shape and dtype)."""
     def write(f):
         torch.save(payload, f)
         if after_write is not None:
             after_write()
-    sha, size = _atomic_write(path, write)
+    sha, size = atomic_write(path, write)
     return {"sha256": sha, "size": size,
-            "keys": {k: {"shape": list(t.shape), "dtype": _dtype_name(t)} for k, t in sorted(payload.items())}}
+            "keys": {k: {"shape": list(t.shape), "dtype": dtype_name(t)} for k, t in sorted(payload.items())}}
 
 
-def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict, dict]:
+def read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """Load one rank file as plain data and check it against its manifest entry before any use:
     (raw tensors, JSON document, blobs). CheckpointError naming the file for anything unexpected."""
-    fpath = _regular_file(path, fname, "rank file")
+    fpath = regular_file(path, fname, "rank file")
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path}: rank file {fname} {why}")
@@ -364,7 +188,7 @@ def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch
         first = str(e).strip().splitlines()
         detail = next((s for s in first if "Unsupported" in s or "global" in s.lower()), first[0] if first else "")
         raise bad(f"is not plain tensor data and was refused without running it ({detail.strip()[:200]})") from None
-    except Exception as e:  # noqa: BLE001 - a damaged file, whatever the reader raises
+    except Exception as e:  # a damaged file: whatever exception the reader raises
         raise bad(f"cannot be read: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
         raise bad("is not a flat dict of named tensors")
@@ -377,8 +201,8 @@ def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch
     fsize, stored = os.path.getsize(fpath), 0
     for k, t in raw.items():
         want = keys[k]
-        if not _KEY_RE.match(k) or list(t.shape) != want.get("shape") or _dtype_name(t) != want.get("dtype"):
-            raise bad(f"key {k!r} is {_dtype_name(t)} {list(t.shape)}; the manifest says "
+        if not _KEY_RE.match(k) or list(t.shape) != want.get("shape") or dtype_name(t) != want.get("dtype"):
+            raise bad(f"key {k!r} is {dtype_name(t)} {list(t.shape)}; the manifest says "
                       f"{want.get('dtype')} {want.get('shape')}")
         # Before any use (nothing is allocated yet: the storages are mapped from the file): each tensor
         # owns exactly its elements, laid out contiguously, so no stride or offset trick can make a
@@ -394,7 +218,7 @@ def _read_rank_file(path: str, fname: str, entry: dict) -> tuple[dict[str, torch
     if j is None or j.dtype != torch.uint8 or j.dim() != 1:
         raise bad("lacks its JSON document (key 'json', uint8)")
     try:
-        doc = _parse_json(bytes(j.numpy()))
+        doc = parse_json_bounded(bytes(j.numpy()))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise bad(f"has a JSON document that cannot be parsed: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
@@ -423,7 +247,8 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
     tensors: name -> (k, ...) tensor whose row j belongs to global replica replica_ids[j] (any device;
     saved on the CPU). replica_state: k dicts of plain data (see to_plain). meta: JSON-serialisable run description
     (rank 0's copy goes into the manifest). keep_last: periodic checkpoints kept (<= 0: all).
-    A failure on any rank (a full disk, non-plain state) raises CheckpointWriteError on every rank; the previous checkpoints stay intact.
+    A failure on any rank (a full disk, non-plain state) raises CheckpointWriteError on every rank; the previous
+    checkpoints stay intact.
     """
     rank = comm.Get_rank()
     final = checkpoint_path(run_dir, it)
@@ -448,7 +273,7 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp)  # leftover of an interrupted save of this same iteration
             os.makedirs(tmp)
-    except Exception as e:  # noqa: BLE001 - reported on every rank by _agree
+    except Exception as e:  # any failure: reported on every rank by _agree
         error = f"{type(e).__name__}: {e}"
     _agree(comm, error, f"checkpoint {final}: preparing", CheckpointWriteError)
 
@@ -456,13 +281,12 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
     fname = rank_file(rank)
     info, error = None, None
     try:
-        payload = _rank_payload(it, ids, tensors, replica_state, capture_rank_state())
-        info = _write_rank_file(os.path.join(tmp, fname), payload,
-                                after_write=lambda: fault_point("checkpoint_write", rank, it))
-        _fsync_dir(tmp)
-        info.update(replica_ids=ids, tensors={name: {"shape": list(t.shape[1:]), "dtype": _dtype_name(t)}
+        payload = rank_payload(it, ids, tensors, replica_state, capture_rank_state())
+        info = write_rank_file(os.path.join(tmp, fname), payload,
+                               after_write=lambda: fault_point("checkpoint_write", rank, it))
+        info.update(replica_ids=ids, tensors={name: {"shape": list(t.shape[1:]), "dtype": dtype_name(t)}
                                               for name, t in tensors.items()})
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # any failure: reported on every rank by _agree
         error = f"writing {os.path.join(tmp, fname)}: {type(e).__name__}: {e}"
     infos = comm.gather(info, root=0)
     _agree(comm, error, f"checkpoint {final}: writing rank files", CheckpointWriteError)
@@ -480,16 +304,15 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
             if all_ids != list(range(len(all_ids))):
                 raise ValueError(f"the ranks' replica ids are not 0..n-1 exactly once: {all_ids}")
             text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
-            _fsync_dir(tmp)
+            atomic_write_bytes(os.path.join(tmp, MANIFEST), text)
             trash = final + ".trash"
             if os.path.isdir(final):  # one checkpoint per iteration: the new one replaces the old
                 if os.path.isdir(trash):
                     shutil.rmtree(trash)
                 os.rename(final, trash)
             os.rename(tmp, final)
-            _fsync_dir(checkpoint_dir(run_dir))
-        except Exception as e:  # noqa: BLE001
+            fsync_dir(RunDir(run_dir).checkpoints)
+        except Exception as e:  # any failure: broadcast to every rank below
             error = f"{type(e).__name__}: {e}"
         if error is None:
             try:
@@ -503,15 +326,16 @@ def save_checkpoint(comm, run_dir: str, it: int, kind: str, phase: int, tensors:
 
 
 def _retain_and_clean(run_dir: str, keep_last: int) -> None:
-    """Rank 0, after a successful save: delete periodic checkpoints beyond the newest keep_last and
-    leftover .tmp/.trash directories. Failures here never fail the save (the next save retries)."""
-    d = checkpoint_dir(run_dir)
+    """Rank 0, after a successful save: delete periodic checkpoints beyond the newest keep_last (renamed to
+    .trash first, so a half-deleted directory never looks like a checkpoint) and leftover .tmp/.trash
+    directories; phase checkpoints are kept always. Failures here never fail the save (the next save retries)."""
+    d = RunDir(run_dir).checkpoints
     doomed = []
     if keep_last > 0:
         periodic = []
         for path in list_checkpoints(run_dir):  # newest first
             try:
-                if _read_manifest(path).get("kind") == "periodic":
+                if read_manifest(path).get("kind") == "periodic":
                     periodic.append(path)
             except CheckpointError:
                 pass  # unreadable: not ours to judge, left alone
@@ -524,25 +348,25 @@ def _retain_and_clean(run_dir: str, keep_last: int) -> None:
     for name in os.listdir(d):
         if _LEFTOVER_RE.match(name):
             shutil.rmtree(os.path.join(d, name), ignore_errors=True)
-    _fsync_dir(d)
+    fsync_dir(d)
 
 
-# -- verify, resolve ---------------------------------------------------------------------------
+# -- verify -------------------------------------------------------------------------------------
 def upgrade_hint(path: str) -> str:
     return (f"if you trust whoever wrote it, convert it once with `python -m hpc_dsgd checkpoint upgrade {path}` "
             f"(the original is kept as {path}.format1), then resume")
 
 
-def _read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
+def read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
     if not os.path.lexists(os.path.join(path, MANIFEST)):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing (incomplete or not a checkpoint)")
-    mpath = _regular_file(path, MANIFEST, "")
+    mpath = regular_file(path, MANIFEST, "")
     try:
-        with os.fdopen(_open_regular(mpath), "rb") as f:
+        with os.fdopen(open_regular(mpath), "rb") as f:
             data = f.read(MANIFEST_MAX_BYTES + 1)
         if len(data) > MANIFEST_MAX_BYTES:
             raise ValueError(f"larger than {MANIFEST_MAX_BYTES >> 20} MiB")
-        manifest = _parse_json(data)
+        manifest = parse_json_bounded(data)
     except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} cannot be parsed: {e}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
@@ -559,17 +383,17 @@ def _read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> d
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} has format {fmt!r}; "
                               f"this version reads format {FORMAT_VERSION}")
     if fmt == FORMAT_VERSION:
-        _check_manifest(path, manifest)
+        check_manifest(path, manifest)
     return manifest
 
 
-def _check_manifest(path: str, m: dict) -> None:
+def check_manifest(path: str, m: dict) -> None:
     """Structure and internal consistency of a format-2 manifest (types, ids 0..n-1, row keys)."""
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: {what}")
 
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_int = _is_int
     need(is_int(m.get("iteration")) and 0 <= m["iteration"] < 2 ** 62, f"iteration {m.get('iteration')!r} (an integer >= 0)")
     need(m.get("kind") in KINDS, f"kind {m.get('kind')!r}")
     need(is_int(m.get("phase")) and 0 <= m["phase"] < 2 ** 31, f"phase {m.get('phase')!r} (an integer >= 0)")
@@ -579,7 +403,7 @@ def _check_manifest(path: str, m: dict) -> None:
     need(isinstance(m.get("meta"), dict), "meta")
     tens = m.get("tensors")
     need(isinstance(tens, dict) and all(isinstance(k, str) and re.match(r"^[A-Za-z0-9_]+$", k) and isinstance(v, dict)
-                                        and v.get("dtype") in _DTYPES and isinstance(v.get("shape"), list)
+                                        and v.get("dtype") in DTYPES and isinstance(v.get("shape"), list)
                                         and len(v["shape"]) <= 8 and all(is_int(x) and 0 <= x < 2 ** 40 for x in v["shape"])
                                         for k, v in tens.items()),
          "tensors (name -> shape, dtype)")
@@ -595,7 +419,7 @@ def _check_manifest(path: str, m: dict) -> None:
             need(e["keys"].get(f"t.{name}") == want, f"{fname}: key t.{name} should be {want}")
         for k, spec in e["keys"].items():
             need(isinstance(k, str) and _KEY_RE.match(k) is not None and isinstance(spec, dict)
-                 and spec.get("dtype") in _DTYPES and isinstance(spec.get("shape"), list) and len(spec["shape"]) <= 9
+                 and spec.get("dtype") in DTYPES and isinstance(spec.get("shape"), list) and len(spec["shape"]) <= 9
                  and all(is_int(x) and 0 <= x < 2 ** 40 for x in spec["shape"]),
                  f"{fname}: key {k!r} (a known name, a dtype and a shape)")
         ids += e["replica_ids"]
@@ -607,23 +431,19 @@ def _check_manifest(path: str, m: dict) -> None:
 
 def _check_meta(path: str, m: dict) -> None:
     """The run description in meta, where present: config_json a JSON object whose n agrees with the
-    manifest's (and, in a training checkpoint, one with meta.loop, whose model fits the tensor sizes);
-    loop the loop state of train.py, typed and in range.
-    A key absent here is the caller's to require (train.py refuses a manifest without meta.loop)."""
+    manifest's (and, in a training checkpoint, one with meta.loop, whose model fits the tensor sizes).
+    meta.loop itself is the training loop's: each part of it is checked by its owner (observers.check_loop)."""
     meta = m["meta"]
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: {key} must be {what}")
 
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    fin = lambda v: is_num(v) and math.isfinite(v)  # noqa: E731
     if "config_json" in meta:
         cj = meta["config_json"]
         need(isinstance(cj, str), "meta.config_json", "a string holding the run's config as a JSON object")
         try:
-            cfg = _parse_json(cj.encode("utf-8", "surrogatepass"))
+            cfg = parse_json_bounded(cj.encode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError) as e:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: meta.config_json is not JSON "
                                   f"({e})") from None
@@ -633,44 +453,6 @@ def _check_meta(path: str, m: dict) -> None:
             need(cfg["n"] == m["n"], "meta.config_json's n", f"the manifest's n={m['n']}, not {cfg['n']!r}")
         if "loop" in meta:  # a training run's checkpoint (train.py): its tensors are the model's rows
             _check_sizes(path, m, cfg)
-    if "loop" in meta:
-        lp = meta["loop"]
-        need(isinstance(lp, dict), "meta.loop", "an object")
-        for key, ok, what in (  # the fields of observers.LOOP_KEYS (an unknown key: train.py refuses it, naming it)
-                ("it", lambda v: is_int(v) and v == m["iteration"], f"the manifest's iteration {m['iteration']}"),
-                ("gossip_s", lambda v: is_int(v) and 0 <= v < 2 ** 62, "an integer >= 0"),
-                ("ema_phase", lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer >= 0"),
-                ("phi_ema", is_num, "a number (NaN before the first measurement)"),
-                ("t_train", lambda v: fin(v) and v >= 0, "a finite number >= 0"),
-                ("acc", lambda v: isinstance(v, list) and len(v) == 3 and all(fin(x) for x in v), "3 finite numbers"),
-                ("stats", lambda v: not v or isinstance(v, dict) and set(_LOOP_STATS) <= set(v)
-                 and all(is_num(x) for x in v.values()), f"null or an object of numbers {list(_LOOP_STATS)}"),
-                ("last", lambda v: v is None or isinstance(v, dict) and all(
-                    x is None or isinstance(x, (int, float, str, bool)) for x in v.values()),
-                 "null or an object of numbers"),
-                ("trace_pos", lambda v: v is None or isinstance(v, dict) and all(
-                    re.match(r"^[a-z_]+$", k) and is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
-                 "null or an object trace group -> row count (an integer >= 0)"),
-                ("xi_max", lambda v: v is None or isinstance(v, dict) and all(
-                    isinstance(k, str) and k.lstrip("-").isdigit() and is_num(x) for k, x in v.items()),
-                 "null or an object phase -> number"),
-                ("trace_pending", lambda v: v is None or isinstance(v, dict) and all(
-                    g in ("iter", "epoch", "phase", "sharpness") and isinstance(cols, dict) and all(
-                        isinstance(c, str) and re.match(r"^[A-Za-z0-9_]+$", c) and isinstance(x, list) and all(
-                            is_num(y) or y in (None, "nan", "inf", "-inf") for y in x)
-                        for c, x in cols.items()) for g, cols in v.items()),
-                 "null or an object trace group -> column -> list of values (rows a full disk kept out of the trace)")):
-            if key in lp:
-                need(ok(lp[key]), f"meta.loop.{key}", f"{what}, not {json.dumps(lp[key])[:80]}")
-
-
-# train.PhaseStats.COLS and observers.LOOP_KEYS's fields, as _check_meta checks them (tests/serial/test_checkpoint.py
-# fails if train.py changes either without this).
-# The phase-statistics columns every checkpoint has; columns added later (bound_iterations, pre_control_max,
-# target: issue 16) start at their defaults when a checkpoint predates them (train.PhaseStats).
-_LOOP_STATS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
-_LOOP_FIELDS = ("it", "gossip_s", "ema_phase", "phi_ema", "t_train", "acc", "stats", "last", "trace_pos", "xi_max",
-                "trace_pending")
 
 
 def _model_sizes(cfg: dict, vocab: int | None = None) -> tuple[int, int] | None:
@@ -708,7 +490,7 @@ def _run_vocab(path: str) -> tuple[str, int | None]:
             return tpath, None
         from tokenizers import Tokenizer
 
-        with os.fdopen(_open_regular(tpath), "rb") as f:
+        with os.fdopen(open_regular(tpath), "rb") as f:
             return tpath, Tokenizer.from_str(f.read().decode("utf-8")).get_vocab_size()
     except Exception:  # noqa: BLE001 - absent or damaged: not this check's to report
         return tpath, None
@@ -734,14 +516,14 @@ def _check_sizes(path: str, m: dict, cfg: dict) -> None:
                                   f"replica; the run's model ({model}) has {'' if exact else 'at most '}{want}")
 
 
-def _check_file(path: str, fname: str, entry: dict) -> None:
-    fpath = _regular_file(path, fname, "rank file")
+def check_file(path: str, fname: str, entry: dict) -> None:
+    fpath = regular_file(path, fname, "rank file")
     size = os.lstat(fpath).st_size
     if size != entry["size"]:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} has {size} bytes, the manifest says "
                               f"{entry['size']} (truncated or overwritten)")
     try:
-        sha, _ = _sha256(fpath)
+        sha = _sha256(fpath)
     except OSError as e:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} cannot be read: {e.strerror}") from None
     if sha != entry["sha256"]:
@@ -755,66 +537,12 @@ def verify_checkpoint(path: str, deep: bool = True) -> dict:
     dtypes or JSON document disagree with the manifest). Never runs code from a file."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: no such directory")
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     for fname, entry in sorted(manifest["files"].items()):
-        _check_file(path, fname, entry)
+        check_file(path, fname, entry)
         if deep:
-            _read_rank_file(path, fname, entry)
+            read_rank_file(path, fname, entry)
     return manifest
-
-
-def resolve_resume(run_dir: str, spec: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """Which checkpoint to resume from: (path or None, [(skipped path, reason), ...]).
-
-    spec "auto": the newest checkpoint of run_dir that verifies, skipping (and reporting) broken ones;
-    (None, []) when the run has no checkpoint at all (a fresh start: `--resume auto` on a first launch).
-    Checkpoints present but none intact: CheckpointError listing each one's reason.
-    Any other spec is a checkpoint directory (or its name inside run_dir/checkpoints/), verified.
-    """
-    if spec == "auto":
-        paths = list_checkpoints(run_dir)
-        skipped = []
-        for path in paths:
-            try:
-                verify_checkpoint(path)
-                return path, skipped
-            except CheckpointError as e:
-                skipped.append((path, str(e)))
-        if skipped:
-            raise CheckpointError(f"run {run_dir}: none of its {len(skipped)} checkpoint(s) is intact: "
-                                  + "; ".join(reason for _, reason in skipped))
-        return None, []
-    path = spec
-    if not os.path.isdir(path) and os.path.isdir(os.path.join(checkpoint_dir(run_dir), spec)):
-        path = os.path.join(checkpoint_dir(run_dir), spec)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {spec}: no such directory (nor {os.path.join(checkpoint_dir(run_dir), spec)}); "
-                              f"use --resume auto or a ckpt-XXXXXXXXX directory")
-    verify_checkpoint(path)
-    return path, []
-
-
-PHASE_ALIAS_RE = re.compile(r"^phase-([0-9]{1,6})$")
-
-
-def resolve_branch(spec: str) -> str:
-    """branch_from: a checkpoint directory, or RUN_DIR/checkpoints/phase-K, the checkpoint written at the end of
-    phase K of that run (what the generated dec-phase-(K+1) configs name, since the iteration depends on the
-    data set size). The alias needs the parent's phase-end checkpoint, read from its manifest (verified later)."""
-    m = PHASE_ALIAS_RE.match(os.path.basename(os.path.normpath(spec)))
-    if m is None or os.path.isdir(spec):
-        return spec
-    ckdir = os.path.dirname(os.path.normpath(spec))
-    run_dir, phase = os.path.dirname(ckdir), int(m.group(1))
-    for path in list_checkpoints(run_dir):
-        try:
-            man = _read_manifest(path)
-        except CheckpointError:
-            continue
-        if man["kind"] == "phase" and man["phase"] == phase:
-            return path
-    raise CheckpointError(f"branch_from={spec!r}: run {run_dir!r} has no intact checkpoint at the end of phase {phase} "
-                          "(has that run finished the phase?)")
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -827,7 +555,7 @@ def load_checkpoint(path: str, replica_ids: Sequence[int], map_location: str | t
     and always against the manifest's keys, shapes and dtypes before use; weights_only, no code runs).
     rank_state is the saving rank's RNG state when that rank held exactly these replicas (same
     layout), else None: a process's global RNG state has no meaning for another split."""
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     ids = [int(i) for i in replica_ids]
     where = {}  # global id -> (file, row)
     for fname, entry in manifest["files"].items():
@@ -841,8 +569,8 @@ def load_checkpoint(path: str, replica_ids: Sequence[int], map_location: str | t
     raws, docs = {}, {}
     for fname in needed:
         if verify:
-            _check_file(path, fname, manifest["files"][fname])
-        raws[fname], docs[fname], _ = _read_rank_file(path, fname, manifest["files"][fname])
+            check_file(path, fname, manifest["files"][fname])
+        raws[fname], docs[fname], _ = read_rank_file(path, fname, manifest["files"][fname])
     tensors = {}
     for name in manifest["tensors"]:
         rows = [raws[where[i][0]][f"t.{name}"][where[i][1]] for i in ids]

@@ -13,8 +13,19 @@ import time
 
 import torch
 
-from .checkpoint import (FORMAT_VERSION, MANIFEST, CheckpointError, _atomic_write, _check_file, _check_manifest,
-                         _fsync_dir, _rank_payload, _read_manifest, _regular_file, _write_rank_file, verify_checkpoint)
+from .checkpoint import (
+    FORMAT_VERSION,
+    MANIFEST,
+    CheckpointError,
+    check_file,
+    check_manifest,
+    rank_payload,
+    read_manifest,
+    regular_file,
+    verify_checkpoint,
+    write_rank_file,
+)
+from .fileio import atomic_write_bytes, fsync_dir
 
 
 def _plain_rank_state_v1(state: dict) -> dict:
@@ -40,7 +51,7 @@ def upgrade_checkpoint(path: str) -> str:
     path = os.path.normpath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: no such directory")
-    old = _read_manifest(path, formats=(1, FORMAT_VERSION))
+    old = read_manifest(path, formats=(1, FORMAT_VERSION))
     if old["format"] == FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {FORMAT_VERSION} already: nothing to upgrade")
     backup, tmp = path + ".format1", path + ".upgrade.tmp"
@@ -51,32 +62,31 @@ def upgrade_checkpoint(path: str) -> str:
     made = False
     try:
         for fname, entry in sorted(old["files"].items()):
-            _check_file(path, fname, entry)
+            check_file(path, fname, entry)
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)  # the leftover of an interrupted upgrade (checked above: a real directory)
         os.makedirs(tmp)
         made = True
         files = {}
-        for fname, entry in sorted(old["files"].items()):
-            p = torch.load(_regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
+        for fname in sorted(old["files"]):
+            p = torch.load(regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
             ids = [int(i) for i in p["replica_ids"]]
-            payload = _rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
+            payload = rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
                                     _plain_rank_state_v1(p["rank_state"]))
-            files[fname] = dict(_write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
+            files[fname] = dict(write_rank_file(os.path.join(tmp, fname), payload), replica_ids=ids)
         manifest = dict(old, format=FORMAT_VERSION, files=files, upgraded_from_format=1,
                         upgraded=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        _check_manifest(path, manifest)
+        check_manifest(path, manifest)
         text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _atomic_write(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
-        _fsync_dir(tmp)
+        atomic_write_bytes(os.path.join(tmp, MANIFEST), text)
         os.rename(path, backup)
         os.rename(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
+        fsync_dir(os.path.dirname(path) or ".")
     except CheckpointError:
         if made:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except Exception as e:  # noqa: BLE001 - whatever the old files hold; the original stays as it was
+    except Exception as e:  # whatever the old files hold (any exception type): the original stays as it was
         if made:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"checkpoint {path}: upgrade failed ({type(e).__name__}: {e}); "

@@ -8,7 +8,7 @@ neighbour rank per step (packed contiguously), through an MPI neighbourhood coll
  - a distributed-graph communicator otherwise (fixed graphs, and one cached per distinct W_t for the
    one-peer exponential graph),
  - paired point-to-point exchanges for random matchings (a new W_t every step).
-The communicator is always an argument (STYLE.md practice 2).
+The communicator is always an argument.
 """
 from __future__ import annotations
 
@@ -120,7 +120,9 @@ def _rows_needed(W: np.ndarray, dst_rows: range, src_rows: range) -> np.ndarray:
 
 def _build_plan(world: World, W: np.ndarray, comm_kind: str, cart_dims: list[int] | None) -> _Plan:
     k, me = world.k, world.rank
-    block = lambda r: range(r * k, (r + 1) * k)  # noqa: E731
+    def block(r: int) -> range:
+        return range(r * k, (r + 1) * k)
+
     mine = block(me)
     need_from = {q: _rows_needed(W, mine, block(q)) for q in range(world.ranks) if q != me}
     give_to = {q: _rows_needed(W, block(q), mine) for q in range(world.ranks) if q != me}

@@ -4,9 +4,9 @@ Validation happens on every rank, from the file alone plus the rank count, befor
 collective: a bad value stops every rank with the same one-line message, and nothing hangs.
 Errors are ValueError (ConfigError) naming the key, the value and what would be right.
 
-validate() checks values only, opening no file; what the config names outside itself (reference traces, the
-data directory, a branch's checkpoint) is preflight.check_inputs', which load_config and from_dict call after
-validate unless check_files=False.
+load_config and from_dict parse and validate values only: they read the config file (and its `base` chain)
+and open nothing else. What the config names outside itself (reference traces, the data directory, a
+branch's checkpoint) is preflight.check_inputs', which the commands that need it call themselves.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict:
+def read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict:
     """The keys of a config file after its `base` chain; sources (if given) gets key -> the file that set it."""
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
@@ -222,7 +222,7 @@ def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict
             raise ConfigError(f"config file {path!r}: base={base!r} loops back to {bpath!r}: a base chain must end")
         if len(chain) >= BASE_DEPTH_MAX:
             raise ConfigError(f"config file {path!r}: base={base!r}: a base chain of more than {BASE_DEPTH_MAX} files")
-        merged = _read_toml(bpath, chain, sources)
+        merged = read_toml(bpath, chain, sources)
         merged.update(data)
     else:
         merged = data
@@ -231,16 +231,16 @@ def _read_toml(path: str, seen: tuple = (), sources: dict | None = None) -> dict
     return merged
 
 
-def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1, check_files: bool = True) -> Config:
-    """Read a TOML file (or defaults), apply overrides, validate for `ranks` MPI processes."""
+def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1) -> Config:
+    """Read a TOML file (or defaults), apply overrides, validate the values for `ranks` MPI processes."""
     sources: dict = {}
-    data = _read_toml(path, sources=sources) if path else {}
+    data = read_toml(path, sources=sources) if path else {}
     for text in overrides:
         k, v = parse_override(text)
         data[k] = v
         sources.pop(k, None)
     try:
-        return from_dict(data, ranks, check_files)
+        return from_dict(data, ranks)
     except ConfigError as e:  # a value from a file: name the file too (a --set value is named by its key alone)
         key = re.match(r"(?:unknown config key\(s\) )?([A-Za-z_]\w*)", str(e))
         if key and key.group(1) in sources:
@@ -248,7 +248,8 @@ def load_config(path: str | None, overrides: list[str] = (), ranks: int = 1, che
         raise
 
 
-def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
+def from_dict(data: dict, ranks: int = 1) -> Config:
+    """A Config of `data` (key -> value), its values validated for `ranks` MPI processes (no file opened)."""
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, FIELDS, n=1, cutoff=0.6)) else k
@@ -257,10 +258,6 @@ def from_dict(data: dict, ranks: int = 1, check_files: bool = True) -> Config:
                           f"hpc_dsgd/config.py (class Config) and the README")
     cfg = Config(**{k: _coerce(k, v) for k, v in data.items()})
     validate(cfg, ranks)
-    if check_files:
-        from .preflight import check_inputs  # preflight imports this module (ConfigError): not at the top
-
-        check_inputs(cfg)
     return cfg
 
 

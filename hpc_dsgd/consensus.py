@@ -6,7 +6,7 @@ Definitions (paper Sec. 3.2 and 5), P = this rank's (k, d) parameter rows of the
   phi_t^2   = (1/n) sum_i ||g_i||^2                       (mean squared local gradient norm, Prop. 3.3)
   Xi_t <= (2/p) Theta_t                                   (Lemma A.1)
 
-A policy is an object the training loop asks, once per iteration, to communicate (STYLE.md 3):
+A policy is an object the training loop asks, once per iteration, to communicate:
   allreduce  exact averaging (W = 11^T/n), Xi = 0 afterwards;
   gossip     one gossip step (plain D-SGD);
   target     repeat gossip until the controlled distance <= factor x Xi_max (Xi_max: the reference

@@ -16,9 +16,10 @@ is computed by every executor, outputs, gradients and BN running statistics alik
 
 forward(P, Bf, x, train, shared=False) -> outputs (k, B, ...); x is (k, B, ...) (each replica its own
 batch) or, with shared=True, (B, ...) (one batch for all replicas, for evaluation); x may be a tuple of such
-tensors, the model's positional inputs (the Transformer's source, target and dropout key). After the backward pass the caller calls
-finish(), which completes the BN running-statistics update in X where an executor deferred it. P may be a leaf that requires grad: its
-gradient then reaches every replica's row through one split (whose backward is one concatenation).
+tensors, the model's positional inputs (the Transformer's source, target and dropout key). After the backward
+pass the caller calls finish(), which completes the BN running-statistics update in X where an executor
+deferred it. P may be a leaf that requires grad: its gradient then reaches every replica's row through one
+split (whose backward is one concatenation).
 """
 from __future__ import annotations
 

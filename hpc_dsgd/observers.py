@@ -7,10 +7,14 @@ TraceRecorder, Checkpointer. At the end, finish(done, status). Each observer own
 checkpointed loop state (meta.loop) through state_dict() / load_state_dict(); the Checkpointer
 collects them, beside LoopState (the trajectory), into meta.loop: the same keys and
 meanings as before the observers existed (LOOP_KEYS), so older checkpoints resume.
+Each owner names its keys (STATE_KEYS) and checks their values (check_state, which load_state_dict calls
+first); check_loop runs every owner's check on a manifest's meta.loop before anything uses it.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -19,12 +23,27 @@ import numpy as np
 from .checkpoint import CheckpointWriteError, save_checkpoint
 from .comm import allreduce_scalars
 from .consensus import NAN
-from .sharpness import describe as describe_sharpness, measure_run as measure_sharpness
+from .sharpness import describe as describe_sharpness
+from .sharpness import measure_run as measure_sharpness
 from .trace import TraceWriteError
 
-# meta.loop of a checkpoint: these keys, in this order (checkpoint._check_meta checks their values)
-LOOP_KEYS = ("it", "gossip_s", "phi_ema", "ema_phase", "stats", "acc", "t_train", "last", "trace_pos", "xi_max",
-             "trace_pending")
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    return _is_num(v) and math.isfinite(v)
+
+
+def need_loop(loop: dict, key: str, ok, what: str) -> None:
+    """ValueError naming meta.loop.KEY unless ok(value); an absent key is its owner's default (older checkpoints)."""
+    if key in loop and not ok(loop[key]):
+        raise ValueError(f"meta.loop.{key} must be {what}, not {json.dumps(loop[key])[:80]}")
 
 
 @dataclass
@@ -36,6 +55,14 @@ class LoopState:
     gossip_s: int = 0  # next gossip step index
     phi_ema: float = NAN
     ema_phase: int = 0
+
+    @staticmethod
+    def check_state(loop: dict, iteration: int) -> None:
+        """The trajectory's keys of a manifest's meta.loop (`iteration`: the manifest's)."""
+        need_loop(loop, "it", lambda v: _is_int(v) and v == iteration, f"the manifest's iteration {iteration}")
+        need_loop(loop, "gossip_s", lambda v: _is_int(v) and 0 <= v < 2 ** 62, "an integer >= 0")
+        need_loop(loop, "ema_phase", lambda v: _is_int(v) and 0 <= v < 2 ** 31, "an integer >= 0")
+        need_loop(loop, "phi_ema", _is_num, "a number (NaN before the first measurement)")
 
 
 @dataclass
@@ -80,6 +107,12 @@ def every(sched, t: int, epochs: int = 1) -> bool:
 
 
 class Observer:
+    STATE_KEYS: tuple[str, ...] = ()  # the keys of meta.loop this observer owns (state_dict / load_state_dict)
+
+    @classmethod
+    def check_state(cls, loop: dict) -> None:
+        """ValueError naming meta.loop.KEY unless this observer's keys in `loop` are typed and in range."""
+
     def before(self, t: int) -> tuple[bool, bool]:
         """This rank's votes for iteration t: (stop, checkpoint)."""
         return False, False
@@ -107,6 +140,9 @@ class PhaseStats:
     COLS = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations",
             "bound_iterations", "pre_control_max", "target")
     NAN_COLS = ("xi_max", "xi_pre_max", "pre_control_max", "target")
+    # The columns every checkpoint has; the later ones (bound_iterations, pre_control_max, target) start at
+    # their defaults when a checkpoint predates them.
+    REQUIRED = ("xi_max", "xi_pre_max", "theta_max", "gossip_steps", "bytes_sent", "cap_hits", "iterations")
 
     def __init__(self, v: dict | None = None):
         self.v = dict.fromkeys(self.COLS, 0.0)
@@ -155,10 +191,19 @@ class EpochMeter(Observer):
     def train_acc(self) -> float:
         return 100.0 * self.acc[1] / max(self.acc[2], 1)
 
+    STATE_KEYS = ("acc", "t_train")
+
+    @classmethod
+    def check_state(cls, loop):
+        need_loop(loop, "t_train", lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+        need_loop(loop, "acc", lambda v: isinstance(v, list) and len(v) == 3 and all(_finite(x) for x in v),
+                  "3 finite numbers")
+
     def state_dict(self):
         return {"acc": tuple(self.acc), "t_train": self.t_train}
 
     def load_state_dict(self, loop):
+        self.check_state(loop)
         self.acc, self.t_train = np.array(loop.get("acc", (0.0, 0.0, 0.0))), loop.get("t_train", 0.0)
         self.t_train0 = self.t_train
 
@@ -176,10 +221,18 @@ class PhaseSummary(Observer):
                                  last_it=step.t, complete=1, **self.stats.v)
             self.stats = PhaseStats()
 
+    STATE_KEYS = ("stats",)
+
+    @classmethod
+    def check_state(cls, loop):
+        need_loop(loop, "stats", lambda v: not v or isinstance(v, dict) and set(PhaseStats.REQUIRED) <= set(v)
+                  and all(_is_num(x) for x in v.values()), f"null or an object of numbers {list(PhaseStats.REQUIRED)}")
+
     def state_dict(self):
         return {"stats": self.stats.v}
 
     def load_state_dict(self, loop):
+        self.check_state(loop)
         self.stats = PhaseStats(loop.get("stats"))
 
 
@@ -196,10 +249,18 @@ class Evaluator(Observer):
             self.last = {**self.wl.evaluate(self.world, self.reps), **self.meter.train}
             self.recorder.append("epoch", **self.last)
 
+    STATE_KEYS = ("last",)
+
+    @classmethod
+    def check_state(cls, loop):
+        need_loop(loop, "last", lambda v: v is None or isinstance(v, dict) and all(
+            x is None or isinstance(x, (int, float, str, bool)) for x in v.values()), "null or an object of numbers")
+
     def state_dict(self):
         return {"last": self.last}
 
     def load_state_dict(self, loop):
+        self.check_state(loop)
         self.last = dict(loop.get("last") or {})
 
 
@@ -229,13 +290,13 @@ class ProgressPrinter(Observer):
         self.phase, self.lr, self.first = 0, 0.0, None
 
     def after(self, step):
-        t, tr, ipe = step.t, self.meter.train, self.sched.iters_per_epoch
+        t, tr = step.t, self.meter.train
         self.phase, self.lr, self.first = step.phase, step.lr, step.t if self.first is None else self.first
         if self.rank0 and every(self.sched, t):
             test = self.wl.describe(self.evaluator.last if self.evaluator.evaluated else None)
             self.log(f"epoch {tr['epoch']:6.2f}/{self.cfg.epochs:g} phase {step.phase} lr {step.lr:.3e} loss "
                      f"{tr['train_loss']:.4f} train {tr['train_acc']:5.1f}% {test} {tr[self.meter.rate]:7.0f} "
-                     f"{self.unit} ETA {_hms(self.meter.t_train / (t + 1) * (self.end - t - 1))}", flush=True)
+                     f"{self.unit} ETA {hms(self.meter.t_train / (t + 1) * (self.end - t - 1))}", flush=True)
 
     def finish(self, done, status):
         if self.rank0 and self.first is not None and not every(self.sched, done - 1):  # stopped mid-epoch
@@ -285,8 +346,22 @@ class TraceRecorder(Observer):
                                                     if t is not None else None, root=0)
         return {"trace_pos": pos, "trace_pending": pending}
 
+    STATE_KEYS = ("trace_pos", "trace_pending")
+
+    @classmethod
+    def check_state(cls, loop):
+        need_loop(loop, "trace_pos", lambda v: v is None or isinstance(v, dict) and all(
+            re.match(r"^[a-z_]+$", k) and _is_int(x) and 0 <= x < 2 ** 62 for k, x in v.items()),
+            "null or an object trace group -> row count (an integer >= 0)")
+        need_loop(loop, "trace_pending", lambda v: v is None or isinstance(v, dict) and all(
+            g in ("iter", "epoch", "phase", "sharpness") and isinstance(cols, dict) and all(
+                isinstance(c, str) and re.match(r"^[A-Za-z0-9_]+$", c) and isinstance(x, list) and all(
+                    _is_num(y) or y in (None, "nan", "inf", "-inf") for y in x)
+                for c, x in cols.items()) for g, cols in v.items()),
+            "null or an object trace group -> column -> list of values (rows a full disk kept out of the trace)")
+
     def load_state_dict(self, loop):
-        pass  # the trace is truncated to trace_pos and given trace_pending when it is opened (train._open_trace)
+        self.check_state(loop)  # the trace is truncated to trace_pos, given trace_pending, when train opens it
 
     def finish(self, done, status):
         if self.trace is not None:
@@ -295,7 +370,19 @@ class TraceRecorder(Observer):
 
 class Checkpointer(Observer):
     """Votes to checkpoint every checkpoint_minutes (rank 0) and to stop on a StopRequest; checkpoints the
-    state after each phase, on a vote, on a stop and at the end, with every observer's state_dict()."""
+    state after each phase, on a vote, on a stop and at the end, with every observer's state_dict(). It owns
+    xi_max: the reference Xi_max per phase the run is controlled against (train refuses another on resume)."""
+
+    STATE_KEYS = ("xi_max",)
+
+    @classmethod
+    def check_state(cls, loop):
+        need_loop(loop, "xi_max", lambda v: v is None or isinstance(v, dict) and all(
+            isinstance(k, str) and k.lstrip("-").isdigit() and _is_num(x) for k, x in v.items()),
+            "null or an object phase -> number")
+
+    def load_state_dict(self, loop):
+        self.check_state(loop)
 
     def __init__(self, cfg, world, run_dir, sched, reps, ctx, observers, recorder: TraceRecorder, stop, end,
                  meta: dict, xi_max, log):
@@ -344,6 +431,26 @@ class Checkpointer(Observer):
                      f"stopped at iteration {it}, checkpoint {self.path}; exiting for requeue", flush=True)
 
 
-def _hms(s: float) -> str:
+# Every observer class, in the order train._observers makes them (the Checkpointer last); the owners of meta.loop.
+OBSERVERS = (EpochMeter, PhaseSummary, Evaluator, Sharpness, ProgressPrinter, TraceRecorder, Checkpointer)
+# meta.loop of a checkpoint: the trajectory's keys, then each observer's
+LOOP_KEYS = tuple(f.name for f in fields(LoopState)) + tuple(k for o in OBSERVERS for k in o.STATE_KEYS)
+
+
+def check_loop(meta: dict, iteration: int) -> None:
+    """A manifest's meta.loop (if any), before anything uses it: an object whose values each owner (LoopState,
+    every observer) finds typed and in range. ValueError naming meta.loop.KEY. A key no owner knows is train's
+    to refuse, naming it; meta.loop absent is train's to refuse (a branch or resume needs it)."""
+    if "loop" not in meta:
+        return
+    loop = meta["loop"]
+    if not isinstance(loop, dict):
+        raise ValueError(f"meta.loop must be an object, not {json.dumps(loop)[:80]}")
+    LoopState.check_state(loop, iteration)
+    for o in OBSERVERS:
+        o.check_state(loop)
+
+
+def hms(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -10,14 +10,16 @@ import errno
 import os
 import socket
 import tempfile
+from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CheckpointError, resolve_branch
+from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import check_dataset
 from .data.imagenet32 import prepare_imagenet32
 from .data.multi30k import load_multi30k
+from .resume import resolve_branch
 
 # Environment variables through which launchers announce how many tasks they started, in the order
 # they are consulted (srun sets SLURM_STEP_NUM_TASKS for the step, SLURM_NTASKS for the job; Hydra
@@ -30,16 +32,30 @@ LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000}
 
 
-def check_inputs(cfg) -> None:
-    """What the config names outside itself, after config.validate has checked its values (load_config and
-    from_dict call both): every target phase's reference trace (matching experiment, plain gossip, measured),
-    the branch_from checkpoint, the data directory. ConfigError naming the key and the path otherwise."""
+@dataclass
+class Inputs:
+    """What check_inputs found: one line per thing it checked, and whether the data set is ready (False: a
+    cache is still to be built by the first run, so the data's size is not known yet)."""
+
+    checked: list[str] = field(default_factory=list)
+    data_ready: bool = True
+
+
+def check_inputs(cfg, prepare_data: bool = True) -> Inputs:
+    """What the config names outside itself, after config.load_config/from_dict validated its values (the
+    commands that need it call it: train, check, sharpness, surfaces): every target phase's reference trace
+    (matching experiment, plain gossip, measured), the branch_from checkpoint, the data directory. ConfigError
+    (or DataError) naming the key and the path otherwise. prepare_data=False (the `check` command) builds and
+    writes nothing: a data cache not built yet is reported as such, left to the first run."""
+    out = Inputs()
     if "target" in cfg.policies:
         # consensus imports comm, which initialises MPI: `python -m hpc_dsgd check` (run before srun) stays
         # MPI-free unless a target phase needs its reference.
         from .consensus import reference_xi_max
 
-        reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
+        xi_max = reference_xi_max(cfg)  # every target phase's reference: matching experiment, plain gossip, measured
+        out.checked.append("reference Xi_max per target phase: " + ", ".join(f"phase {k}: {v:.4g}"
+                                                                          for k, v in sorted(xi_max.items())))
     if cfg.branch_from:
         try:
             branch = resolve_branch(cfg.branch_from)
@@ -48,7 +64,12 @@ def check_inputs(cfg) -> None:
         if not os.path.isdir(branch):
             raise ConfigError(f"branch_from={cfg.branch_from!r} is not a checkpoint directory "
                               "(RUN_DIR/checkpoints/ckpt-<iteration>, or RUN_DIR/checkpoints/phase-K: the end of phase K)")
-    check_dataset(cfg.dataset, cfg.data_dir or None)
+        out.checked.append(f"branch_from: {branch} (its checksums are verified when the run starts)")
+    pending = check_dataset(cfg.dataset, cfg.data_dir or None, prepare=prepare_data)
+    out.checked.append(f"data: {cfg.dataset}" + (f" in {cfg.data_dir}" if cfg.data_dir else "")
+                       + (f" (files present; {pending})" if pending else " ready"))
+    out.data_ready = pending is None
+    return out
 
 
 def train_size(cfg) -> int | None:
@@ -74,9 +95,6 @@ def check_data_size(cfg) -> None:
                           f"training {what} of {cfg.dataset}" + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
                           f": an epoch would have no iteration; use batch_size <= {max(size // cfg.n, 1)} for "
                           f"n={cfg.n}, or a smaller n")
-
-class LaunchError(ConfigError):
-    """Launched in a way that cannot form the intended MPI world."""
 
 
 def launch_error(world_size: int, env: dict | None = None) -> str | None:

@@ -15,8 +15,9 @@ import threading
 import time
 
 from .config import ConfigError
+from .rundir import RunDir
 
-LOCK_NAME = "run.lock"  # RUN_DIR/run.lock: JSON {host, pid, slurm_job_id, started}; mtime = heartbeat
+LOCK_NAME = RunDir.LOCK  # RUN_DIR/run.lock: JSON {host, pid, slurm_job_id, started}; mtime = heartbeat
 LOCK_HEARTBEAT_S = 30.0  # the owner touches its lock this often
 LOCK_STALE_S = 600.0  # a lock not touched for this long belongs to a dead job (any host)
 
@@ -46,7 +47,7 @@ class RunLock:
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
-        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.path = RunDir(run_dir).lock
         self.taken_over: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

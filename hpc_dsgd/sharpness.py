@@ -42,6 +42,7 @@ from .config import FIELDS, ConfigError, from_dict
 from .data import load_dataset
 from .data.augment import normalise
 from .models import build_model
+from .preflight import check_inputs
 
 CHUNK = 250  # images per forward/double-backward pass
 
@@ -324,7 +325,8 @@ def main(argv: list[str]) -> int:
             cfg_d.update({k: v for k, v in over.items() if v is not None})
             if args.replica is not None and not 0 <= args.replica < int(cfg_d.get("n", 0)):
                 raise ConfigError(f"--replica {args.replica}: the checkpoint holds replicas 0..{int(cfg_d.get('n', 0)) - 1}")
-            cfg = from_dict(cfg_d, ranks=1, check_files=True)
+            cfg = from_dict(cfg_d, ranks=1)
+            check_inputs(cfg)  # the data (and what else the run named: references, branch_from)
             if cfg.dataset == "multi30k":
                 raise ConfigError(f"{args.checkpoint} is a multi30k (translation) run: the sharpness study measures "
                                   "image-classification checkpoints (digits, cifar10, imagenet32)")
@@ -344,7 +346,7 @@ def main(argv: list[str]) -> int:
         if rank == 0:
             print(f"hpc_dsgd: error: {err}", file=sys.stderr, flush=True)
         return 2
-    cfg = from_dict(cfg_d, ranks=1, check_files=False)
+    cfg = from_dict(cfg_d, ranks=1)
     dev = torch.device(args.device)
     torch.set_num_threads(cfg.torch_threads)
     data = load_dataset(cfg.dataset, cfg.data_dir or None)

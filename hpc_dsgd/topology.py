@@ -1,6 +1,6 @@
 """Communication topologies as pure functions of n: mixing matrices W_t, spectral gap, p.
 
-numpy only: no MPI, no torch (STYLE.md practice 2). Rows/columns index replicas 0..n-1.
+numpy only: no MPI, no torch. Rows/columns index replicas 0..n-1.
 Convention (paper Sec. 3.1, eq. D-SGD): x_i <- sum_j w_ij x_j, i.e. X <- W X with X of shape
 (n, d), row i = replica i. Every W_t built here is doubly stochastic (Assumption 1).
 

@@ -59,7 +59,8 @@ def describe(topo: Topology, steps: int | None = None) -> str:
                 send = [int(j) for j in np.flatnonzero(W[:, i]) if j != i]
                 out.append(f"  {i}: from {', '.join(map(str, recv)) or '(none)'}; to {', '.join(map(str, send)) or '(none)'}")
         if n <= W_PRINT_MAX_N:
-            out.append(f"W{'_' + str(t) if topo.time_varying else ''} (rows: receiving replica i, columns: j; x_i <- sum_j w_ij x_j):")
+            out.append(f"W{'_' + str(t) if topo.time_varying else ''} "
+                       "(rows: receiving replica i, columns: j; x_i <- sum_j w_ij x_j):")
             out.append(np.array2string(W, precision=4, suppress_small=True, max_line_width=220))
         else:
             out.append(f"W not printed: n={n} > {W_PRINT_MAX_N} (doubly stochastic, "
@@ -68,7 +69,8 @@ def describe(topo: Topology, steps: int | None = None) -> str:
     out.append(f"spectral gap rho = {_fmt(topo.spectral_gap())}")
     out.append(f"p = {_fmt(p)}  (Assumption 1: p = 1 - (1 - rho)^2"
                + ("; expected contraction per step, estimated from sampled matchings" if topo.name == "random_matching"
-                  else "; per step, expected over a uniformly drawn step of its cycle" if topo.name == "one_peer_exponential" else "") + ")")
+                  else "; per step, expected over a uniformly drawn step of its cycle"
+                  if topo.name == "one_peer_exponential" else "") + ")")
     if topo.name == "one_peer_exponential":
         out.append(f"p_cycle = {_fmt(topo.p_cycle())}  (product of the {topo.period} matrices of one cycle)")
     return "\n".join(out)
@@ -97,7 +99,8 @@ def table(ns: list[int], seed: int = 0, fmt: str = "md") -> str:
     lines.append("")
     lines.append("rho: spectral gap; p = 1 - (1 - rho)^2 (Assumption 1). Time-varying graphs: p per step in "
                  f"expectation (random_matching estimated from sampled matchings, seed {seed}; "
-                 "one_peer_exponential expected over a uniformly drawn step of its cycle; a full cycle averages exactly for n a power of two).")
+                 "one_peer_exponential expected over a uniformly drawn step of its cycle; a full cycle averages exactly "
+                 "for n a power of two).")
     lines += notes
     return "\n".join(lines)
 

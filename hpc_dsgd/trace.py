@@ -6,7 +6,7 @@ Schema (SCHEMA_VERSION 1):
                    total_iters, phase_bounds (P x 2), versions_json, code_revision, created, finished
   /iter/<col>      one row per iteration, 1-D chunked extendable datasets: it, epoch, phase, lr,
                    loss, acc, predictions (images or target tokens: acc is correct / predictions),
-                   gossip_steps, bytes_sent, time (+ the consensus columns of later issues)
+                   gossip_steps, bytes_sent, time (+ the consensus columns that came later)
   /epoch/<col>     one row per evaluation: epoch, it, train_loss, train_acc, elapsed, and the workload's
                    columns: image classification test_acc_avg, test_loss_avg, test_acc_local_mean,
                    test_acc_local_std, images_per_s; translation val_loss_avg, val_nll_avg, val_ppl_avg,
@@ -18,12 +18,12 @@ Schema (SCHEMA_VERSION 1):
                    (absent from traces written before it existed: read back as an empty group)
 
 A column that first appears after rows exist is back-filled with NaN (floats) or -1 (ints), so
-writers of later issues add columns without a schema change.
+later writers add columns without a schema change.
 
 Durability: rows are buffered and written by `flush()` as a whole new file, never in place. The
 writer loads trace.h5 into memory (HDF5's core driver: no file lock, no write to the file), appends
-the rows there, writes the image to an exclusive temporary (.trace.h5.tmp-PID-RANDOM), fsyncs it, renames it over trace.h5 and fsyncs the
-directory. trace.h5 is therefore always a complete file that some flush committed: kill -9, a node
+the rows there, writes the image to an exclusive temporary (.trace.h5.tmp-PID-RANDOM), fsyncs it, renames it
+over trace.h5 and fsyncs the directory. trace.h5 is therefore always a complete file that some flush committed: kill -9, a node
 crash or a full disk at any moment loses at most the rows since the last flush, and HDF5 itself never
 meets a failing write (a full disk is a plain ENOSPC from os.write, reported as TraceWriteError naming
 the file system and the space needed; the rows stay buffered). A flush returns only when the rows are
@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from .faults import fault_point
-from .fileio import atomic_write, fsync_dir
+from .fileio import atomic_write
 
 SCHEMA_VERSION = 1
 GROUPS = ("iter", "epoch", "phase", "sharpness")
@@ -65,7 +65,7 @@ def _fill(dtype: np.dtype):
 LOCK_WAIT_S = 60.0  # how long a reader waits for HDF5's file lock (held by another reader or an old writer)
 
 
-def _open(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
+def open_h5(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
     """h5py.File(path, mode), waiting while another process holds HDF5's file lock; other errors at once."""
     deadline = time.monotonic() + wait
     while True:
@@ -137,7 +137,7 @@ class TraceWriter:
         for k, v in columns.items():
             col = buf.setdefault(k, [None] * nrows)
             col.append(v)
-        for k, col in buf.items():  # a column missing from this row
+        for col in buf.values():  # a column missing from this row
             if len(col) < nrows + 1:
                 col.append(None)
 
@@ -294,7 +294,7 @@ def parse_config(path: str, attrs: dict) -> dict:
 def _attr(path: str, f: h5py.File, k: str):
     try:
         v = f.attrs[k]
-    except Exception as e:  # noqa: BLE001 - h5py raises OSError, TypeError, ValueError for odd attribute types
+    except Exception as e:  # h5py raises OSError, TypeError, ValueError (and more) for odd attribute types
         raise TraceError(f"trace {path!r}: attribute {k!r} cannot be read ({e})") from None
     v = v.decode(errors="replace") if isinstance(v, bytes) else v
     return v.item() if isinstance(v, np.generic) else v
@@ -312,7 +312,7 @@ def read_trace(path: str, groups: tuple = GROUPS) -> Trace:
         raise TraceError(f"trace {path!r} is not a regular file")
     size = os.path.getsize(path)
     try:
-        f = _open(path, "r")
+        f = open_h5(path, "r")
     except OSError as e:
         raise TraceError(f"trace {path!r} is not a readable HDF5 file ({e})") from None
     with f:

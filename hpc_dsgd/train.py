@@ -27,19 +27,35 @@ import torch
 from mpi4py import MPI
 
 from . import __version__
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint_collective, verify_checkpoint
 from .comm import Gossiper, World, allreduce_scalars, make_world
-from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
-from .replica import Replicas, set_precision
-from .topology import Topology
-from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume,
-                         restore_rank_state, verify_checkpoint)
 from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
+from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .faults import fault_point
+from .fileio import atomic_write_text
+from .observers import (
+    LOOP_KEYS,
+    Checkpointer,
+    EpochMeter,
+    Evaluator,
+    LoopState,
+    PhaseSummary,
+    ProgressPrinter,
+    Scalars,
+    Sharpness,
+    Step,
+    TraceRecorder,
+    check_loop,
+    hms,
+)
+from .replica import Replicas, set_precision
+from .resume import resolve_branch, resolve_resume
+from .rngstate import restore_rank_state
+from .rundir import RunDir
 from .signals import StopRequest
+from .topology import Topology
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
 from .workloads import Workload, make_workload
-from .observers import (LOOP_KEYS, Checkpointer, EpochMeter, Evaluator, LoopState, PhaseStats, PhaseSummary,  # noqa: F401
-                        ProgressPrinter, Scalars, Sharpness, Step, TraceRecorder, _hms)
 
 
 def code_revision() -> str:
@@ -77,7 +93,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if world.rank == 0:
         try:
             if resume:
-                path, skipped = resolve_resume(run_dir, resume)
+                path, skipped = resolve_resume(run_dir, resume, check=_check_loop)
                 for bad, why in skipped:
                     log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
                 how = "resume" if path else how
@@ -85,6 +101,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
                 path, how = resolve_branch(cfg.branch_from), "branch"
             if path:
                 man = verify_checkpoint(path)
+                _check_loop(path, man)
                 if how == "resume":
                     diffs = check_compatible(man["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT + ("branch_from",))
                 else:
@@ -94,7 +111,7 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
                 if diffs:
                     raise CheckpointError(f"cannot {how} from {path}: the config differs in " + "; ".join(diffs))
                 if how == "resume":
-                    _check_trace_covers(os.path.join(run_dir, "trace.h5"), man["meta"].get("loop"), path)
+                    _check_trace_covers(RunDir(run_dir).trace, man["meta"].get("loop"), path)
         except (CheckpointError, OSError) as e:
             err = str(e)
     path, how, err = world.comm.bcast((path, how, err), root=0)
@@ -119,6 +136,14 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if how == "branch":  # a new run: its own trace, its own gossip-step and control history
         loop = dict(loop, trace_pos=None)
     return LoopState(*(loop.get(f.name, f.default) for f in fields(LoopState))), loop, how, path
+
+
+def _check_loop(path: str, man: dict) -> None:
+    """The checkpoint's meta.loop as its owners check it (observers.check_loop), before anything uses it."""
+    try:
+        check_loop(man["meta"], man["iteration"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: manifest.json is malformed: {e}") from None
 
 
 def _check_trace_covers(tpath: str, loop, ckpt: str) -> None:
@@ -149,7 +174,7 @@ def _refuse_overwrite(run_dir: str, resume: str | None) -> str | None:
     """A fresh start never overwrites a run: an existing trace or checkpoints need --resume."""
     if resume:
         return None
-    found = [f for f in ("trace.h5",) if os.path.isfile(os.path.join(run_dir, f))]
+    found = [RunDir.TRACE] if os.path.isfile(RunDir(run_dir).trace) else []
     ckpts = list_checkpoints(run_dir) if os.path.isdir(run_dir) else []
     if ckpts:
         found.append(f"{len(ckpts)} checkpoint(s)")
@@ -169,7 +194,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     torch.set_num_threads(cfg.torch_threads)
     if cfg.deterministic:  # cuBLAS reads this when CUDA starts: before any device work
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    run_dir = os.path.join(cfg.out_dir, cfg.name)
+    run_dir = RunDir.of(cfg).path
     if err := comm.bcast(_refuse_overwrite(run_dir, resume) if comm.Get_rank() == 0 else None, root=0):
         raise CheckpointError(err)
     world = make_world(comm, cfg.replicas_per_rank(comm.Get_size()), cfg.device)
@@ -215,8 +240,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         o.finish(done, status)
     if world.rank == 0:
         log(f"hpc_dsgd: {status} at iteration {done} of {sched.total_iters}"
-            + (f", checkpoint {ckpt.path}" if ckpt.path else "") + f"; trace {os.path.join(run_dir, 'trace.h5')}; "
-            f"wall time {_hms(time.monotonic() - wall0)}", flush=True)
+            + (f", checkpoint {ckpt.path}" if ckpt.path else "") + f"; trace {RunDir(run_dir).trace}; "
+            f"wall time {hms(time.monotonic() - wall0)}", flush=True)
     gossiper.free()
     return RunResult(evaluator.last, reps.X.detach().cpu().clone(), reps.d, ckpt.stopped, ckpt.path)
 
@@ -230,7 +255,7 @@ def _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision: str, xi_
     observers = [meter, PhaseSummary(sched, recorder), evaluator, Sharpness(cfg, sched, world, reps, wl, recorder, log),
                  ProgressPrinter(cfg, sched, wl, world, meter, evaluator, end, log), recorder]
     meta = {"config_json": cfg.to_json(), "loop": None, "code_revision": revision, "n": cfg.n, "topology": topo.describe()}
-    ckpt = Checkpointer(cfg, world, os.path.join(cfg.out_dir, cfg.name), sched, reps, ctx, list(observers), recorder,
+    ckpt = Checkpointer(cfg, world, RunDir.of(cfg).path, sched, reps, ctx, list(observers), recorder,
                         stop, end, meta, xi_max, log)
     return observers + [ckpt], evaluator, ckpt
 
@@ -247,7 +272,7 @@ def _nothing_to_do(cfg, world, sched, loop: dict, xi_max, how: str, ckpt_from, e
         return False
     if world.rank == 0:
         log(f"hpc_dsgd: run already finished at iteration {it} ({ckpt_from}); trace "
-            f"{os.path.join(run_dir, 'trace.h5')} left unchanged" if it >= sched.total_iters else
+            f"{RunDir(run_dir).trace} left unchanged" if it >= sched.total_iters else
             f"hpc_dsgd: run already at iteration {it} ({ckpt_from}), max_iterations = {cfg.max_iterations}; "
             f"nothing changed: raise max_iterations (0 = to the end, {sched.total_iters}) to continue", flush=True)
     return True
@@ -260,13 +285,12 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
     a new one (a branch with its parent's rows before the branch point). Logs the run's set-up line.
     Any error stops every rank alike, before any iteration. The TraceWriter on rank 0, None elsewhere."""
     trace, setup_err, p = None, None, topo.p()
-    run_dir = os.path.join(cfg.out_dir, cfg.name)
-    tpath = os.path.join(run_dir, "trace.h5")
+    rd = RunDir.of(cfg)
+    run_dir, tpath = rd.path, rd.trace
     if world.rank == 0:
         try:
             os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "config.toml"), "w") as f:
-                f.write(cfg.to_toml())
+            atomic_write_text(rd.config, cfg.to_toml())
             attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
                      "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
                      "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
@@ -290,7 +314,7 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
                     log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
                 trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it))
                 if how == "branch":
-                    copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, it)
+                    copy_trace_prefix(RunDir.of_checkpoint(ckpt_from).trace, trace, it)
             log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
                 f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
                 f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"

@@ -30,7 +30,8 @@ FRAC = {1.0: "xi_max", 0.5: "half", 0.25: "quarter", 0.125: "eighth", 0.0: "zero
 # Sweep grids: steps of 2 around our starting guess (0.1 per 128 CIFAR, 0.1 per 256 ImageNet-32; plain SGD 1.0 =
 # the momentum run's effective step 0.1 / (1 - 0.9)). Fixed, so that tuning never renames a sweep run.
 GRID = {"cifar10": [0.025, 0.05, 0.1, 0.2, 0.4], "cifar10_ring": [0.025, 0.05, 0.1, 0.2, 0.4],
-        "cifar10_sgd": [0.25, 0.5, 1.0, 2.0, 4.0], "cifar10_sgd_ring": [0.25, 0.5, 1.0, 2.0, 4.0], "imagenet32": [0.025, 0.05, 0.1, 0.2, 0.4]}
+        "cifar10_sgd": [0.25, 0.5, 1.0, 2.0, 4.0], "cifar10_sgd_ring": [0.25, 0.5, 1.0, 2.0, 4.0],
+        "imagenet32": [0.025, 0.05, 0.1, 0.2, 0.4]}
 
 
 class Writer:
@@ -150,7 +151,8 @@ def main(argv=None):
         w.write(f"table4/allreduce_sgd_n{n}.toml", f"Table 4 All-Reduce baseline and branch parent: plain SGD, n={n}.",
                 lr=lr, name=f"table4_allreduce_sgd_n{n}", n=n, topology="complete", policies=["allreduce"] * 3, **sgd)
         w.write(f"table4/ref_sgd_n{n}.toml", f"Table 4 D-SGD baseline (w/o control, fine-tuned lr): plain SGD on a "
-                f"ring, n={n}, every phase gossip.", lr=w.lr("cifar10_sgd_ring", n), name=f"table4_ref_sgd_n{n}", n=n, policies=["gossip"] * 3, **sgd)
+                f"ring, n={n}, every phase gossip.", lr=w.lr("cifar10_sgd_ring", n), name=f"table4_ref_sgd_n{n}", n=n,
+                policies=["gossip"] * 3, **sgd)
         dec_phase_table(w, "table4", n, 3, (1, 2), f"table4_allreduce_sgd_n{n}", "cifar10_sgd", "Table 4: plain SGD",
                         **sgd)
     # Table 5: n = 32, phase-1 target (1/2, 1/4, 1/8) x phase-2 target (Xi_max, 1/2, 1/4), phase 3 All-Reduce;

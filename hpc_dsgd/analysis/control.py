@@ -16,6 +16,9 @@ from ..trace import TraceError, read_trace
 from .runs import find_traces
 
 
+def _fmt(v: float, d: int = 4) -> str:
+    return "—" if not math.isfinite(v) else f"{v:.{d}f}"
+
 def summarize(path: str) -> list[dict]:
     tr = read_trace(path)
     it = tr.iter
@@ -59,11 +62,10 @@ def main(argv=None) -> int:
             for r in summarize(path):
                 if args.phase is not None and r["phase"] != args.phase:
                     continue
-                f = lambda v, d=4: "—" if not math.isfinite(v) else f"{v:.{d}f}"  # noqa: E731
-                print(f"| {r['run']} | {r['phase']} | {r['policy']} | {f(r['target'])} | {f(r['pre_max'])} | "
-                      f"{'—' if r['bound'] < 0 else r['bound']} | {f(r['xi_max'])} | "
-                      f"{f(r['xi_mean'])} | {r['steps']:.2f} | {f(r['planned'], 2)} | {r['cap_hits']} | {r['iters']} | "
-                      f"{f(r['test_acc'], 2)}{'' if r['status'] == 'finished' else ' (' + str(r['status']) + ')'} |")
+                print(f"| {r['run']} | {r['phase']} | {r['policy']} | {_fmt(r['target'])} | {_fmt(r['pre_max'])} | "
+                      f"{'—' if r['bound'] < 0 else r['bound']} | {_fmt(r['xi_max'])} | "
+                      f"{_fmt(r['xi_mean'])} | {r['steps']:.2f} | {_fmt(r['planned'], 2)} | {r['cap_hits']} | {r['iters']} | "
+                      f"{_fmt(r['test_acc'], 2)}{'' if r['status'] == 'finished' else ' (' + str(r['status']) + ')'} |")
         except TraceError as e:
             print(f"skipped: {e}", file=sys.stderr)
     return 0

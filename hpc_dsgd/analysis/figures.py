@@ -18,14 +18,14 @@ import os
 import sys
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..trace import Trace, TraceError, read_trace
+from .gossip_sim import FIG4_TOPOLOGIES, simulate_all
+from .runs import find_traces
 
-from ..trace import Trace, TraceError, read_trace  # noqa: E402
-from .gossip_sim import FIG4_TOPOLOGIES, simulate_all  # noqa: E402
-from .runs import find_traces  # noqa: E402
+matplotlib.use("Agg")  # files only, never a display (pyplot switches backends on this call since matplotlib 3.3)
 
 DPI = 100
 SIZE_WIDE = (12.0, 4.0)  # inches: three panels (Figures 2 and 3)

@@ -110,7 +110,9 @@ def render(rows: list[dict], fmt: str = "md", digits: int = 2, runset: RunSet | 
         out += [f"_{info}_", ""] + markdown(frame(body, head))
         out += [] if body else [_md_row([EMPTY[fmt]] * len(head))]
     elif fmt == "latex":
-        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+        def esc(s) -> str:
+            return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
+
         out += [f"% {info}", r"\begin{tabular}{llllccc l}", r"\toprule",
                 " & ".join(esc(h) for h in head).replace("lambda\\_max", r"$\lambda_{\max}$").replace("Xi", r"$\Xi$")
                 + r" \\", r"\midrule"]

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .render import (_emit_notes, _list_keys, _notes_for, _skipped_lines, csv_text, frame, latex_rows, markdown,
-                     num, tex_escape)
+from .render import _emit_notes, _list_keys, _notes_for, _skipped_lines, csv_text, frame, latex_rows, markdown, num, tex_escape
 from .runs import EMPTY, MAIN_KEYS, CellStats, Group, RunSet, fmt_value
 
 

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from .presets import PresetTable
-from .runs import EMPTY, MAIN_KEYS, Group, RunSet, _equal, fmt_value, seeds_cell
+from .runs import MAIN_KEYS, Group, RunSet, _equal, fmt_value, seeds_cell
 
 
 def _tex(label: str) -> str:

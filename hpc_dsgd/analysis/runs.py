@@ -1,7 +1,7 @@
 """Runs from traces: reading HDF5 traces, a run's identity (the config keys that name its experiment), grouping
 runs into experiments with the counting rules of every table, and per-experiment statistics.
 
-Nothing is silently averaged in (STYLE.md practice 7): only finished runs (status "finished") count;
+Nothing is silently averaged in: only finished runs (status "finished") count;
 a seed is counted once per experiment (a second run of the same seed is a duplicate, listed, and the
 newest finished copy counts); unfinished ("running" left behind: still running or crashed) and failed
 runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and listed below the table.
@@ -27,7 +27,6 @@ import pandas as pd
 
 from ..config import DEFAULTS, inapplicable_keys
 from ..trace import GROUPS, TraceError, parse_config, read_trace
-
 
 # Config keys that do not identify an experiment: changing them cannot change a result (or they are
 # per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
@@ -284,7 +283,7 @@ class Group:
                        expected=expected if expected is not None else len(by_seed),
                        control=tuple(k for k in (NEVER_BOUND, CAP_HIT) if any(k == c[0] for r in counted
                                                                              for c in r.control)))
-        for seed, rs in by_seed.items():
+        for rs in by_seed.values():
             st.duplicates += len(rs) - 1
             if any(r.counted for r in rs):
                 continue
@@ -321,7 +320,7 @@ def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
                       index=pd.RangeIndex(len(runs)))
     groups: dict[str, Group] = {}
     for key, sub in df.groupby("key", sort=False):
-        g = groups[key] = Group(key, idents[sub.index[0]], [runs[i] for i in sub.index])
+        groups[key] = Group(key, idents[sub.index[0]], [runs[i] for i in sub.index])
         for seed, by_seed in sub.groupby("seed", sort=False):
             rs = [runs[i] for i in by_seed.index]
             ok = [r for r in rs if r.finished and not math.isnan(r.value)]

@@ -9,7 +9,7 @@ cannot change a result (seed, name, output and data paths, device, threads, flus
 `NON_IDENTIFYING`). The metric of a run is the chosen /epoch/ column at its last evaluation row
 (default test_acc_avg, the averaged model's test top-1 accuracy in percent, as in the paper's tables).
 
-Nothing is silently averaged in (STYLE.md practice 7): only finished runs (status "finished") count;
+Nothing is silently averaged in: only finished runs (status "finished") count;
 a seed is counted once per experiment (a second run of the same seed is a duplicate, listed, and the
 newest finished copy counts); unfinished ("running" left behind: still running or crashed) and failed
 runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and listed below the table.
@@ -27,18 +27,57 @@ import argparse
 import sys
 
 from . import large_batch, lr_sweep
+
 # The public names of the analysis as they were when this module held all of it (campaign.py, tests and
 # notebooks import them from here): loading and grouping (runs), presets and paper values (presets), renderers
 # (render). `load_runs` here is the list form (a RunSet); `runs.load_runs` is the DataFrame form.
-from .presets import (CIFAR_FRACTIONS, FACTOR_LABEL, IMAGENET_FRACTIONS, PAPER_VALUES, PRESETS, XI, Cell,  # noqa: F401
-                      Layout, Preset, PresetTable, build_preset, phase_epochs, phase_levels)
-from .render import (_ambiguity_lines, _control_lines, _emit_notes, _list_keys, _md_row, _notes_for,  # noqa: F401
-                     _skipped_lines, _tex, render_groups, render_preset)
-from .runs import (CAP_HIT, EMPTY, MAIN_KEYS, NEVER_BOUND, NON_IDENTIFYING, NON_IDENTIFYING_SUFFIXES,  # noqa: F401
-                   CellStats, Group, Run, RunSet, Skipped, _equal, _group_order, control_notes, filter_groups,
-                   find_traces, fmt_value, group_runs, identity, is_identifying, parse_where, read_runs, read_summary,
-                   seeds_cell)
+from .presets import (
+    CIFAR_FRACTIONS,
+    FACTOR_LABEL,
+    IMAGENET_FRACTIONS,
+    PAPER_VALUES,
+    PRESETS,
+    XI,
+    Cell,
+    Layout,
+    Preset,
+    PresetTable,
+    build_preset,
+    phase_epochs,
+    phase_levels,
+)
+from .render import render_groups, render_preset
+from .runs import (
+    CAP_HIT,
+    EMPTY,
+    MAIN_KEYS,
+    NEVER_BOUND,
+    NON_IDENTIFYING,
+    NON_IDENTIFYING_SUFFIXES,
+    CellStats,
+    Group,
+    Run,
+    RunSet,
+    Skipped,
+    control_notes,
+    filter_groups,
+    find_traces,
+    fmt_value,
+    group_runs,
+    identity,
+    is_identifying,
+    parse_where,
+    read_runs,
+    read_summary,
+    seeds_cell,
+)
 
+__all__ = ["CAP_HIT", "CIFAR_FRACTIONS", "EMPTY", "FACTOR_LABEL", "IMAGENET_FRACTIONS", "MAIN_KEYS", "NEVER_BOUND",
+           "NON_IDENTIFYING", "NON_IDENTIFYING_SUFFIXES", "PAPER_VALUES", "PRESETS", "XI", "Cell", "CellStats", "Group",
+           "Layout", "Preset", "PresetTable", "Run", "RunSet", "Skipped", "build_preset", "control_notes",
+           "filter_groups", "find_traces", "fmt_value", "group_runs", "identity", "is_identifying", "load_runs", "main",
+           "parse_where", "phase_epochs", "phase_levels", "read_runs", "read_summary", "render_groups", "render_preset",
+           "seeds_cell"]
 load_runs = read_runs
 
 

@@ -14,27 +14,28 @@ from hpc_dsgd.data.partition import epoch_permutation, replica_shard
 DATASETS = ("digits", "cifar10", "imagenet32", "multi30k")
 
 
-def check_dataset(name: str, root: str | None) -> None:
-    """Fail fast (DataError) if data set ``name`` is unknown or not available under ``root``."""
+def check_dataset(name: str, root: str | None, prepare: bool = True) -> str | None:
+    """Fail fast (DataError) if data set ``name`` is unknown or not available under ``root``. prepare=False
+    builds and writes nothing (a cache not built yet is left to the first run): a line saying what is left
+    to prepare is returned then; None when the data set is ready."""
     if name == "digits":
-        return  # embedded in scikit-learn, always available
+        return None  # embedded in scikit-learn, always available
     if name == "cifar10":
         if root is None:
             raise DataError("data set 'cifar10' needs a data root directory, got none")
         check_cifar10(root)
-        return
+        return None
     if name == "imagenet32":
         if root is None:
             raise DataError("data set 'imagenet32' needs data_dir: the directory holding train_data_batch_1 ... "
                             "train_data_batch_10 and val_data (or Imagenet32_train/ and Imagenet32_val/), got none")
-        check_imagenet32(root)  # also converts the pickles into the memory-mappable cache on first use
-        return
+        return check_imagenet32(root, build=prepare)  # prepare: converts the pickles into the cache on first use
     if name == "multi30k":
         if root is None:
             raise DataError("data set 'multi30k' needs data_dir: the directory holding train.en/.de, val.en/.de and "
                             "test_2016_flickr.en/.de (plain or .gz), got none")
         load_multi30k(root)  # every file present, UTF-8, no blank line, the two languages aligned
-        return
+        return None
     raise DataError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
 
 

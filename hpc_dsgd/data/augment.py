@@ -18,28 +18,28 @@ import torch
 from torch.nn import functional as F
 
 PAD = 4
-_M32 = 0xFFFFFFFF
+M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B
 STREAM_TOP, STREAM_LEFT, STREAM_FLIP = 0, 1, 2
 
 
-def _mix(h: torch.Tensor) -> torch.Tensor:
+def mix(h: torch.Tensor) -> torch.Tensor:
     """One round of the 32-bit finaliser on int64 values in [0, 2^32)."""
     h = h ^ (h >> 16)
-    h = (h * _MUL) & _M32
+    h = (h * _MUL) & M32
     h = h ^ (h >> 16)
-    h = (h * _MUL) & _M32
+    h = (h * _MUL) & M32
     return h ^ (h >> 16)
 
 
 def counter_hash(seed: int, replica: torch.Tensor, t: torch.Tensor | int, slot: torch.Tensor, stream: int) -> torch.Tensor:
     """Uniform 32-bit values (int64 tensor) for every (replica, slot) pair, broadcast together."""
     dev = replica.device
-    h = torch.full((), (seed ^ (seed >> 32)) & _M32, dtype=torch.int64, device=dev)
-    h = _mix((h + stream) & _M32)
-    h = _mix((h + torch.as_tensor(t, dtype=torch.int64, device=dev)) & _M32)
-    h = _mix((h + replica.to(torch.int64)) & _M32)
-    return _mix((h + slot.to(torch.int64)) & _M32)
+    h = torch.full((), (seed ^ (seed >> 32)) & M32, dtype=torch.int64, device=dev)
+    h = mix((h + stream) & M32)
+    h = mix((h + torch.as_tensor(t, dtype=torch.int64, device=dev)) & M32)
+    h = mix((h + replica.to(torch.int64)) & M32)
+    return mix((h + slot.to(torch.int64)) & M32)
 
 
 def uniform_int(bits: torch.Tensor, high: int) -> torch.Tensor:

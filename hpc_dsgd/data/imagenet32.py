@@ -18,7 +18,8 @@ Reading:
   unpickling 4 GB each. The cache is reused while every source file keeps its size and mtime (or, if
   only the mtime moved, its SHA-256), and rebuilt otherwise.
 - Writes are atomic: the sources are unpickled one at a time and streamed into uniquely named temporary
-  .npy files (memory: one source file at a time), which are fsync'ed and renamed into place only once every
+  .npy files created exclusively (fileio.create_exclusive: a link planted at any name is never followed;
+  memory: one source file at a time), which are fsync'ed and renamed into place only once every
   source has passed; the manifest is renamed last, so a reader never sees a partial cache. Builders on one node serialise
   on an ``flock`` of ``.lock`` (the others wait, then reuse the result); where the file system has no
   flock, the unique temporary names still keep concurrent builders from corrupting each other (the last
@@ -33,22 +34,19 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
-import math
 import reprlib
-import socket
-import stat
 import struct
-import uuid
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from hpc_dsgd.data.base import DataError, ImageData
+from hpc_dsgd.fileio import O_NOFOLLOW, atomic_write_text, create_exclusive, read_json_bounded
 from hpc_dsgd.signals import StopBeforeStart, check_stop
-from hpc_dsgd.fileio import fsync_dir
 
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{k}" for k in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"
@@ -273,23 +271,15 @@ def _sha256_file(path: str) -> str:
 
 
 MANIFEST_MAX_BYTES = 1 << 20  # the cache's manifest is about 5 kB
-
-
-def _read_regular(path: str, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (OSError otherwise): no FIFO, device or symlink
-    is opened, so a planted one cannot make a reader wait or read forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            raise OSError(errno.EINVAL, f"not a regular file of at most {limit} bytes", path)
-        return f.read(limit + 1)
+CACHE_MANIFEST = "manifest.json"  # beside the arrays train_x.npy ... val_y.npy
 
 
 def _read_manifest(cdir: str) -> dict | None:
-    """The cache's manifest if it is a well-formed one of this format, else None (the cache is rebuilt)."""
+    """The cache's manifest if it is a well-formed one of this format, else None (the cache is rebuilt). Read
+    bounded (fileio.read_json_bounded): no FIFO, device or symlink is opened, so a planted one cannot make a
+    reader wait or read forever."""
     try:
-        man = json.loads(_read_regular(os.path.join(cdir, "manifest.json"), MANIFEST_MAX_BYTES))
+        man = read_json_bounded(os.path.join(cdir, CACHE_MANIFEST), MANIFEST_MAX_BYTES, "ImageNet-32 cache manifest")
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(man, dict) or man.get("format") != CACHE_FORMAT:
@@ -345,8 +335,9 @@ def _label_digest(path: str) -> str | None:
 
 @contextmanager
 def _node_lock(cdir: str):
-    """Exclusive flock on cdir/.lock; a no-op where the file system does not support flock."""
-    fd = os.open(os.path.join(cdir, ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    """Exclusive flock on cdir/.lock; a no-op where the file system does not support flock. A link planted
+    at cdir/.lock is not followed (OSError ELOOP: the build stops, naming the cache directory)."""
+    fd = os.open(os.path.join(cdir, ".lock"), os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -358,13 +349,6 @@ def _node_lock(cdir: str):
         os.close(fd)  # releases the lock
 
 
-def _tmp_name(path: str) -> str:
-    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-_fsync_dir = fsync_dir  # trace.fsync_dir: one implementation for every durable rename
-
-
 class _NpyWriter:
     """Appends arrays to a .npy file as they come (no mapping, no copy of the whole array in memory) and
     writes the header, whose shape is known only at the end, into a fixed 128-byte slot (.npy format 1.0)."""
@@ -372,8 +356,11 @@ class _NpyWriter:
     HEADER = 128
 
     def __init__(self, path: str, dtype) -> None:
+        """Writes into an exclusive temporary beside `path` (fileio.create_exclusive), renamed over it by the
+        caller once every array is complete."""
         self.path, self.dtype = path, np.dtype(dtype)
-        self.f = open(path, "wb")
+        fd, self.tmp = create_exclusive(path)
+        self.f = os.fdopen(fd, "wb")
         self.f.write(b"\0" * self.HEADER)
         self.h, self.n, self.item_shape = hashlib.sha256(), 0, ()
 
@@ -395,7 +382,7 @@ class _NpyWriter:
         os.fsync(self.f.fileno())
         self.f.close()
         return {"shape": list(shape), "dtype": self.dtype.str, "sha256_data": self.h.hexdigest(),
-                "bytes": os.path.getsize(self.path)}
+                "bytes": os.path.getsize(self.tmp)}
 
 
 def _build_cache(cdir: str, files: dict[str, str]) -> dict:
@@ -403,11 +390,10 @@ def _build_cache(cdir: str, files: dict[str, str]) -> dict:
     only when every file has passed rename the arrays into place, then the manifest. Returns the manifest.
     A damaged file stops the build with its DataError and the temporaries are removed: nothing is left."""
     keys = ARRAYS
-    tmps = {k: _tmp_name(os.path.join(cdir, f"{k}.npy")) for k in keys}
     writers: dict[str, _NpyWriter] = {}
     try:
         for k in keys:
-            writers[k] = _NpyWriter(tmps[k], np.uint8 if k.endswith("_x") else np.int64)
+            writers[k] = _NpyWriter(os.path.join(cdir, f"{k}.npy"), np.uint8 if k.endswith("_x") else np.int64)
         sources = {}
         s1 = np.zeros(3, dtype=np.uint64)  # per-channel sum and sum of squares of the train pixels (exact)
         s2 = np.zeros(3, dtype=np.uint64)
@@ -429,12 +415,12 @@ def _build_cache(cdir: str, files: dict[str, str]) -> dict:
                     s2 += v.sum(axis=(0, 2, 3), dtype=np.uint64)
             sources[name] = {**before, "sha256": digest}
             del x, y
-        arrays = {k: writers.pop(k).close() for k in keys}
+        arrays = {k: writers[k].close() for k in keys}
         npix = max(arrays["train_x"]["shape"][0] * 32 * 32, 1)
         mean = s1.astype(np.float64) / npix
         std = np.sqrt(np.maximum(s2.astype(np.float64) / npix - mean ** 2, 0.0))
         for k in keys:
-            os.replace(tmps[k], os.path.join(cdir, f"{k}.npy"))
+            os.replace(writers[k].tmp, writers[k].path)
         man = {"format": CACHE_FORMAT, "sources": sources, "arrays": arrays, "num_classes": IMAGENET32_CLASSES,
                "mean": [float(m) for m in mean / 255.0], "std": [float(sd) for sd in std / 255.0]}
         _write_manifest(cdir, man)
@@ -442,24 +428,13 @@ def _build_cache(cdir: str, files: dict[str, str]) -> dict:
     finally:
         for w in writers.values():
             w.f.close()
-        for t in tmps.values():
-            if os.path.exists(t):
-                os.unlink(t)
+            if os.path.lexists(w.tmp):
+                os.unlink(w.tmp)
 
 
 def _write_manifest(cdir: str, man: dict) -> None:
-    """manifest.json, atomically (unique temporary, fsync, rename, fsync of the directory)."""
-    tmp = _tmp_name(os.path.join(cdir, "manifest.json"))
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(man, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(cdir, "manifest.json"))
-        _fsync_dir(cdir)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """manifest.json, atomically (fileio: exclusive temporary, fsync, rename, fsync of the directory)."""
+    atomic_write_text(os.path.join(cdir, CACHE_MANIFEST), json.dumps(man, indent=1, sort_keys=True))
 
 
 def prepare_imagenet32(root: str) -> tuple[str, dict]:
@@ -497,10 +472,28 @@ def prepare_imagenet32(root: str) -> tuple[str, dict]:
     return cdir, man
 
 
-def check_imagenet32(root: str) -> None:
+def cache_status(root: str) -> tuple[str, dict | None]:
+    """(cache directory, its manifest if the cache is current for the 11 files under ``root``, else None),
+    reading only: nothing is built, locked or written. DataError if files are missing."""
+    files = imagenet32_files(root)
+    cdir = cache_dir(root)
+    man = _read_manifest(cdir) if os.path.isdir(cdir) else None
+    return cdir, man if _cache_is_current(cdir, files, man) else None
+
+
+def check_imagenet32(root: str, build: bool = True) -> str | None:
     """Raise DataError (one message) unless the 11 official files are present and readable; converts them
-    into the cache on first use (that is where damaged files are found)."""
-    prepare_imagenet32(root)
+    into the cache on first use (that is where damaged files are found). build=False writes nothing: the
+    files must be there, and the cache, if not built yet, is left to the first run; then a line saying so
+    is returned (None when the cache is ready)."""
+    if build:
+        prepare_imagenet32(root)
+        return None
+    cdir, man = cache_status(root)
+    if man is not None:
+        return None
+    return (f"the ImageNet-32 cache {cdir} is not built yet: the first run builds it (minutes, several GB; "
+            f"the files' contents are checked then)")
 
 
 def load_imagenet32(root: str) -> ImageData:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import gzip
 import os
 import stat
-import uuid
 import zlib
 from dataclasses import dataclass
 
 import torch
 
 from hpc_dsgd.data.base import DataError
-from hpc_dsgd.data.bpe import BOS, EOS, PAD, bpe as _bpe
+from hpc_dsgd.data.bpe import BOS, EOS, PAD
+from hpc_dsgd.data.bpe import bpe as _bpe
+from hpc_dsgd.fileio import atomic_write_bytes, atomic_write_text, read_bounded
+from hpc_dsgd.rundir import RunDir
 from hpc_dsgd.signals import check_stop, stop_watch_active
 
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}  # split -> file stem
@@ -182,16 +184,9 @@ class SubwordTokenizer:
         return self.tok.decode([i for i in ids if i not in (self.pad_id, self.bos_id)])
 
     def save(self, path: str) -> None:
-        """Write the tokenizer as JSON, atomically (temporary file + rename)."""
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            self.tok.save(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        """Write the tokenizer as JSON, atomically (fileio: an exclusive temporary that never follows a planted
+        link, fsync, rename)."""
+        atomic_write_text(path, self.tok.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str) -> "SubwordTokenizer":
@@ -249,10 +244,16 @@ def _bpe_in_child(texts: list[str], vocab_size: int, min_frequency: int) -> str:
     return out.decode()
 
 
+def copy_tokenizer(parent: str, path: str) -> None:
+    """A branch's tokenizer: the parent run's file (a regular file of bounded size, not a link), written to
+    `path` atomically (fileio). FileFormatError (a ValueError) naming the parent's file otherwise."""
+    atomic_write_bytes(path, read_bounded(parent, TOKENIZER_MAX_BYTES, "tokenizer file"))
+
+
 def tokenizer_for_run(run_dir: str, train: ParallelText, vocab_size: int = DEFAULT_VOCAB) -> SubwordTokenizer:
     """``run_dir/tokenizer.json`` if it exists (resume), else one trained on the training text of both
     languages and saved there. Call it on one rank, then let the others `SubwordTokenizer.load` the file."""
-    path = os.path.join(run_dir, "tokenizer.json")
+    path = RunDir(run_dir).tokenizer
     if os.path.isfile(path):
         return SubwordTokenizer.load(path)
     tok = SubwordTokenizer.train(train.src + train.tgt, vocab_size)

@@ -11,9 +11,10 @@ Adam's two moments, so a smaller model keeps the (n, d) blocks small. ``num_laye
 ``num_layers=6`` gives the width-halved, full-depth variant.
 
 Built from ``torch.nn`` layers (``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``, post-norm
-as in Vaswani et al., ReLU, batch first). Dropout is Vaswani et al.'s (their Sec. 5.4, P_drop = 0.1; Kong et al. do not state it): on the output of every
-sub-layer before the residual sum, and on the sums of embeddings and positions; no attention-weight or
-feed-forward-inner dropout (later tensor2tensor additions). Its masks are COUNTER-BASED: ``forward`` takes a
+as in Vaswani et al., ReLU, batch first). Dropout is Vaswani et al.'s (their Sec. 5.4, P_drop = 0.1; Kong et al.
+do not state it): on the output of every sub-layer before the residual sum, and on the sums of embeddings
+and positions; no attention-weight or feed-forward-inner dropout (later tensor2tensor additions). Its masks are
+COUNTER-BASED: ``forward`` takes a
 0-dim int64 ``key`` (the workload derives it from (seed, replica, iteration)), and the mask of dropout site s
 is a hash of (key, s, element index) (data/augment.py's hash). So the masks are the same under ``vmap`` over k
 replicas and in a loop, on any rank split, on CPU and GPU, and need no generator state; without a key
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpc_dsgd.data.augment import _M32, _mix
+from hpc_dsgd.data.augment import M32, mix
 
 
 class CounterDropout(nn.Module):
@@ -53,9 +54,9 @@ class CounterDropout(nn.Module):
         key = self._owner[0]._key
         if key is None:
             return F.dropout(x, self.p, True)
-        h = _mix((key.to(torch.int64) + self.site) & _M32)
+        h = mix((key.to(torch.int64) + self.site) & M32)
         idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
-        bits = _mix((h + idx) & _M32)  # uniform on [0, 2^32)
+        bits = mix((h + idx) & M32)  # uniform on [0, 2^32)
         keep = bits >= int(self.p * 2 ** 32)
         return torch.where(keep, x / (1.0 - self.p), torch.zeros((), dtype=x.dtype, device=x.device))
 

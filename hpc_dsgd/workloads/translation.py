@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 
 import sacrebleu
 import torch
@@ -29,9 +28,10 @@ import torch
 from ..comm import allreduce_scalars, global_mean
 from ..data.augment import counter_hash
 from ..data.base import DataError
-from ..data.multi30k import EncodedPairs, SubwordTokenizer, load_multi30k, tokenizer_for_run
+from ..data.multi30k import EncodedPairs, SubwordTokenizer, copy_tokenizer, load_multi30k, tokenizer_for_run
 from ..models.transformer import Seq2SeqTransformer, greedy_decode, label_smoothed_loss
 from ..optim import make_optimizer
+from ..rundir import RunDir
 from ..schedule import Schedule
 from ..signals import StopBeforeStart
 
@@ -119,17 +119,15 @@ class Translation:
         """Every rank reads the text; rank 0 trains the tokenizer (or keeps the run's on resume, or copies
         the parent run's on a branch) into run_dir/tokenizer.json, and every rank loads that file."""
         corpus = load_multi30k(cfg.data_dir)
-        path, err = os.path.join(run_dir, "tokenizer.json"), None
+        path, err = RunDir(run_dir).tokenizer, None
         if world.rank == 0:
             try:
-                parent = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(cfg.branch_from))), "tokenizer.json") \
-                    if cfg.branch_from else ""
+                parent = RunDir.of_checkpoint(cfg.branch_from).tokenizer if cfg.branch_from else ""
                 os.makedirs(run_dir, exist_ok=True)
                 if how == "fresh" and os.path.isfile(path):
                     os.remove(path)  # a fresh start trains its own (vocab_size may have changed)
                 elif how == "branch" and os.path.isfile(parent):
-                    shutil.copyfile(parent, path + ".tmp")
-                    os.replace(path + ".tmp", path)
+                    copy_tokenizer(parent, path)
                 tokenizer_for_run(run_dir, corpus.train, cfg.vocab_size)  # resume: the run's own, its model's vocabulary
             except (OSError, ValueError) as e:
                 err = f"cannot prepare the tokenizer {path}: {e}"

@@ -10,8 +10,9 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from hpc_dsgd.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, resolve_resume,
-                                 restore_rank_state, save_checkpoint, verify_checkpoint)
+from hpc_dsgd.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint, verify_checkpoint
+from hpc_dsgd.resume import resolve_resume
+from hpc_dsgd.rngstate import restore_rank_state
 
 N, D = math.lcm(4, MPI.COMM_WORLD.Get_size()), 29  # divisible by the world, its halves and by 1, 2, 4
 pytestmark = pytest.mark.timeout(60)

@@ -174,7 +174,7 @@ def test_dec_phase_2_target_binds_against_its_own_xi_max_run_not_against_all_gos
     ring, xi_run = read_trace(f"{tmp}/ring/trace.h5"), read_trace(f"{tmp}/dec2_xi_max/trace.h5")
     own, other = read_trace(f"{tmp}/half_vs_dec2_xi_max/trace.h5"), read_trace(f"{tmp}/half_vs_ring/trace.h5")
     assert list(own.phase["phase"]) == [1, 2, 3]
-    assert ring.phase["xi_max"][1] > 2 * xi_run.phase["xi_max"][1]  # the carried-over distance the issue measured
+    assert ring.phase["xi_max"][1] > 2 * xi_run.phase["xi_max"][1]  # the carried-over distance (the previous phase's)
     target = 0.5 * xi_run.phase["xi_max"][1]
     assert own.phase["target"][1] == pytest.approx(target)
     assert own.phase["bound_iterations"][1] > 0 and own.phase["pre_control_max"][1] > target

@@ -26,15 +26,17 @@ from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replic
 from hpc_dsgd.data.augment import normalise
 from hpc_dsgd.models import build_model
 from hpc_dsgd.schedule import Schedule
-from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, rank_batches, sharpness_subset
+from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 
-from test_dsgd import gather_rows  # noqa: E402 (tests/mpi is on sys.path under pytest)
-from test_dsgd import small_cfg as dsgd_cfg  # noqa: E402
+from test_dsgd import gather_rows
+from test_dsgd import small_cfg as dsgd_cfg
 
-quiet = lambda *a, **k: None  # noqa: E731
+
+def quiet(*a, **k) -> None:
+    pass
 
 
 def small_cfg(tmp, n, **kw):

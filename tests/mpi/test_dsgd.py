@@ -94,7 +94,8 @@ def reference(cfg):
 
 
 @pytest.mark.parametrize("topology,replica_exec", [(t, "batched") for t in (
-    "ring", "exponential", "one_peer_exponential", "random_matching", "torus")] + [("ring", "loop"), ("one_peer_exponential", "loop")])
+    "ring", "exponential", "one_peer_exponential", "random_matching", "torus")]
+    + [("ring", "loop"), ("one_peer_exponential", "loop")])
 def test_trajectory_equals_single_process_reference(tmp_path_factory, topology, replica_exec):
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(str(tmp_path_factory.mktemp("traj")) if comm.Get_rank() == 0 else None)

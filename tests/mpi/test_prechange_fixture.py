@@ -1,4 +1,4 @@
-"""Claim: a run written by the code before the loop refactor (issue 18: observers) still resumes and tabulates.
+"""Claim: a run written by the code before the loop refactor (the observers) still resumes and tabulates.
 
 tests/fixtures/prechange_run.tar.gz is the run directory `prechange` (trace.h5, config.toml, the phase-1
 checkpoint ckpt-000000033 and ckpt-000000047, where max_iterations stopped it mid-phase 2 and mid-epoch 2)

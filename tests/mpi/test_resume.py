@@ -111,7 +111,8 @@ def test_branch_from_centralized_phase_1_checkpoint(tmp_path_factory):
     central = ["allreduce"] * 3
     dec2 = ["allreduce", "gossip", "allreduce"]
     run(cfg(tmp, "central", policies=central), comm, **QUIET)
-    phase1 = comm.bcast([p for p in list_checkpoints(f"{tmp}/central") if p.endswith(f"{IPE:09d}")] if comm.Get_rank() == 0 else None)
+    phase1 = comm.bcast([p for p in list_checkpoints(f"{tmp}/central") if p.endswith(f"{IPE:09d}")]
+                        if comm.Get_rank() == 0 else None)
     assert len(phase1) == 1
     scratch = run(cfg(tmp, "dec2_scratch", policies=dec2), comm, **QUIET)
     branched = run(cfg(tmp, "dec2_branch", policies=dec2, branch_from=phase1[0]), comm, **QUIET)

@@ -29,6 +29,7 @@ from hpc_dsgd.topology import Topology
 from hpc_dsgd.trace import read_trace
 from hpc_dsgd.train import run
 from hpc_dsgd.workloads.translation import STREAM_DROPOUT
+
 from multi30k_corpus import fabricate  # tests/multi30k_corpus.py
 from test_dsgd import gather_rows, results_per_split  # tests/mpi is on sys.path under pytest
 
@@ -168,7 +169,7 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory, data_dir, replica_
     results = results_per_split(tmp, lambda out, ranks: tcfg(out, data_dir, ranks=ranks, n=math.lcm(N, R),
                                                              replica_exec=replica_exec))
     if world.Get_rank() == 0:
-        for ranks, X in results.items():
+        for X in results.values():
             if replica_exec == "loop":
                 np.testing.assert_array_equal(results[R], X)
             np.testing.assert_allclose(results[R], X, rtol=0, atol=1e-5)

@@ -48,7 +48,7 @@ def to_format1(path: str, extra: dict | None = None) -> None:
     m = _manifest(path)
     files = {}
     for fname, entry in m["files"].items():
-        raw, doc, _ = ck._read_rank_file(path, fname, entry)
+        raw, doc, _ = ck.read_rank_file(path, fname, entry)
         rs = doc["rank_state"]
         n, r = rs["numpy"], rs["random"]
         rank_state = {"torch": rs["torch"],

@@ -1,4 +1,4 @@
-"""Offline tools (issue 6): tables and figures from traces written by the real TraceWriter, the Figure 4
+"""Offline tools: tables and figures from traces written by the real TraceWriter, the Figure 4
 gossip simulation, and the topology report. No MPI, no training."""
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import h5py
 import numpy as np
 import pytest
 
+from hpc_dsgd import topology_report
 from hpc_dsgd.analysis import figures, tables
 from hpc_dsgd.analysis.gossip_sim import simulate_consensus
 from hpc_dsgd.config import Config
 from hpc_dsgd.topology import Topology
-from hpc_dsgd import topology_report
 from hpc_dsgd.trace import TraceError, TraceWriter
 
 EPOCHS = 8
 
 
 def config(**over) -> dict:
-    """A run's config as issue 4 writes it: Config fields plus the consensus-control keys."""
+    """A run's config as a trace stores it: Config fields plus the consensus-control keys."""
     cfg = Config().to_dict()
     cfg.update(n=32, topology="ring", dataset="digits", epochs=float(EPOCHS), decay_fractions=[0.5, 0.75],
                policies=["gossip", "gossip", "gossip"], target_factors=[1.0, 1.0, 1.0], control_signal="xi",
@@ -378,7 +378,7 @@ def test_figure_legend_names_n_once():
 
 
 def test_lr_sweep_preset_picks_the_best_mean_over_seeds(tmp_path):
-    """The lr_sweep preset (issue 16): one row per sweep, one column per base_lr, the best by mean over seeds
+    """The lr_sweep preset: one row per sweep, one column per base_lr, the best by mean over seeds
     marked and named; fabricated traces with known accuracies, where the best single seed is not the best mean."""
     from hpc_dsgd.analysis import lr_sweep
 
@@ -422,7 +422,7 @@ def test_seeds_column_counts_and_names_seeds_and_stopped_is_not_failed(tmp_path,
 
 
 def test_load_runs_frame_counts_like_the_tables(runs_dir):
-    """The notebook API (issue 18): load_runs gives one row per readable run with its experiment, seed, status,
+    """The notebook API: load_runs gives one row per readable run with its experiment, seed, status,
     whether it counts, identity keys and final metrics; summarize's mean and sample std (pandas) are the tables'."""
     from hpc_dsgd.analysis import runs
 

@@ -97,7 +97,9 @@ def test_bench_prints_the_spread_and_what_it_cannot_tell_apart(tmp_path):
         assert v["ms_p25"] <= v["ms_per_iteration"] <= v["ms_p75"]
         assert f"{v['ms_p25']:.2f}-{v['ms_p75']:.2f} ms" in lines[m]
     q = {m: (v["ms_p25"], v["ms_p75"]) for m, v in j["modes"].items()}
-    overlap = lambda a, b: q[a][0] <= q[b][1] and q[b][0] <= q[a][1]  # noqa: E731
+    def overlap(a, b) -> bool:
+        return q[a][0] <= q[b][1] and q[b][0] <= q[a][1]
+
     spread_line = next(ln for ln in p.stdout.splitlines() if ln.startswith("spread: the middle half of 6 rounds"))
     assert ("gossip ~ theta" in spread_line) == overlap("gossip", "theta"), spread_line
     h, _ = launch(["bench", "--help"], ranks=0, timeout=60)

@@ -112,7 +112,7 @@ def test_shipped_plans_form_a_graph(path, monkeypatch, tmp_path):
                                                        recursive=True):
         with pytest.raises(ValueError, match="configs/lr_sweep/\\*\\*/\\*.toml' matches no file"):
             load_plan(rel, [f'out_dir="{tmp_path}"'])
-        return  # the sweep configs are the protocol issue's; until they are there the plan says so
+        return  # until the sweep configs are there the plan says so
     plan = load_plan(rel, [f'out_dir="{tmp_path}"'])
     with open(path, "rb") as f:
         seeds = len(tomllib.load(f).get("seeds", [None]))

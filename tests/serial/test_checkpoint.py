@@ -13,11 +13,18 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from hpc_dsgd.checkpoint import (CheckpointError, capture_rank_state, checkpoint_path, list_checkpoints,
-                                 load_checkpoint, resolve_resume, restore_rank_state, save_checkpoint,
-                                 verify_checkpoint)
+from hpc_dsgd.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from hpc_dsgd.compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
 from hpc_dsgd.config import Config
+from hpc_dsgd.resume import resolve_resume
+from hpc_dsgd.rngstate import capture_rank_state, restore_rank_state
 
 N, D = 4, 37
 SELF = MPI.COMM_SELF
@@ -91,7 +98,7 @@ def test_views_are_saved_compactly(tmp_path):
     save_checkpoint(SELF, str(tmp_path), 0, "periodic", 1, {"P": big[:, :3]}, list(range(N)),
                     [{}] * N, {})
     path = checkpoint_path(str(tmp_path), 0)
-    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (about 20 kB: the rows plus RNG states)
+    assert os.path.getsize(os.path.join(path, "rank00000.pt")) < 50_000  # not the 1.6 MB storage (~20 kB: rows, RNG states)
     _, t, _, _ = load_checkpoint(path, range(N))
     assert torch.equal(t["P"], big[:, :3])
 
@@ -306,9 +313,9 @@ def test_malformed_rank_file_is_a_checkpoint_error(tmp_path, damage, reason):
 def test_format1_refused_then_upgraded_roundtrip(tmp_path):
     """A format-1 checkpoint is refused with the upgrade command; upgraded, it loads the same rows,
     replica states and process RNG state as before, and the original is kept aside."""
-    from ckpt_tamper import to_format1
-
     from hpc_dsgd.checkpoint_v1 import upgrade_checkpoint
+
+    from ckpt_tamper import to_format1
 
     torch.manual_seed(3)
     path = save(tmp_path, 6)
@@ -336,15 +343,37 @@ def test_non_plain_state_is_refused_at_save(tmp_path):
     assert list_checkpoints(str(tmp_path)) == []
 
 
-def test_manifest_loop_checks_cover_train_loop_state():
-    """checkpoint._check_meta validates every field of train.LoopState and the phase statistics' columns."""
+BAD_LOOP = {"it": "abc", "gossip_s": -1, "ema_phase": 1.5, "phi_ema": "x", "stats": {"xi_max": 1.0}, "acc": [1, 2],
+            "t_train": -1.0, "last": [1], "trace_pos": {"iter": -3}, "xi_max": {"one": 1.0},
+            "trace_pending": {"bogus": {}}}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_LOOP))
+def test_every_meta_loop_key_is_checked_by_its_one_owner(key):
+    """meta.loop has one owner per key (LoopState or one observer, which names it in STATE_KEYS); a value of the
+    wrong type or range is refused by observers.check_loop and by the owner's load_state_dict, naming the key."""
     import dataclasses
-    import inspect
 
-    from hpc_dsgd import checkpoint as ck
-    from hpc_dsgd.observers import LOOP_KEYS, LoopState, PhaseStats
+    from hpc_dsgd.observers import LOOP_KEYS, OBSERVERS, LoopState, check_loop
 
-    assert set(ck._LOOP_FIELDS) == set(LOOP_KEYS) >= {f.name for f in dataclasses.fields(LoopState)}
-    assert set(ck._LOOP_STATS) <= set(PhaseStats.COLS)  # what every checkpoint has; newer columns default
-    src = inspect.getsource(ck._check_meta)
-    assert all(f'("{f}",' in src for f in ck._LOOP_FIELDS)
+    owners = [o for o in OBSERVERS if key in o.STATE_KEYS] + ([LoopState] if key in {f.name for f in
+                                                                                    dataclasses.fields(LoopState)} else [])
+    assert set(BAD_LOOP) == set(LOOP_KEYS) and len(LOOP_KEYS) == len(set(LOOP_KEYS)) and len(owners) == 1
+    with pytest.raises(ValueError, match=rf"^meta\.loop\.{key} must be "):
+        check_loop({"loop": {key: BAD_LOOP[key]}}, 5)
+    if owners[0] is not LoopState:  # the observer refuses it itself when it is given the state
+        with pytest.raises(ValueError, match=rf"^meta\.loop\.{key} must be "):
+            object.__new__(owners[0]).load_state_dict({key: BAD_LOOP[key]})
+
+
+def test_meta_loop_checks_accept_a_real_run_state():
+    from hpc_dsgd.observers import PhaseStats, check_loop
+
+    good = {"it": 5, "gossip_s": 5, "ema_phase": 1, "phi_ema": float("nan"), "stats": PhaseStats().v,
+            "acc": [1.0, 2.0, 3.0], "t_train": 0.5, "last": None, "trace_pos": {"iter": 5}, "xi_max": None,
+            "trace_pending": None}
+    assert set(PhaseStats.REQUIRED) <= set(PhaseStats.COLS)  # what every checkpoint has; newer columns default
+    check_loop({"loop": good}, 5)
+    check_loop({}, 5)  # no meta.loop: train refuses that itself, naming it
+    with pytest.raises(ValueError, match="meta.loop must be an object"):
+        check_loop({"loop": [1]}, 5)

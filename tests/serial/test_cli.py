@@ -13,7 +13,7 @@ import pytest
 from hpc_dsgd.config import ConfigError, load_config
 from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
 
-from conftest import MPIEXEC, QUICK, ROOT, launcher_free_env  # noqa: E402,F401 (tests/ is on sys.path under pytest)
+from conftest import MPIEXEC, QUICK, ROOT, launcher_free_env
 
 
 def launch(args, ranks=4, timeout=120, env=None):
@@ -82,6 +82,8 @@ def test_quickstart_progress_line_has_the_readme_sample_format(tmp_path, monkeyp
     out, err = capsys.readouterr()
     assert rc == 0, err
     line = [ln for ln in out.splitlines() if ln.startswith("epoch")][-1]
-    shape = lambda ln: re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", " ".join(ln.split()))
+    def shape(ln: str) -> str:
+        return re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", " ".join(ln.split()))
+
     assert shape(line) == shape(sample), (line, sample)
     assert re.search(r" lr \d\.\d{3}e[+-]\d\d ", line)  # the fixed-width learning rate

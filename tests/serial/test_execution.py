@@ -61,7 +61,7 @@ def test_batched_equals_loop(model, kind, k):
     got = _run(batched, layout, Xb, x, y, k, B)
     names = ("outputs", "gradients", "BN running statistics", "eval outputs")
     for name, a, b in zip(names, got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=lambda m, name=name: f"{name}: {m}")
     assert (ref[2] - X0[:, layout.d:]).abs().max() > 1e-3  # BN statistics really moved ...
     assert torch.equal(Xb[:, :layout.d], X0[:, :layout.d])  # ... and the parameters were only read
     if k > 1:

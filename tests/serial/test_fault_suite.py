@@ -46,10 +46,18 @@ from hpc_dsgd.runlock import LOCK_NAME, LOCK_STALE_S, RunLock, RunLockError
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
-from ckpt_tamper import (RunsCommand, edit_manifest, rename_rank_file, replace_with_fifo, replace_with_symlink,  # noqa: E402
-                         rewrite_rank_file, stride0_rank_files, to_format1)
-from conftest import MPIEXEC, QUICK, ROOT, launcher_free_env  # noqa: E402
-from multi30k_corpus import fabricate as fabricate_multi30k  # noqa: E402
+from ckpt_tamper import (
+    RunsCommand,
+    edit_manifest,
+    rename_rank_file,
+    replace_with_fifo,
+    replace_with_symlink,
+    rewrite_rank_file,
+    stride0_rank_files,
+    to_format1,
+)
+from conftest import MPIEXEC, QUICK, ROOT, launcher_free_env
+from multi30k_corpus import fabricate as fabricate_multi30k
 
 RANKS = 2  # every multi-rank promise holds for 2 ranks; 2 keeps the suite inside its time on 2 cores
 IPE = 1437 // (8 * 16)  # quickstart: 8 replicas x batch 16 -> 11 iterations per epoch
@@ -196,8 +204,9 @@ def imagenet32_case(id, promise, damage, sets, needles, env=None, cached=False, 
     """train (the quickstart at ImageNet-32) on a fabricated ImageNet-32 (40 training images, test_imagenet32's
     files) that damage(root, tmp) may change; cached: its cache built first (so the case adds no file)."""
     def setup(tmp, run):
-        from test_imagenet32 import fabricate as fabricate_imagenet32
         from hpc_dsgd.data.imagenet32 import prepare_imagenet32
+
+        from test_imagenet32 import fabricate as fabricate_imagenet32
 
         root = tmp / "imagenet32"
         fabricate_imagenet32(root)
@@ -279,7 +288,7 @@ def fabricated_reference(tmp, **changes) -> str:
     from hpc_dsgd.config import load_config
     from hpc_dsgd.trace import TraceWriter
 
-    cfg = {**load_config(QUICK, ["width=0.25"], check_files=False).to_dict(), **changes}
+    cfg = {**load_config(QUICK, ["width=0.25"]).to_dict(), **changes}
     path = str(tmp / "ref" / "trace.h5")
     w = TraceWriter(path, {"config_json": json.dumps(cfg)})
     for k in (1, 2, 3):
@@ -365,7 +374,8 @@ def bad_toml(tmp):
 
 CASES = [
     # config values
-    cfg_case("n-not-multiple-of-ranks", "n must split over the ranks", ["n=7"], ["n=7 replicas cannot be split over 2 MPI ranks"], ranks=RANKS),
+    cfg_case("n-not-multiple-of-ranks", "n must split over the ranks", ["n=7"], ["n=7 replicas cannot be split over 2 MPI ranks"],
+             ranks=RANKS),
     cfg_case("negative-lr", "a learning rate must be positive", ["base_lr=-0.1"], ["base_lr=-0.1", "positive"]),
     cfg_case("unknown-key", "a typo in a key is not ignored", ["bogus_key=1"], ["unknown config key(s) bogus_key"]),
     cfg_case("wrong-type", "a string where a number belongs", ['epochs="ten"'], ["epochs='ten': expected float"]),
@@ -430,7 +440,8 @@ CASES = [
     file_case("reference-missing", "the reference trace must exist", lambda tmp: str(tmp / "ref.h5"),
               ['policies=["target","gossip","gossip"]', "reference_trace={path}"], ["{path}", "does not exist"]),
     file_case("reference-not-hdf5", "the reference trace must be HDF5", not_hdf5,
-              ['policies=["target","gossip","gossip"]', "reference_trace={path}"], ["{path}", "not a readable HDF5"], ranks=RANKS),
+              ['policies=["target","gossip","gossip"]', "reference_trace={path}"], ["{path}", "not a readable HDF5"],
+              ranks=RANKS),
     Case("reference-other-experiment", "the reference run must be the same experiment",
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}", "--set", "topology=complete"), {},
@@ -468,7 +479,8 @@ CASES = [
     ckpt_case("ckpt-malicious-claims-format2", "a pickle that runs a command in a rank file of the current format "
               "(checksums updated) is refused without running it",
               lambda ck, tmp: rewrite_rank_file(ck, "rank00001.pt", lambda d: dict(d, x=malicious(tmp))),
-              ["{ck}", "rank00001.pt", "not plain tensor data", "refused without running it"], resume="path", marker=True, ranks=RANKS),
+              ["{ck}", "rank00001.pt", "not plain tensor data", "refused without running it"], resume="path", marker=True,
+              ranks=RANKS),
     ckpt_case("ckpt-missing-key", "a rank file without a key the manifest lists (was a KeyError)",
               lambda ck, tmp: rewrite_rank_file(ck, "rank00001.pt", lambda d: {k: v for k, v in d.items() if k != "t.M"}),
               ["{ck}", "rank00001.pt", "missing ['t.M']"]),
@@ -510,7 +522,8 @@ CASES = [
     ckpt_cmd_case("ckpt-manifest-fifo-verify", "... and checkpoint verify",
                   lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], ranks=0),
     ckpt_cmd_case("ckpt-manifest-fifo-sharpness", "... and the sharpness command",
-                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"], action="sharpness"),
+                  lambda ck, tmp: replace_with_fifo(ck, "manifest.json"), ["{ck}", "manifest.json is a FIFO"],
+                  action="sharpness"),
     ckpt_cmd_case("sharpness-cuda-without-gpu", "sharpness --device cuda on a node without a GPU (was a traceback)",
                   lambda ck, tmp: None, ["--device cuda", "no CUDA device", "--device cpu"], action="sharpness",
                   extra=("--device", "cuda")),
@@ -592,7 +605,8 @@ CASES = [
              lambda tmp, run: train_args(tmp / "out"), ["OMPI_COMM_WORLD_SIZE=2", "world of 1"],
              ranks=1, env={"OMPI_COMM_WORLD_SIZE": "2"}),
     raw_case("run-dir-locked", "a run directory in use by a live process is refused, naming host and pid",
-             lock_held_by_me, ["in use by another run", f"host {socket.gethostname()}", f"pid {os.getpid()}", LOCK_NAME], ranks=RANKS),
+             lock_held_by_me, ["in use by another run", f"host {socket.gethostname()}", f"pid {os.getpid()}", LOCK_NAME],
+             ranks=RANKS),
 ]
 
 
@@ -609,8 +623,8 @@ def in_process(args, env, monkeypatch, capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0 else f"-mpiexec{c.ranks}")
-                                   for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id + ("" if c.ranks is None else "-process" if c.ranks == 0
+                                                     else f"-mpiexec{c.ranks}") for c in CASES])
 def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
     if case.id in ("device-cuda-without-gpu", "sharpness-cuda-without-gpu") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is valid here")
@@ -634,7 +648,7 @@ def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
         for f in sorted((tmp_path / "out" / "quickstart" / "checkpoints").glob("*/rank*.pt")):
             try:  # the refused checkpoint is really malicious: a plain (unsafe) load runs its command
                 torch.load(f, weights_only=False)
-            except Exception:  # noqa: BLE001 - the payload ran while unpickling; what it returned may not load
+            except Exception:  # any: the payload ran while unpickling; what it returned may not load
                 pass
         assert (tmp_path / "PWNED").exists(), "the case's checkpoint carries no live payload"
 
@@ -709,7 +723,7 @@ def short_train(out, extra=(), env=None, popen=False):
 def trace_rows(path) -> int:
     try:
         return len(read_trace(str(path)).iter.get("it", []))
-    except Exception:  # noqa: BLE001 - not there yet, or being written
+    except Exception:  # any: not there yet, or being written
         return 0
 
 

@@ -28,6 +28,7 @@ from hpc_dsgd.config import load_config
 from hpc_dsgd.data import DATASETS, DataError, check_dataset, epoch_permutation, load_dataset, replica_shard
 from hpc_dsgd.data import imagenet32 as inet
 from hpc_dsgd.models import build_model
+from hpc_dsgd.preflight import check_inputs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,7 +46,9 @@ def _batch(rng, n, first_label=1):
 def _py2_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
     """{'data': rows, 'labels': labels} as Python 2's cPickle writes it (protocol 2: byte strings as
     SHORT_BINSTRING/BINSTRING, numpy.core paths), assembled opcode by opcode; Python 3 cannot write this."""
-    s = lambda b: b"U" + bytes([len(b)]) + b  # SHORT_BINSTRING
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
     n = len(rows)
     arr = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
            + b"(K\x01K" + bytes([n]) + b"M\x00\x0c\x86"  # version 1, shape (n, 3072)
@@ -282,8 +285,8 @@ def test_resnet20_3_parameter_count_for_1000_classes():
         c = [16 * width, 32 * width, 64 * width]
         total = 3 * c[0] * 9 + 2 * c[0]  # stem conv + BN
         cin = c[0]
-        for s, ch in enumerate(c):
-            for b in range(3):
+        for ch in c:
+            for _ in range(3):
                 total += cin * ch * 9 + ch * ch * 9 + 2 * (2 * ch)  # two convs, two BNs
                 if cin != ch:
                     total += cin * ch + 2 * ch  # projection shortcut conv + BN
@@ -311,7 +314,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
     pre = PRESETS["table3"]
     lay = pre.layout
     hits: dict = {}
-    cfgs = {path: load_config(path, ranks=1, check_files=False) for path in T3}
+    cfgs = {path: load_config(path, ranks=1) for path in T3}
     by_name = {c.name: c for c in cfgs.values()}
     for path, cfg in cfgs.items():
         assert (cfg.dataset, cfg.model, cfg.width, cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == \
@@ -329,7 +332,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
     assert len(hits) == 2 * 12 + 2 * 2  # 24 cells + All-Reduce and D-SGD baselines for n = 16, 32
     assert all(len(v) == 1 for v in hits.values()), hits
     # spot checks against the paper's headings
-    cfg = load_config(os.path.join(ROOT, "configs", "table3", "n32_dec3_quarter.toml"), check_files=False).to_dict()
+    cfg = load_config(os.path.join(ROOT, "configs", "table3", "n32_dec3_quarter.toml")).to_dict()
     (r, c), = [(r, c) for r in range(2) for c in range(12) if pre.cell(cfg, r, c, {})]
     assert lay.rows[r] == "n=32" and lay.columns[c] == ("dec-phase-3", "1/4 Ξ_max")
 
@@ -337,7 +340,7 @@ def test_table3_configs_fill_every_cell_and_baseline_exactly_once():
 def test_table3_preset_renders_from_runs_of_these_configs():
     runs = []
     for i, path in enumerate(T3):
-        cfg = load_config(path, ranks=1, check_files=False).to_dict()
+        cfg = load_config(path, ranks=1).to_dict()
         for seed in (0, 1):  # the paper: two seeds
             runs.append(Run(path=f"{path}.s{seed}", config={**cfg, "seed": seed}, status="finished", seed=seed,
                             value=50.0 + i / 100 + seed / 10, last_epoch=90.0, stamp=str(seed)))
@@ -359,6 +362,34 @@ def _launch(args, ranks):
                           capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
 
 
+def test_check_command_builds_no_cache_and_says_what_it_checked(data_root, tmp_path, monkeypatch, capsys):
+    """`python -m hpc_dsgd check` (the batch scripts' "seconds, not after the queue" check, run on a login node)
+    on an ImageNet-32 config whose cache is not built: exit 0 in seconds, what it checked and that the first run
+    builds the cache, and not one file created (the cache directory empty); with the cache built, it checks the
+    epoch size from the cache's manifest."""
+    import time
+
+    from hpc_dsgd.__main__ import main
+
+    fabricate(data_root)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(inet.CACHE_ENV, str(cache))
+    before = sorted(p for p in glob.glob(str(tmp_path / "**"), recursive=True))
+    args = ["check", os.path.join(ROOT, "configs", "quickstart.toml"), "--ranks", "2", "--set", "dataset=imagenet32",
+            "--set", f"data_dir={data_root}", "--set", "n=4", "--set", "batch_size=4"]
+    t0 = time.monotonic()
+    assert main(args) == 0
+    assert time.monotonic() - t0 < 30  # seconds (on a loaded 2-core machine): no unpickling, no cache
+    out = capsys.readouterr().out
+    assert "values valid; n=4 = 2 ranks x 2 replicas" in out and f"data: imagenet32 in {data_root}" in out
+    assert "is not built yet: the first run builds it" in out and out.rstrip().endswith(": ok")
+    assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before and os.listdir(cache) == []
+    inet.prepare_imagenet32(str(data_root))
+    assert main(args) == 0 and "imagenet32 in" in (out := capsys.readouterr().out) and " ready" in out
+    assert "an epoch has at least one iteration of n x batch_size = 16" in out
+
+
 @pytest.mark.slow
 def test_training_loop_runs_imagenet32_and_config_check_refuses_damaged_files(data_root, tmp_path):
     ref = fabricate(data_root)
@@ -374,9 +405,10 @@ def test_training_loop_runs_imagenet32_and_config_check_refuses_damaged_files(da
         assert cfg["dataset"] == "imagenet32"
         assert len(f["epoch"]["test_acc_avg"]) >= 1 and np.all(np.isfinite(f["iter"]["loss"][()]))
         assert int(f.attrs["iters_per_epoch"]) == 40 // (4 * 4)
-    ref["val_path"].write_bytes(b"\x80\x02}q\x00")  # a truncated pickle: refused by the config check that
+    ref["val_path"].write_bytes(b"\x80\x02}q\x00")  # a truncated pickle: refused by the input check that
     with pytest.raises(DataError) as e:  # every rank runs before any work (the CLI prints it as hpc_dsgd: error: ...)
-        load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [o for o in base[2:] if o != "--set"], ranks=1)
+        check_inputs(load_config(os.path.join(ROOT, "configs", "quickstart.toml"), [o for o in base[2:] if o != "--set"],
+                                 ranks=1))
     assert str(e.value).startswith(f"ImageNet-32 file {ref['val_path']} is damaged or not a pickle")
 
 

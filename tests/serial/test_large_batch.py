@@ -74,7 +74,7 @@ FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "large_batch", "*_b*_*.to
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
 def test_large_batch_configs_fill_their_cells(path):
-    cfg = load_config(path, ranks=4, check_files=False)
+    cfg = load_config(path, ranks=4)
     stem = os.path.basename(path)[:-5]
     data, b, m = stem.split("_")
     assert cfg.n == 16 and cfg.batch_size == int(b[1:]) and cfg.sharpness_every > 0

@@ -145,7 +145,9 @@ def test_padding_never_changes_the_model_loss(tok):
     b = pairs.batch(range(5))
     with torch.no_grad():
         base = label_smoothed_loss(model(b.src, b.tgt_in), b.tgt_out, tok.pad_id)[0]
-        wide = lambda x, k: torch.cat([x, torch.full((x.shape[0], k), tok.pad_id)], dim=1)  # more padding
+        def wide(x, k):  # more padding
+            return torch.cat([x, torch.full((x.shape[0], k), tok.pad_id)], dim=1)
+
         more = label_smoothed_loss(model(wide(b.src, 7), wide(b.tgt_in, 4)), wide(b.tgt_out, 4), tok.pad_id)[0]
         alone = sum(label_smoothed_loss(model(pairs.batch([i]).src, pairs.batch([i]).tgt_in),
                                         pairs.batch([i]).tgt_out, tok.pad_id)[0] for i in range(5))
@@ -201,7 +203,8 @@ def test_transformer_is_base_halved_tied_xavier_and_trains_shapes():
     assert layer.linear1.out_features == 1024 and len(m.encoder.layers) == len(m.decoder.layers) == 3
     assert not layer.norm_first  # post-norm, as in the paper
     bound = math.sqrt(6 / (V + 256))  # Xavier uniform of the shared embedding
-    assert m.embed.weight.abs().max() <= bound and float(m.embed.weight.detach().std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert m.embed.weight.abs().max() <= bound
+    assert float(m.embed.weight.detach().std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
     assert all(torch.all(p == 0) for n, p in m.named_parameters() if n.endswith("bias"))
     src, tgt = torch.randint(3, V, (2, 7)), torch.randint(3, V, (2, 5))
     src[1, 5:] = 0
@@ -215,7 +218,7 @@ def test_transformer_is_base_halved_tied_xavier_and_trains_shapes():
 
 def test_k_replicas_under_vmap_equal_k_separate_models():
     """The general batched path (torch.func.functional_call + vmap over a leading replica axis of the
-    parameters, as DESIGN.md plans for non-ResNet models) gives each replica its own loss and gradient."""
+    parameters, the batched executor of non-ResNet models) gives each replica its own loss and gradient."""
     from torch.func import grad
 
     torch.manual_seed(0)
@@ -255,7 +258,7 @@ def test_adam_lowers_the_loss_and_greedy_decoding_translates(tmp_path, tok):
     opt = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9)  # the paper's Adam
     before = evaluate_loss(m, train)
     b = train.batch(range(len(train)))
-    for step in range(40):
+    for _ in range(40):
         loss, _, nt = label_smoothed_loss(m(b.src, b.tgt_in), b.tgt_out, tok.pad_id)
         opt.zero_grad()
         (loss / nt).backward()

@@ -1,4 +1,4 @@
-"""Golden outputs of tools/tables.py (issue 18): every table path (the flat table, presets table1 ... table7 with
+"""Golden outputs of tools/tables.py: every table path (the flat table, presets table1 ... table7 with
 and without --paper, large_batch, lr_sweep) in Markdown, LaTeX and CSV, with its notes (ambiguous cells, control
 that did not act, runs not counted, skipped files), stderr and exit code, on fabricated traces: those of
 test_analysis.py and test_large_batch.py, plus target runs whose control never bound or hit the cap. The

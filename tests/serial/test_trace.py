@@ -18,7 +18,6 @@ import pytest
 from hpc_dsgd.trace import TraceError, TraceWriteError, TraceWriter, read_trace
 
 
-
 def _temporaries(path) -> list:
     """fileio.atomic_write's temporaries of `path` left in its directory (none after a failed write)."""
     d, base = os.path.split(str(path))
@@ -234,7 +233,7 @@ def test_malformed_traces_one_error_naming_file_and_field(tmp_path, kind):
 
     p = _malformed(tmp_path, kind)
     with pytest.raises(TraceError) as e:
-        read_trace(p).config
+        _ = read_trace(p).config
     assert p in str(e.value) and MALFORMED[kind] in str(e.value), str(e.value)
     runs = load_runs([p])
     assert not runs.runs and p in runs.skipped[0].reason and MALFORMED[kind] in runs.skipped[0].reason
