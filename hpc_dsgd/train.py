@@ -33,7 +33,7 @@ from .replica import Replicas, set_precision
 from .topology import Topology
 from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume,
                          restore_rank_state, verify_checkpoint)
-from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
+from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible, model_sizes
 from .faults import fault_point
 from .signals import StopRequest
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
@@ -77,14 +77,14 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if world.rank == 0:
         try:
             if resume:
-                path, skipped = resolve_resume(run_dir, resume)
+                path, skipped = resolve_resume(run_dir, resume, sizes=model_sizes)
                 for bad, why in skipped:
                     log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
                 how = "resume" if path else how
             if path is None and cfg.branch_from:
                 path, how = resolve_branch(cfg.branch_from), "branch"
             if path:
-                man = verify_checkpoint(path)
+                man = verify_checkpoint(path, sizes=model_sizes)
                 if how == "resume":
                     diffs = check_compatible(man["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT + ("branch_from",))
                 else:

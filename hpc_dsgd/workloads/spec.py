@@ -64,7 +64,7 @@ class WorkloadSpec:
                           f" ({cfg.model} is a model of {', '.join(others)})" if others else ""))
         if cfg.sharpness_every and not self.supports_sharpness:
             out.append(f"sharpness_every={cfg.sharpness_every}: the sharpness study is for "
-                       f"{', '.join(s.dataset for s in SPECS.values() if s.supports_sharpness)} (image classification); "
+                       f"{', '.join(sharpness_datasets())} (image classification); "
                        f"set sharpness_every = 0 for {cfg.dataset}")
         return out
 
@@ -229,6 +229,17 @@ def unregister(dataset: str) -> None:
 def spec_of(dataset: str) -> WorkloadSpec | None:
     """The spec of `dataset`, None if no workload trains on it (config.validate names the choices)."""
     return SPECS.get(dataset)
+
+
+def report_figures(dataset) -> tuple[str, ...]:
+    """The campaign report's figures (analysis.figures function names) that apply to a run of `dataset`."""
+    spec = SPECS.get(dataset) if isinstance(dataset, str) else None
+    return spec.figures if spec is not None else ()
+
+
+def sharpness_datasets() -> list[str]:
+    """The data sets whose workload the sharpness study (and the loss surfaces) applies to."""
+    return [s.dataset for s in SPECS.values() if s.supports_sharpness]
 
 
 def workload_keys() -> frozenset:
