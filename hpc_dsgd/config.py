@@ -51,10 +51,14 @@ class Role:
     branch: bool = False  # a branch must share it with the phase checkpoint it starts from
     reference: bool = False  # a target's reference trace must share it with the controlled run
     run: bool = False  # not the experiment, but which run of it (seed, inputs): the campaign's same-run check compares it
+    bookkeeping: bool = False  # an identity key of the tables that the campaign's same-run check ignores
 
 
 PATHS = Role("where the run's files go or its data come from", identity=False, resume=True)
-RESOURCES = Role("how fast, on what, how often saved: never the result", identity=False, resume=True)
+RESOURCES = Role("how fast and on what it runs: never the result", identity=False, resume=True)
+SAVING = Role("how often checkpoints are written: never the result. The tables still list these keys in the "
+              "experiment's identity (tests/golden/tables freeze those columns); the campaign does not compare them",
+              identity=True, resume=True, bookkeeping=True)
 MEASUREMENT = Role("extra measurements (sharpness) that leave the trajectory and every other result alone",
                    identity=False, resume=True)
 STOP = Role("where the run stops (the trajectory is the same up to there)", identity=True, resume=True)
@@ -152,8 +156,8 @@ class Config:
     sharpness_trace_probes: int = key(0, MEASUREMENT)  # Hutchinson probes for the Hessian trace (0 = no trace estimate)
     sharpness_replica: int = key(0, MEASUREMENT)  # global id of the local model measured besides the averaged one (-1 = none)
     # -- checkpoints ----------------------------------------------------------------------
-    checkpoint_minutes: float = key(30.0, RESOURCES)  # periodic checkpoint at least this often (0 = only at phase ends and stops)
-    keep_checkpoints: int = key(3, RESOURCES)  # periodic checkpoints kept (phase-end checkpoints are kept always)
+    checkpoint_minutes: float = key(30.0, SAVING)  # periodic checkpoint at least this often (0 = only at phase ends and stops)
+    keep_checkpoints: int = key(3, SAVING)  # periodic checkpoints kept (phase-end checkpoints are kept always)
     branch_from: str = key("", START)  # start from another run's phase checkpoint (e.g. a centralized run's phase 1)
 
     # -- derived --------------------------------------------------------------------------
@@ -195,8 +199,9 @@ RESUME_MAY_DIFFER = keys_with_role(resume=True)  # compat.RESUME_MUST_MATCH_EXCE
 BRANCH_MUST_MATCH = keys_with_role(branch=True)  # compat
 REFERENCE_MUST_MATCH = keys_with_role(reference=True)  # consensus.reference_xi_max
 NOT_IDENTITY = keys_with_role(identity=False)  # analysis.runs.identity leaves them out
-# The campaign's "same run" (a finished run is the plan's run) compares the identity and which run of it it is.
-SAME_RUN_EXCEPT = tuple(k for k, r in ROLES.items() if not (r.identity or r.run))
+# The campaign's "same run" (a finished run is the plan's run) compares the identity (less its bookkeeping keys) and
+# which run of the experiment it is.
+SAME_RUN_EXCEPT = tuple(k for k, r in ROLES.items() if not (r.identity or r.run) or r.bookkeeping)
 
 
 def inapplicable_keys(cfg: dict) -> frozenset:
