@@ -6,7 +6,11 @@ Errors are ValueError (ConfigError) naming the key, the value and what would be 
 
 validate() checks values only, opening no file; what the config names outside itself (reference traces, the
 data directory, a branch's checkpoint) is preflight.check_inputs', which load_config and from_dict call after
-validate unless check_files=False.
+validate unless check_files=False. The data set's own rules (its models, keys, whether sharpness applies) are its
+workload's (workloads/spec.py, imported here: no torch).
+
+Every key declares its role (field metadata, Role below); the rules that compare configs (resume, branch, a target's
+reference, the campaign's same run, the tables' identity, inapplicable keys) are derived from the roles.
 """
 from __future__ import annotations
 
@@ -78,6 +82,8 @@ START = Role("another run's checkpoint the run starts from (read once, at the st
 def key(default=dataclasses.MISSING, role: Role | None = None, when: dict | None = None, factory=dataclasses.MISSING):
     """A Config field with its role; `when` {key: values}: the field is read only when those keys have those values
     (else inapplicable_keys lists it)."""
+    if not isinstance(role, Role):
+        raise TypeError(f"a config key declares its Role (config.py), got {role!r}")
     meta = {"role": role} | ({"when": when} if when else {})
     return field(default=default, default_factory=factory, metadata=meta)
 
