@@ -155,4 +155,12 @@ def test_the_built_in_specs_answer_what_names_used_to_decide(tmp_path):
     m = model_sizes({"dataset": "multi30k", "model": "transformer", "vocab_size": 300, "d_model": 32, "heads": 2,
                      "layers": 1, "d_ff": 64}, str(tmp_path / "run" / "checkpoints" / "ck"))
     assert not m.exact and "at most vocab_size=300" in m.what  # no tokenizer.json beside the run: a bound
+    from hpc_dsgd.data.multi30k import SubwordTokenizer
+
+    tok = SubwordTokenizer.train(["a dog runs", "ein Hund rennt"], vocab_size=300, min_frequency=1)
+    (tmp_path / "run").mkdir()
+    tok.save(str(tmp_path / "run" / "tokenizer.json"))
+    exact = model_sizes({"dataset": "multi30k", "model": "transformer", "vocab_size": 300, "d_model": 32, "heads": 2,
+                         "layers": 1, "d_ff": 64}, str(tmp_path / "run" / "checkpoints" / "ck"))
+    assert exact.exact and exact.D < m.D and f"the {tok.vocab_size} subwords of" in exact.what
     assert model_sizes({"dataset": ["not", "a", "name"]}, "x") is None and model_sizes({"dataset": "mnist"}, "x") is None
