@@ -29,7 +29,7 @@ def model_sizes(cfg: dict, ckpt_path: str) -> ModelSizes | None:
     records it; a key it predates takes its default): the run's workload builds its model on the meta device
     (workloads.spec); None where no workload of this version trains it. checkpoint.verify_checkpoint(sizes=...)."""
     full = {**DEFAULTS, **cfg}
-    spec = spec_of(full["dataset"]) if isinstance(full.get("dataset"), str) else None
+    spec = spec_of(full["dataset"])
     return spec.param_sizes(full, ckpt_path) if spec is not None else None
 
 

@@ -227,13 +227,14 @@ def unregister(dataset: str) -> None:
 
 
 def spec_of(dataset: str) -> WorkloadSpec | None:
-    """The spec of `dataset`, None if no workload trains on it (config.validate names the choices)."""
-    return SPECS.get(dataset)
+    """The spec of `dataset`, None if no workload trains on it (config.validate names the choices) or it is not a
+    name at all (a damaged trace's config)."""
+    return SPECS.get(dataset) if isinstance(dataset, str) else None
 
 
 def report_figures(dataset) -> tuple[str, ...]:
     """The campaign report's figures (analysis.figures function names) that apply to a run of `dataset`."""
-    spec = SPECS.get(dataset) if isinstance(dataset, str) else None
+    spec = spec_of(dataset)
     return spec.figures if spec is not None else ()
 
 

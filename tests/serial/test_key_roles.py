@@ -73,6 +73,7 @@ def test_inapplicable_keys_are_identity_keys_of_another_optimizer_schedule_or_wo
     assert "width" not in inapplicable_keys({"dataset": "digits"})
     assert "d_model" in inapplicable_keys({"dataset": "digits"})
     assert {"width", "momentum"} <= inapplicable_keys({"dataset": "multi30k", "model": "transformer", "optimizer": "adam"})
+    assert "d_model" in inapplicable_keys({"dataset": ["not", "a", "name"], "model": "resnet20"})  # a damaged trace's
 
 
 def test_sharpness_every_on_a_finished_run_is_the_same_run_the_same_experiment_and_resumable():
