@@ -189,6 +189,7 @@ def _checkpoint(argv: list[str]) -> int:
 
     from .checkpoint import MANIFEST, CheckpointError, list_checkpoints, verify_checkpoint
     from .checkpoint_v1 import upgrade_checkpoint
+    from .compat import model_sizes
 
     rc = 0
     for path in args.paths:
@@ -206,7 +207,7 @@ def _checkpoint(argv: list[str]) -> int:
         for p in paths:
             try:
                 if args.action == "verify":
-                    m = verify_checkpoint(p)
+                    m = verify_checkpoint(p, sizes=model_sizes)
                     print(f"{p}: intact, format {m['format']}, iteration {m['iteration']}, {m['kind']}, n={m['n']}")
                 else:
                     backup = upgrade_checkpoint(p)

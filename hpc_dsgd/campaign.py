@@ -56,16 +56,14 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 
-from .config import DEFAULTS, FIELDS, ConfigError, from_dict, parse_override, read_toml
+from .config import DEFAULTS, FIELDS, SAME_RUN_EXCEPT, ConfigError, from_dict, parse_override, read_toml
 from .rundir import RunDir
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
                 "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)"}
 DEP_KEYS = ("reference_trace", "reference_traces", "branch_from")
-# Keys that may differ between a finished run and the plan without making it another run.
-SAME_RUN_EXCEPT = ("name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
-                   "checkpoint_minutes", "keep_checkpoints")
+# SAME_RUN_EXCEPT (config): the keys a finished run may differ in from the plan and still be its run.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH_SCRIPT = os.path.join(ROOT, "slurm", "run.sbatch")
 SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -821,11 +819,19 @@ def _plan_presets(plan: Plan) -> list[str]:
     return out
 
 
+# The report's figures (analysis.figures function, file, title), each drawn from the traces of the runs whose
+# workload names it (workloads.spec: WorkloadSpec.figures).
+REPORT_FIGURES = (("fig1_consensus", "consensus.png", "Consensus distance Ξ over epochs (Figure 1)"),
+                  ("fig2_learning_curves", "learning_curves.png", "Training loss, training and test accuracy (Figure 2)"),
+                  ("fig3_learning_curves", "translation.png", "Multi30k: training loss, Ξ, validation perplexity (Figure 3)"))
+
+
 def report(plan: Plan, out_dir: str | None = None) -> int:
     """Tables (Markdown, LaTeX, CSV) and figures (PNG) of the plan's runs into the report directory, with
     index.md; a run not there yet is a missing cell (tables.py counts only finished runs)."""
     from .analysis import figures
     from .analysis.tables import PRESETS, RunSet, build_preset, group_runs, load_runs, render_groups, render_preset
+    from .workloads.spec import report_figures
 
     out = out_dir or plan.report
     os.makedirs(out, exist_ok=True)
@@ -867,16 +873,8 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
     index += ["", "## Figures", ""]
     first = [r for r in have if r.seed == plan.seeds[0]]  # the figures show the first seed: one line per experiment
     if first:
-        translation = [r.trace for r in first if r.cfg.get("dataset") == "multi30k"]
-        images = [r.trace for r in first if r.cfg.get("dataset") != "multi30k"]
-        figs = []
-        if images:
-            figs += [("consensus.png", "Consensus distance Ξ over epochs (Figure 1)", figures.fig1_consensus, images),
-                     ("learning_curves.png", "Training loss, training and test accuracy (Figure 2)",
-                      figures.fig2_learning_curves, images)]
-        if translation:
-            figs.append(("translation.png", "Multi30k: training loss, Ξ, validation perplexity (Figure 3)",
-                         figures.fig3_learning_curves, translation))
+        figs = [(fname, title, getattr(figures, fig), trs) for fig, fname, title in REPORT_FIGURES
+                if (trs := [r.trace for r in first if fig in report_figures(r.cfg.get("dataset"))])]
         for fname, title, fn, trs in figs:
             fn(trs, os.path.join(out, fname))
             index += [f"### {title}", "", f"![{title}]({fname})", ""]

@@ -451,69 +451,23 @@ def _check_meta(path: str, m: dict) -> None:
              f"a JSON object (the run's config), not {type(cfg).__name__}")
         if "n" in cfg:
             need(cfg["n"] == m["n"], "meta.config_json's n", f"the manifest's n={m['n']}, not {cfg['n']!r}")
-        if "loop" in meta:  # a training run's checkpoint (train.py): its tensors are the model's rows
-            _check_sizes(path, m, cfg)
 
 
-def _model_sizes(cfg: dict, vocab: int | None = None) -> tuple[int, int] | None:
-    """(d, D) of the run's model: its trainable parameters d and d + float buffers D (a row of X), built
-    on the meta device (nothing allocated); a translation model with `vocab` subwords (default: the
-    config's vocab_size, an upper bound). None when this version cannot build the config's model."""
-    from .config import DEFAULTS
-
-    c = dict(DEFAULTS, **cfg)
-    try:
-        with torch.device("meta"):
-            if c.get("dataset") == "multi30k":
-                from .models.transformer import Seq2SeqTransformer
-
-                model = Seq2SeqTransformer(int(vocab or c["vocab_size"]), 0, d_model=int(c["d_model"]),
-                                           nhead=int(c["heads"]), num_layers=int(c["layers"]),
-                                           dim_feedforward=int(c["d_ff"]))
-            else:
-                from .models import build_model
-
-                classes = {"digits": 10, "cifar10": 10, "imagenet32": 1000}[c.get("dataset")]
-                model = build_model(c["model"], classes, float(c["width"]))
-    except Exception:  # noqa: BLE001 - a config this version cannot build: the sizes stay unchecked
-        return None
-    d = sum(p.numel() for p in model.parameters())
-    return d, d + sum(b.numel() for b in model.buffers() if b.is_floating_point())
-
-
-def _run_vocab(path: str) -> tuple[str, int | None]:
-    """(path, vocabulary size) of the tokenizer of the run holding checkpoint `path` (RUN/tokenizer.json),
-    None where it is absent or unreadable (the translation workload reports that itself)."""
-    tpath = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "tokenizer.json")
-    try:
-        if not stat.S_ISREG(os.lstat(tpath).st_mode) or os.lstat(tpath).st_size > MANIFEST_MAX_BYTES:
-            return tpath, None
-        from tokenizers import Tokenizer
-
-        with os.fdopen(open_regular(tpath), "rb") as f:
-            return tpath, Tokenizer.from_str(f.read().decode("utf-8")).get_vocab_size()
-    except Exception:  # noqa: BLE001 - absent or damaged: not this check's to report
-        return tpath, None
-
-
-def _check_sizes(path: str, m: dict, cfg: dict) -> None:
-    """Every per-replica tensor of the manifest against the run's model: X holds D numbers, each
-    optimizer state d. Translation: the model of the run's tokenizer's vocabulary (exactly), or, without
-    a readable tokenizer.json beside the run, of vocab_size (at most)."""
-    translation = cfg.get("dataset") == "multi30k"
-    tpath, vocab = _run_vocab(path) if translation else ("", None)
-    sizes = _model_sizes(cfg, vocab)
-    if sizes is None:
+def _check_sizes(path: str, m: dict, sizes) -> None:
+    """Every per-replica tensor of a training checkpoint's manifest (one with meta.loop and meta.config_json)
+    against the run's model as `sizes(config, path)` answers (compat.model_sizes asks the run's workload; None:
+    unchecked): X holds D numbers per replica, each optimizer state d (at most, where the answer is a bound)."""
+    meta = m["meta"]
+    if sizes is None or "loop" not in meta or "config_json" not in meta:
         return
-    (d, D), exact = sizes, vocab is not None or not translation
-    model = (f"transformer d_model {cfg.get('d_model')}, {cfg.get('layers')} layers, "
-             + (f"the {vocab} subwords of {tpath}" if vocab else f"at most vocab_size={cfg.get('vocab_size')} subwords")
-             if translation else f"{cfg.get('model')} width {cfg.get('width')}, {cfg.get('dataset')}")
+    want = sizes(parse_json_bounded(meta["config_json"].encode("utf-8", "surrogatepass")), path)
+    if want is None:
+        return
     for name, spec in m["tensors"].items():
-        numel, want = math.prod(spec["shape"]), D if name == "X" else d
-        if numel != want if exact else numel > want:
+        numel, n = math.prod(spec["shape"]), want.D if name == "X" else want.d
+        if numel != n if want.exact else numel > n:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: tensors.{name} has {numel} numbers per "
-                                  f"replica; the run's model ({model}) has {'' if exact else 'at most '}{want}")
+                                  f"replica; the run's model ({want.what}) has {'' if want.exact else 'at most '}{n}")
 
 
 def check_file(path: str, fname: str, entry: dict) -> None:
@@ -530,7 +484,7 @@ def check_file(path: str, fname: str, entry: dict) -> None:
         raise CheckpointError(f"checkpoint {path}: rank file {fname} fails its sha256 check (corrupted)")
 
 
-def verify_checkpoint(path: str, deep: bool = True) -> dict:
+def verify_checkpoint(path: str, deep: bool = True, sizes=None) -> dict:
     """The manifest of a complete, intact checkpoint; CheckpointError naming the path and the failing
     file otherwise (missing, unparseable or malformed manifest; missing or truncated rank file;
     checksum mismatch; with deep, a rank file that is not plain tensor data or whose keys, shapes,
@@ -538,6 +492,7 @@ def verify_checkpoint(path: str, deep: bool = True) -> dict:
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: no such directory")
     manifest = read_manifest(path)
+    _check_sizes(path, manifest, sizes)
     for fname, entry in sorted(manifest["files"].items()):
         check_file(path, fname, entry)
         if deep:

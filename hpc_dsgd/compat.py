@@ -11,23 +11,26 @@ import fnmatch
 import json
 from collections.abc import Iterable
 
-from .config import DEFAULTS
+from .config import BRANCH_MUST_MATCH, DEFAULTS, RESUME_MAY_DIFFER
+from .workloads.spec import ModelSizes, spec_of
 
-# Config keys that may change when a run resumes (run control, paths, local resources); every
-# other key must agree with the checkpoint. Entries are fnmatch patterns.
-RESUME_MUST_MATCH_EXCEPT = ("name", "out_dir", "data_dir", "max_iterations", "trace_flush_seconds",
-                            "device", "torch_threads", "checkpoint_*", "keep_checkpoints", "resume",
-                            "sharpness_*")  # sharpness: measurements only, the trajectory is the same
-# Config keys a branch (a new run started from another run's phase checkpoint) must share with it:
-# the model, the data, the optimisation schedule and the trajectory's randomness; the consensus
-# policies, their targets and the topology they gossip over are what a branch changes (a dec-phase-2
-# ring run branches from a phase-1 checkpoint of an All-Reduce run on the complete graph).
-BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_size", "base_lr",
-                     "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
-                     "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps",
-                     "lr_schedule",
-                     "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
-                     "layers", "d_ff", "dropout")
+# Config keys that may change when a run resumes (paths, resources, measurements, where it stops: config.Role
+# resume); every other key must agree with the checkpoint. fnmatch patterns; "resume" was a key of early configs.
+RESUME_MUST_MATCH_EXCEPT = RESUME_MAY_DIFFER + ("resume",)
+# BRANCH_MUST_MATCH (config.Role branch): the keys a branch (a new run started from another run's phase checkpoint)
+# must share with it: the seed, the problem (n, data, model) and the optimisation; the consensus policies, their
+# targets and the topology they gossip over are what a branch changes (a dec-phase-2 ring run branches from a
+# phase-1 checkpoint of an All-Reduce run on the complete graph).
+__all__ = ["BRANCH_MUST_MATCH", "RESUME_MUST_MATCH_EXCEPT", "check_compatible", "model_sizes", "saved_config"]
+
+
+def model_sizes(cfg: dict, ckpt_path: str) -> ModelSizes | None:
+    """What a training checkpoint's per-replica tensors must hold for the run's config `cfg` (as its manifest
+    records it; a key it predates takes its default): the run's workload builds its model on the meta device
+    (workloads.spec); None where no workload of this version trains it. checkpoint.verify_checkpoint(sizes=...)."""
+    full = {**DEFAULTS, **cfg}
+    spec = spec_of(full["dataset"])
+    return spec.param_sizes(full, ckpt_path) if spec is not None else None
 
 
 def saved_config(saved_meta: dict) -> dict:

@@ -6,7 +6,12 @@ Errors are ValueError (ConfigError) naming the key, the value and what would be 
 
 load_config and from_dict parse and validate values only: they read the config file (and its `base` chain)
 and open nothing else. What the config names outside itself (reference traces, the data directory, a
-branch's checkpoint) is preflight.check_inputs', which the commands that need it call themselves.
+branch's checkpoint) is preflight.check_inputs', which the commands that need it call themselves. The data set's
+own rules (its models, keys, whether sharpness applies) are its workload's (workloads/spec.py, imported here:
+no torch).
+
+Every key declares its role (field metadata, Role below); the rules that compare configs (resume, branch, a target's
+reference, the campaign's same run, the tables' identity, inapplicable keys) are derived from the roles.
 """
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from .workloads.spec import SPECS, spec_of, workload_keys
+
 POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
 SHARPNESS_METHODS = ("lanczos", "power")
 CONTROL_SIGNALS = ("xi", "theta")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LR_SCHEDULES = ("step", "inverse_sqrt")
+OPTIMIZERS = ("sgd", "adam")  # optim.make_optimizer
+REPLICA_EXECS = ("batched", "loop")  # execution.EXECS
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,199}")  # one path component: no '/', '..', NUL, leading '-' or '.'
@@ -36,83 +45,127 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what would be right."""
 
 
+# -- key roles: every key declares one (Config below, field metadata "role"); each rule that compares two configs
+# (resume, branch, a target's reference, the campaign's "same run", the tables' experiment identity) is derived
+# from them (keys_with_role), so a new key is placed in all of them by one word. tests/serial/test_key_roles.py.
+@dataclass(frozen=True)
+class Role:
+    doc: str
+    identity: bool  # names the experiment in the tables (analysis.runs.identity); the seed and paths do not
+    resume: bool  # may differ when a run resumes from its own checkpoint (everything else must match it)
+    branch: bool = False  # a branch must share it with the phase checkpoint it starts from
+    reference: bool = False  # a target's reference trace must share it with the controlled run
+    run: bool = False  # not the experiment, but which run of it (seed, inputs): the campaign's same-run check compares it
+    bookkeeping: bool = False  # an identity key of the tables that the campaign's same-run check ignores
+
+
+PATHS = Role("where the run's files go or its data come from", identity=False, resume=True)
+RESOURCES = Role("how fast and on what it runs: never the result", identity=False, resume=True)
+SAVING = Role("how often checkpoints are written: never the result. The tables still list these keys in the "
+              "experiment's identity (tests/golden/tables freeze those columns); the campaign does not compare them",
+              identity=True, resume=True, bookkeeping=True)
+MEASUREMENT = Role("extra measurements (sharpness) that leave the trajectory and every other result alone",
+                   identity=False, resume=True)
+STOP = Role("where the run stops (the trajectory is the same up to there)", identity=True, resume=True)
+OBSERVATION = Role("what is measured along the run and reported (evaluation, Xi cadence)", identity=True, resume=False)
+SEED = Role("the replicate: one run of an experiment", identity=False, resume=False, branch=True, reference=True, run=True)
+PROBLEM = Role("replicas, data and model", identity=True, resume=False, branch=True, reference=True)
+OPTIMIZATION = Role("the local optimizer and its learning-rate schedule", identity=True, resume=False, branch=True,
+                    reference=True)
+GRAPH = Role("the communication graph", identity=True, resume=False, reference=True)
+CONSENSUS = Role("the consensus policies and their control", identity=True, resume=False)
+EXECUTION = Role("how a rank computes its replicas (same function; rounding may differ)", identity=True, resume=False)
+INPUT = Role("another run's trace read throughout (a target's reference)", identity=False, resume=False, run=True)
+START = Role("another run's checkpoint the run starts from (read once, at the start)", identity=False, resume=True,
+             run=True)
+
+
+def key(default=dataclasses.MISSING, role: Role | None = None, when: dict | None = None, factory=dataclasses.MISSING):
+    """A Config field with its role; `when` {key: values}: the field is read only when those keys have those values
+    (else inapplicable_keys lists it)."""
+    if not isinstance(role, Role):
+        raise TypeError(f"a config key declares its Role (config.py), got {role!r}")
+    meta = {"role": role} | ({"when": when} if when else {})
+    return field(default=default, default_factory=factory, metadata=meta)
+
+
 @dataclass
 class Config:
     # -- run ------------------------------------------------------------------------------
-    name: str = "run"  # run name; outputs go to out_dir/name/
-    out_dir: str = "runs"  # parent directory of run directories
-    seed: int = 0  # one seed for init, data order, augmentation, matchings
+    name: str = key("run", PATHS)  # run name; outputs go to out_dir/name/
+    out_dir: str = key("runs", PATHS)  # parent directory of run directories
+    seed: int = key(0, SEED)  # one seed for init, data order, augmentation, matchings
     # -- world ----------------------------------------------------------------------------
-    n: int = 16  # replicas in total; replicas_per_rank = n / MPI ranks
-    device: str = "auto"  # auto | cpu | cuda (one GPU per rank, node-local rank modulo GPUs)
-    torch_threads: int = 1  # intra-op CPU threads per rank
+    n: int = key(16, PROBLEM)  # replicas in total; replicas_per_rank = n / MPI ranks
+    device: str = key("auto", RESOURCES)  # auto | cpu | cuda (one GPU per rank, node-local rank modulo GPUs)
+    torch_threads: int = key(1, RESOURCES)  # intra-op CPU threads per rank
     # -- execution: how a rank computes its k replicas (same function, any choice) --------
-    replica_exec: str = "batched"  # batched: all k replicas as one network (grouped ResNet; vmap for other models) | loop: one after another (the reference)
-    precision: str = "fp32"  # fp32 (the paper; strict, no TF32) | tf32: fp32 with TF32 tensor-core convolutions and matmuls on CUDA | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
-    deterministic: bool = True  # CUDA: deterministic kernels, so a run and its resume are bitwise reproducible; false allows faster kernels
-    cuda_graph: bool = True  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
+    replica_exec: str = key("batched", EXECUTION)  # batched: all k replicas as one network (grouped ResNet; vmap for other models) | loop: one after another (the reference)
+    precision: str = key("fp32", EXECUTION)  # fp32 (the paper; strict, no TF32) | tf32: fp32 with TF32 tensor-core convolutions and matmuls on CUDA | bf16: autocast of convolutions and matrix products; BN, loss and optimizer stay fp32
+    deterministic: bool = key(True, EXECUTION)  # CUDA: deterministic kernels, so a run and its resume are bitwise reproducible; false allows faster kernels
+    cuda_graph: bool = key(True, EXECUTION)  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
     # -- topology -------------------------------------------------------------------------
-    topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
-    torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
+    topology: str = key("ring", GRAPH)  # ring | torus | complete | exponential | one_peer_exponential | random_matching
+    torus_shape: list[int] = key(factory=list, role=GRAPH)  # [a, b] with a*b = n; empty = most square
     # -- data and model -------------------------------------------------------------------
-    dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
-    data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
-    model: str = "resnet20"  # model name: resnet20 | small_cnn (image data sets) | transformer (multi30k)
-    width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
+    dataset: str = key("digits", PROBLEM)  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
+    data_dir: str = key("", PATHS)  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
+    model: str = key("resnet20", PROBLEM)  # model name: resnet20 | small_cnn (image data sets) | transformer (multi30k)
+    width: float = key(1.0, PROBLEM)  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
     # -- translation (dataset multi30k, model transformer; paper Sec. 4.2, 4.4) ------------
-    vocab_size: int = 8000  # joint source-target byte-level BPE vocabulary, trained on the training text
-    max_len: int = 128  # subwords kept per sentence
-    d_model: int = 256  # Transformer width (the base model's 512 halved)
-    heads: int = 4  # attention heads
-    layers: int = 3  # encoder and decoder layers each (see models/transformer.py for why 3)
-    d_ff: int = 1024  # feed-forward width
-    dropout: float = 0.1  # residual and embedding dropout (Vaswani et al. Sec. 5.4)
-    label_smoothing: float = 0.1  # Vaswani et al. Sec. 5.4 (the paper does not state it)
+    vocab_size: int = key(8000, PROBLEM)  # joint source-target byte-level BPE vocabulary, trained on the training text
+    max_len: int = key(128, PROBLEM)  # subwords kept per sentence
+    d_model: int = key(256, PROBLEM)  # Transformer width (the base model's 512 halved)
+    heads: int = key(4, PROBLEM)  # attention heads
+    layers: int = key(3, PROBLEM)  # encoder and decoder layers each (see models/transformer.py for why 3)
+    d_ff: int = key(1024, PROBLEM)  # feed-forward width
+    dropout: float = key(0.1, PROBLEM)  # residual and embedding dropout (Vaswani et al. Sec. 5.4)
+    label_smoothing: float = key(0.1, PROBLEM)  # Vaswani et al. Sec. 5.4 (the paper does not state it)
     # -- optimisation (paper Sec. 4.2 where it states a value; the rest is ours, as commented) ----
-    optimizer: str = "sgd"  # sgd (with momentum/nesterov below: the image recipe) | adam (the translation recipe); its state stays local
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adam: (beta1, beta2), Vaswani et al.'s
-    adam_eps: float = 1e-9  # adam: epsilon, Vaswani et al.'s
-    lr_schedule: str = "step"  # step: warm-up, then lr / decay_factor at decay_fractions (base_lr, warmup_*) | inverse_sqrt: Vaswani et al.'s, one phase
-    warmup_steps: int = 4000  # inverse_sqrt: warm-up steps at global mini-batch 64, scaled down linearly by n * batch_size / 64
-    lr_scale: float = 1.0  # inverse_sqrt: lr = lr_scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
-    epochs: float = 300.0  # training length in epochs of the whole training set
-    batch_size: int = 32  # local mini-batch per replica
-    base_lr: float = 0.1  # learning rate at global batch base_batch (linear scaling rule)
-    base_batch: int = 128  # global batch at which base_lr applies: peak lr = base_lr * n * batch_size / base_batch
-    warmup_epochs: float = 5.0  # linear warm-up from warmup_lr to the peak lr (part of phase 1)
-    warmup_lr: float = 0.1  # learning rate at iteration 0
-    decay_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])  # lr /= decay_factor when these fractions of samples are seen
-    decay_factor: float = 10.0  # divisor at each decay
-    momentum: float = 0.9  # local momentum (stays on the replica, never gossiped); 0 = plain SGD
-    nesterov: bool = True  # Nesterov momentum, no dampening
-    weight_decay: float = 1e-4  # L2 added to the gradient (our choice of 1e-4, the usual ResNet-20 value; the paper does not print it)
-    weight_decay_bn: bool = True  # true: weight decay on every parameter; false: none on normalisation layers' scale and shift (BN, LayerNorm)
+    optimizer: str = key("sgd", OPTIMIZATION)  # sgd (with momentum/nesterov below: the image recipe) | adam (the translation recipe); its state stays local
+    adam_betas: list[float] = key(factory=lambda: [0.9, 0.98], role=OPTIMIZATION, when={"optimizer": ("adam",)})  # adam: (beta1, beta2), Vaswani et al.'s
+    adam_eps: float = key(1e-9, OPTIMIZATION, when={"optimizer": ("adam",)})  # adam: epsilon, Vaswani et al.'s
+    lr_schedule: str = key("step", OPTIMIZATION)  # step: warm-up, then lr / decay_factor at decay_fractions (base_lr, warmup_*) | inverse_sqrt: Vaswani et al.'s, one phase
+    warmup_steps: int = key(4000, OPTIMIZATION, when={"lr_schedule": ("inverse_sqrt",)})  # inverse_sqrt: warm-up steps at global mini-batch 64, scaled down linearly by n * batch_size / 64
+    lr_scale: float = key(1.0, OPTIMIZATION, when={"lr_schedule": ("inverse_sqrt",)})  # inverse_sqrt: lr = lr_scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
+    epochs: float = key(300.0, OPTIMIZATION)  # training length in epochs of the whole training set
+    batch_size: int = key(32, OPTIMIZATION)  # local mini-batch per replica
+    base_lr: float = key(0.1, OPTIMIZATION, when={"lr_schedule": ("step",)})  # learning rate at global batch base_batch (linear scaling rule)
+    base_batch: int = key(128, OPTIMIZATION, when={"lr_schedule": ("step",)})  # global batch at which base_lr applies: peak lr = base_lr * n * batch_size / base_batch
+    warmup_epochs: float = key(5.0, OPTIMIZATION, when={"lr_schedule": ("step",)})  # linear warm-up from warmup_lr to the peak lr (part of phase 1)
+    warmup_lr: float = key(0.1, OPTIMIZATION, when={"lr_schedule": ("step",)})  # learning rate at iteration 0
+    decay_fractions: list[float] = key(factory=lambda: [0.5, 0.75], role=OPTIMIZATION)  # lr /= decay_factor when these fractions of samples are seen
+    decay_factor: float = key(10.0, OPTIMIZATION, when={"lr_schedule": ("step",)})  # divisor at each decay
+    momentum: float = key(0.9, OPTIMIZATION, when={"optimizer": ("sgd",)})  # local momentum (stays on the replica, never gossiped); 0 = plain SGD
+    nesterov: bool = key(True, OPTIMIZATION, when={"optimizer": ("sgd",)})  # Nesterov momentum, no dampening
+    weight_decay: float = key(1e-4, OPTIMIZATION)  # L2 added to the gradient (our choice of 1e-4, the usual ResNet-20 value; the paper does not print it)
+    weight_decay_bn: bool = key(True, OPTIMIZATION)  # true: weight decay on every parameter; false: none on normalisation layers' scale and shift (BN, LayerNorm)
     # -- consensus policy per phase (phase k = between decay k-1 and k) ------------------
-    policies: list[str] = field(default_factory=lambda: ["gossip", "gossip", "gossip"])  # one per phase: allreduce | gossip | target | adaptive | csgd (centralized SGD: gradients averaged)
-    target_factors: list[float] = field(default_factory=list)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
-    reference_trace: str = ""  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
-    reference_traces: list[str] = field(default_factory=list)  # per phase ("" where no target): the reference of each target phase, when they differ (Table 5); empty = reference_trace for all
-    control_signal: str = "xi"  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
-    max_gossip_steps: int = 50  # cap on gossip steps per iteration under control; iterations that hit it are counted
-    measure_every: int = 1  # measure the exact Xi (before and after communication) every this many iterations; 0 = never
-    phi_ema_beta: float = 0.9  # EMA(phi) = beta EMA + (1 - beta) phi, restarted at each phase
+    policies: list[str] = key(factory=lambda: ["gossip", "gossip", "gossip"], role=CONSENSUS)  # one per phase: allreduce | gossip | target | adaptive | csgd (centralized SGD: gradients averaged)
+    target_factors: list[float] = key(factory=list, role=CONSENSUS)  # per phase: target = factor x Xi_max (target) or x EMA(phi) (adaptive); empty = all 1
+    reference_trace: str = key("", INPUT)  # trace of the uncontrolled reference run whose per-phase Xi_max the target policy uses
+    reference_traces: list[str] = key(factory=list, role=INPUT)  # per phase ("" where no target): the reference of each target phase, when they differ (Table 5); empty = reference_trace for all
+    control_signal: str = key("xi", CONSENSUS)  # xi: exact Xi (research mode) | theta: the Theta bound, scalars only (practical mode, Sec. 5)
+    max_gossip_steps: int = key(50, CONSENSUS)  # cap on gossip steps per iteration under control; iterations that hit it are counted
+    measure_every: int = key(1, OBSERVATION)  # measure the exact Xi (before and after communication) every this many iterations; 0 = never
+    phi_ema_beta: float = key(0.9, CONSENSUS)  # EMA(phi) = beta EMA + (1 - beta) phi, restarted at each phase
     # -- evaluation and output ------------------------------------------------------------
-    eval_every: int = 1  # evaluate every this many epochs (and at the end)
-    local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
-    trace_flush_seconds: float = 30.0  # the trace is flushed every epoch and at least this often
-    max_iterations: int = 0  # stop after this many iterations (0 = run to the end); for smoke tests
+    eval_every: int = key(1, OBSERVATION)  # evaluate every this many epochs (and at the end)
+    local_eval_samples: int = key(0, OBSERVATION)  # test images per local-model evaluation; 0 = the whole test set
+    trace_flush_seconds: float = key(30.0, RESOURCES)  # the trace is flushed every epoch and at least this often
+    max_iterations: int = key(0, STOP)  # stop after this many iterations (0 = run to the end); for smoke tests
     # -- sharpness (top Hessian eigenvalue of the training loss, Zhu et al.) -----------------
-    sharpness_every: int = 0  # measure lambda_max every this many epochs and at the end (0 = never)
-    sharpness_samples: int = 1000  # training images in the fixed, seeded subset (no augmentation, BN in eval mode)
-    sharpness_method: str = "lanczos"  # lanczos | power: iteration on Hessian-vector products
-    sharpness_tol: float = 1e-3  # relative tolerance at which lambda_max counts as converged
-    sharpness_max_hvps: int = 100  # cap on Hessian-vector products per lambda_max
-    sharpness_trace_probes: int = 0  # Hutchinson probes for the Hessian trace (0 = no trace estimate)
-    sharpness_replica: int = 0  # global id of the local model measured besides the averaged one (-1 = none)
+    sharpness_every: int = key(0, MEASUREMENT)  # measure lambda_max every this many epochs and at the end (0 = never)
+    sharpness_samples: int = key(1000, MEASUREMENT)  # training images in the fixed, seeded subset (no augmentation, BN in eval mode)
+    sharpness_method: str = key("lanczos", MEASUREMENT)  # lanczos | power: iteration on Hessian-vector products
+    sharpness_tol: float = key(1e-3, MEASUREMENT)  # relative tolerance at which lambda_max counts as converged
+    sharpness_max_hvps: int = key(100, MEASUREMENT)  # cap on Hessian-vector products per lambda_max
+    sharpness_trace_probes: int = key(0, MEASUREMENT)  # Hutchinson probes for the Hessian trace (0 = no trace estimate)
+    sharpness_replica: int = key(0, MEASUREMENT)  # global id of the local model measured besides the averaged one (-1 = none)
     # -- checkpoints ----------------------------------------------------------------------
-    checkpoint_minutes: float = 30.0  # periodic checkpoint at least this often (0 = only at phase ends and stops)
-    keep_checkpoints: int = 3  # periodic checkpoints kept (phase-end checkpoints are kept always)
-    branch_from: str = ""  # start from another run's phase checkpoint (e.g. a centralized run's phase 1)
+    checkpoint_minutes: float = key(30.0, SAVING)  # periodic checkpoint at least this often (0 = only at phase ends and stops)
+    keep_checkpoints: int = key(3, SAVING)  # periodic checkpoints kept (phase-end checkpoints are kept always)
+    branch_from: str = key("", START)  # start from another run's phase checkpoint (e.g. a centralized run's phase 1)
 
     # -- derived --------------------------------------------------------------------------
     def replicas_per_rank(self, ranks: int) -> int:
@@ -141,18 +194,32 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 DEFAULTS = Config().to_dict()
 
 
-TRANSFORMER_KEYS = ("vocab_size", "max_len", "d_model", "heads", "layers", "d_ff", "dropout", "label_smoothing")
-STEP_SCHEDULE_KEYS = ("base_lr", "base_batch", "warmup_epochs", "warmup_lr", "decay_factor")
+ROLES = {name: f.metadata["role"] for name, f in FIELDS.items()}
+
+
+def keys_with_role(**facets: bool) -> tuple[str, ...]:
+    """The keys (in Config's order) whose role has these facet values, e.g. keys_with_role(resume=True)."""
+    return tuple(k for k, r in ROLES.items() if all(getattr(r, f) == v for f, v in facets.items()))
+
+
+RESUME_MAY_DIFFER = keys_with_role(resume=True)  # compat.RESUME_MUST_MATCH_EXCEPT
+BRANCH_MUST_MATCH = keys_with_role(branch=True)  # compat
+REFERENCE_MUST_MATCH = keys_with_role(reference=True)  # consensus.reference_xi_max
+NOT_IDENTITY = keys_with_role(identity=False)  # analysis.runs.identity leaves them out
+# The campaign's "same run" (a finished run is the plan's run) compares the identity (less its bookkeeping keys) and
+# which run of the experiment it is.
+SAME_RUN_EXCEPT = tuple(k for k, r in ROLES.items() if not (r.identity or r.run) or r.bookkeeping)
 
 
 def inapplicable_keys(cfg: dict) -> frozenset:
     """The keys of a run's config (as its trace stores it) that nothing reads under the rest of it: the other
-    optimizer's hyper-parameters, the other schedule's, the Transformer's for an image model and the width for
-    the Transformer. Tables leave them out, so that they neither label nor split an experiment."""
-    out = set(("momentum", "nesterov") if cfg.get("optimizer", "sgd") == "adam" else ("adam_betas", "adam_eps"))
-    out |= set(STEP_SCHEDULE_KEYS if cfg.get("lr_schedule", "step") == "inverse_sqrt" else ("warmup_steps", "lr_scale"))
-    out |= {"width"} if cfg.get("model") == "transformer" else set(TRANSFORMER_KEYS)
-    return frozenset(out)
+    optimizer's hyper-parameters, the other schedule's (a field's `when`), the keys of other workloads (the
+    Transformer's for an image model, the width for the Transformer: workloads.spec). Tables leave them out, so
+    that they neither label nor split an experiment."""
+    full = {**DEFAULTS, **cfg}
+    out = {k for k, f in FIELDS.items() if any(full.get(w) not in vals for w, vals in f.metadata.get("when", {}).items())}
+    spec = spec_of(full.get("dataset")) or next((s for s in SPECS.values() if full.get("model") in s.models), None)
+    return frozenset(out | (workload_keys() - set(spec.keys if spec else ())))
 
 
 def _coerce(key: str, value):
@@ -270,14 +337,7 @@ def reference_for_phase(cfg, k: int) -> str:
 def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, refused before any work (no MPI collective, no file opened here). What lives
     outside the config (data directory, reference traces, branch_from) is preflight.check_inputs'."""
-    # The value lists live with the modules that use them, which import torch: imported here, not at the
-    # top, so that importing this module (DEFAULTS for the analysis tables, `python -m hpc_dsgd --help`) stays
-    # torch-free.
-    from .data import DATASETS
-    from .execution import EXECS
-    from .models import MODELS
-    from .optim import OPTIMIZERS
-    from .topology import Topology
+    from .topology import Topology  # numpy only: validation imports no torch (the workloads' facts: workloads/spec.py)
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -288,24 +348,14 @@ def validate(cfg: Config, ranks: int) -> None:
          f"of the rank count (e.g. n={ranks * max(1, round(cfg.n / ranks))}), or use a rank count dividing {cfg.n}")
     need(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: choose auto, cpu or cuda")
     need(cfg.torch_threads >= 1, f"torch_threads={cfg.torch_threads}: need >= 1")
-    need(cfg.replica_exec in EXECS, f"replica_exec={cfg.replica_exec!r}: choose one of {', '.join(EXECS)}")
+    need(cfg.replica_exec in REPLICA_EXECS, f"replica_exec={cfg.replica_exec!r}: choose one of {', '.join(REPLICA_EXECS)}")
     need(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
-    need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
-    translation = cfg.dataset == "multi30k"
-    if translation:
-        need(cfg.model == "transformer", f"model={cfg.model!r}: dataset multi30k (translation) trains model 'transformer'")
-    else:
-        need(cfg.model in MODELS, f"model={cfg.model!r}: choose one of {', '.join(MODELS)} for dataset {cfg.dataset!r}"
-             + (" (transformer is the multi30k model)" if cfg.model == "transformer" else ""))
-    need(cfg.vocab_size >= 259, f"vocab_size={cfg.vocab_size}: byte-level BPE needs at least 259 (256 bytes + 3 specials)")
-    need(cfg.max_len >= 1, f"max_len={cfg.max_len}: need >= 1 subword per sentence")
-    need(cfg.d_model >= 2 and cfg.d_model % 2 == 0 and cfg.heads >= 1 and cfg.d_model % cfg.heads == 0,
-         f"d_model={cfg.d_model}, heads={cfg.heads}: need an even d_model that is a multiple of heads (e.g. 256 and 4)")
-    need(cfg.layers >= 1 and cfg.d_ff >= 1, f"layers={cfg.layers}, d_ff={cfg.d_ff}: need >= 1 each")
-    need(0 <= cfg.dropout < 1, f"dropout={cfg.dropout}: need 0 <= dropout < 1")
-    need(0 <= cfg.label_smoothing < 1, f"label_smoothing={cfg.label_smoothing}: need 0 <= label_smoothing < 1")
+    spec = spec_of(cfg.dataset)
+    need(spec is not None, f"dataset={cfg.dataset!r}: choose one of {', '.join(SPECS)}")
+    for problem in spec.validate(cfg):  # the workload's own keys (model, width, the Transformer's, sharpness)
+        need(False, problem)
     need(cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     need(len(cfg.adam_betas) == 2 and all(0 <= b < 1 for b in cfg.adam_betas),
          f"adam_betas={cfg.adam_betas}: need two values in [0, 1), e.g. [0.9, 0.98]")
@@ -316,10 +366,6 @@ def validate(cfg: Config, ranks: int) -> None:
     if cfg.lr_schedule == "inverse_sqrt":
         need(not cfg.decay_fractions, f"decay_fractions={cfg.decay_fractions}: lr_schedule inverse_sqrt has no decays "
              "(the whole of training is one phase); set decay_fractions = [] and one policy")
-    if translation:
-        need(cfg.sharpness_every == 0, f"sharpness_every={cfg.sharpness_every}: the sharpness study is for image "
-             "classification; set sharpness_every = 0 for multi30k")
-    need(cfg.width > 0, f"width={cfg.width}: need a positive width factor")
     need(cfg.epochs > 0, f"epochs={cfg.epochs}: need a positive number of epochs")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: need >= 1")
     need(cfg.base_lr > 0, f"base_lr={cfg.base_lr}: the learning rate must be positive")

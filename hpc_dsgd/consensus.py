@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .comm import Gossiper, World, allreduce_scalars, average_rows, global_mean
-from .config import DEFAULTS, reference_for_phase
+from .config import DEFAULTS, REFERENCE_MUST_MATCH, inapplicable_keys, reference_for_phase
 from .topology import gossip_steps_needed
 from .trace import TraceError, read_trace
 
@@ -216,9 +216,9 @@ class GossipCounter:
         return s
 
 
-# What a reference run must share with the controlled run for its Xi_max to be this experiment's.
-REFERENCE_MUST_MATCH = ("n", "topology", "dataset", "model", "width", "batch_size", "epochs", "decay_fractions",
-                        "lr_schedule")
+# What a reference run must share with the controlled run for its Xi_max to be this experiment's (config.Role
+# reference): the seed, the problem (n, data, model), the optimisation (optimizer, rates and schedule, momentum,
+# Nesterov, weight decay) and the graph; keys nothing reads under the controlled run's config are not compared.
 
 
 def reference_xi_max(cfg) -> dict[int, float]:
@@ -229,8 +229,10 @@ def reference_xi_max(cfg) -> dict[int, float]:
     topology, data, model, schedule) and must have run plain gossip in phase k, and measured Xi there. For a
     dec-phase-k run that is the dec-phase-k Xi_max run (All-Reduce elsewhere), whose phase k starts from
     consensus as the controlled run's does; an all-gossip run is accepted too, but its phase-k maximum carries
-    the previous phase's distance, so the target may never bind: the trace's /phase/ rows say so (bound_its)."""
+    the previous phase's distance, so the target may never bind: the trace's /phase/ rows say so (bound_its).
+    A value read from it is used only if it makes sense: a finite Xi_max >= 0 of a complete phase k."""
     out, traces = {}, {}
+    unread = inapplicable_keys(cfg.to_dict())
     for k, pol in enumerate(cfg.policies, start=1):
         if pol != "target":
             continue
@@ -240,7 +242,7 @@ def reference_xi_max(cfg) -> dict[int, float]:
         tr = traces[path]
         ref = tr.config
         diffs = [f"{key}: reference={ref.get(key, DEFAULTS[key])!r} this run={getattr(cfg, key)!r}"
-                 for key in REFERENCE_MUST_MATCH if ref.get(key, DEFAULTS[key]) != getattr(cfg, key)]
+                 for key in REFERENCE_MUST_MATCH if key not in unread and ref.get(key, DEFAULTS[key]) != getattr(cfg, key)]
         if diffs:
             raise TraceError(f"reference_trace {path!r} (phase {k}) is from a different experiment: " + "; ".join(diffs))
         ref_pol = ref.get("policies", [])
@@ -252,11 +254,15 @@ def reference_xi_max(cfg) -> dict[int, float]:
         if ph is None or xm is None:
             raise TraceError(f"reference_trace {path!r} has no per-phase xi_max (was it run with measure_every > 0?)")
         complete = tr.phase.get("complete", [1] * len(ph))
-        got = {int(a): float(b) for a, b, c in zip(ph, xm, complete) if math.isfinite(b) and c}
-        if k not in got:
+        got = [float(b) for a, b, c in zip(ph, xm, complete) if a == k and c == 1]
+        if not got or ref.get("measure_every", DEFAULTS["measure_every"]) == 0:
             raise TraceError(f"reference_trace {path!r} has no Xi_max for phase {k}: its run must have gossiped and "
                              "measured Xi (measure_every > 0) through that phase, to its end")
-        out[k] = got[k]
+        if not (math.isfinite(got[-1]) and got[-1] >= 0):
+            raise TraceError(f"reference_trace {path!r}: /phase/xi_max of phase {k} is {got[-1]!r}: a maximum consensus "
+                             "distance is a finite number >= 0 (a damaged trace, or not a trace of hpc_dsgd); use the "
+                             f"trace of the uncontrolled dec-phase-{k} run of this experiment")
+        out[k] = got[-1]
     return out
 
 

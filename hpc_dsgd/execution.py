@@ -32,9 +32,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .config import REPLICA_EXECS as EXECS  # the config values of replica_exec (declared there)
 from .models.resnet import CifarResNet
-
-EXECS = ("batched", "loop")  # config values of replica_exec
 
 
 def float_buffers(module: nn.Module) -> list[tuple[str, torch.Tensor]]:

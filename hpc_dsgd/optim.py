@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import OPTIMIZERS  # the config values of optimizer (declared there)
+
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
 
 
@@ -33,8 +35,6 @@ def _decay(opt, P: torch.Tensor, G: torch.Tensor) -> None:
         G.addcmul_(P, opt.wd_row)
     elif opt.wd:
         G.add_(P, alpha=opt.wd)
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 class LocalSGD:

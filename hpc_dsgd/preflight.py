@@ -17,19 +17,14 @@ import torch
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import check_dataset
-from .data.imagenet32 import prepare_imagenet32
-from .data.multi30k import load_multi30k
 from .resume import resolve_branch
+from .workloads.spec import spec_of
 
 # Environment variables through which launchers announce how many tasks they started, in the order
 # they are consulted (srun sets SLURM_STEP_NUM_TASKS for the step, SLURM_NTASKS for the job; Hydra
 # and srun --mpi=pmi2 set PMI_SIZE; Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE; MVAPICH MV2_...).
 LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
                       "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-# Training images per data set, to refuse batch_size x n larger than an epoch before loading the data.
-# ImageNet-32 and Multi30k are counted from the files (train_size), which the config check has read.
-TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000}
 
 
 @dataclass
@@ -73,26 +68,18 @@ def check_inputs(cfg, prepare_data: bool = True) -> Inputs:
 
 
 def train_size(cfg) -> int | None:
-    """Training samples of cfg's data set: the fixed sizes, else from the ImageNet-32 cache's manifest or
-    the Multi30k training file (DataError if they cannot be read); None where the config has no data_dir."""
-    if cfg.dataset in TRAIN_SIZES:
-        return TRAIN_SIZES[cfg.dataset]
-    if not cfg.data_dir:
-        return None
-    if cfg.dataset == "imagenet32":
-        return int(prepare_imagenet32(cfg.data_dir)[1]["arrays"]["train_y"]["shape"][0])
-    if cfg.dataset == "multi30k":
-        return len(load_multi30k(cfg.data_dir).train)
-    return None
+    """Training samples of cfg's data set, as its workload counts them (workloads.spec: fixed, or from the files;
+    DataError if they cannot be read); None where the config has no data_dir to count from."""
+    return spec_of(cfg.dataset).count_train(cfg)
 
 
 def check_data_size(cfg) -> None:
     """ConfigError unless an epoch of cfg's data set has at least one iteration of n x batch_size samples."""
     size = train_size(cfg)
     if size is not None and size // (cfg.n * cfg.batch_size) < 1:
-        what = "sentence pairs" if cfg.dataset == "multi30k" else "images"
         raise ConfigError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the {size} "
-                          f"training {what} of {cfg.dataset}" + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
+                          f"training {spec_of(cfg.dataset).samples} of {cfg.dataset}"
+                          + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
                           f": an epoch would have no iteration; use batch_size <= {max(size // cfg.n, 1)} for "
                           f"n={cfg.n}, or a smaller n")
 
@@ -125,8 +112,10 @@ def check_run(cfg, ranks: int) -> None:
                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): "
                           f"use device='auto' or 'cpu', or run on a GPU node")
     check_data_size(cfg)
-    if cfg.dataset == "cifar10" and cfg.data_dir:
-        _check_cifar10_md5(cfg.data_dir)
+    try:
+        spec_of(cfg.dataset).check_integrity(cfg)  # CIFAR-10: every file's MD5
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check_out_dir(cfg.out_dir, cfg.name)
 
 
@@ -153,15 +142,3 @@ def check_out_dir(out_dir: str, name: str) -> None:
                           f"{reason}; choose another out_dir") from None
 
 
-def _check_cifar10_md5(root: str) -> None:
-    """torchvision's MD5 of every official CIFAR-10 file, before any work (the loader checks again)."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
-
-    folder = os.path.join(os.path.abspath(os.path.expanduser(root)), CIFAR10.base_folder)
-    for fname, md5 in CIFAR10.train_list + CIFAR10.test_list:
-        fpath = os.path.join(folder, fname)
-        if os.path.isfile(fpath) and not check_integrity(fpath, md5):
-            raise ConfigError(f"data_dir={root!r}: {fpath} fails its MD5 check (corrupt, truncated or not the official "
-                              f"CIFAR-10 file): copy cifar-10-batches-py/ again from a download by "
-                              f"torchvision.datasets.CIFAR10(DIR, download=True)")

@@ -12,10 +12,11 @@ from .checkpoint import CheckpointError, list_checkpoints, read_manifest, verify
 from .rundir import RunDir
 
 
-def resolve_resume(run_dir: str, spec: str, check: Callable[[str, dict], None] | None = None
+def resolve_resume(run_dir: str, spec: str, check: Callable[[str, dict], None] | None = None, sizes=None
                    ) -> tuple[str | None, list[tuple[str, str]]]:
     """Which checkpoint to resume from: (path or None, [(skipped path, reason), ...]).
 
+    sizes: the model-size check verify_checkpoint applies (compat.model_sizes).
     check(path, manifest), if given, raises CheckpointError for a checkpoint the caller cannot use (train: a
     meta.loop of the wrong shape, observers.check_loop), which "auto" then skips like a damaged one.
     spec "auto": the newest checkpoint of run_dir that verifies, skipping (and reporting) broken ones;
@@ -28,7 +29,7 @@ def resolve_resume(run_dir: str, spec: str, check: Callable[[str, dict], None] |
         skipped = []
         for path in paths:
             try:
-                man = verify_checkpoint(path)
+                man = verify_checkpoint(path, sizes=sizes)
                 if check is not None:
                     check(path, man)
                 return path, skipped
@@ -44,7 +45,7 @@ def resolve_resume(run_dir: str, spec: str, check: Callable[[str, dict], None] |
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {spec}: no such directory (nor {inside}); "
                               f"use --resume auto or a ckpt-XXXXXXXXX directory")
-    man = verify_checkpoint(path)
+    man = verify_checkpoint(path, sizes=sizes)
     if check is not None:
         check(path, man)
     return path, []

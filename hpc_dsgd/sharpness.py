@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
-from .compat import saved_config
+from .compat import model_sizes, saved_config
 from .config import FIELDS, ConfigError, from_dict
 from .data import load_dataset
 from .data.augment import normalise
 from .models import build_model
 from .preflight import check_inputs
+from .workloads.spec import sharpness_datasets, spec_of
 
 CHUNK = 250  # images per forward/double-backward pass
 
@@ -315,7 +316,7 @@ def main(argv: list[str]) -> int:
             for opt, v, lo in (("--samples", args.samples, 1), ("--max-hvps", args.max_hvps, 2), ("--probes", args.probes, 0)):
                 if v is not None and v < lo:
                     raise ConfigError(f"{opt} {v}: need >= {lo}")
-            man = verify_checkpoint(args.checkpoint)
+            man = verify_checkpoint(args.checkpoint, sizes=model_sizes)
             cfg_d = saved_config(man["meta"])
             cfg_d = {k: v for k, v in cfg_d.items() if k in _config_fields()}
             over = {"sharpness_samples": args.samples, "sharpness_method": args.method, "sharpness_tol": args.tol,
@@ -327,9 +328,9 @@ def main(argv: list[str]) -> int:
                 raise ConfigError(f"--replica {args.replica}: the checkpoint holds replicas 0..{int(cfg_d.get('n', 0)) - 1}")
             cfg = from_dict(cfg_d, ranks=1)
             check_inputs(cfg)  # the data (and what else the run named: references, branch_from)
-            if cfg.dataset == "multi30k":
-                raise ConfigError(f"{args.checkpoint} is a multi30k (translation) run: the sharpness study measures "
-                                  "image-classification checkpoints (digits, cifar10, imagenet32)")
+            if not spec_of(cfg.dataset).supports_sharpness:
+                raise ConfigError(f"{args.checkpoint} is a {cfg.dataset} ({spec_of(cfg.dataset).task}) run: the sharpness "
+                                  f"study measures checkpoints of {', '.join(sharpness_datasets())}")
             ntrain = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_y)
             if cfg.sharpness_samples > ntrain:
                 raise ConfigError(f"--samples {cfg.sharpness_samples}: the training set has {ntrain} images; "

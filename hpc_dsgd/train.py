@@ -29,7 +29,7 @@ from mpi4py import MPI
 from . import __version__
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint_collective, verify_checkpoint
 from .comm import Gossiper, World, allreduce_scalars, make_world
-from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible
+from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible, model_sizes
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .faults import fault_point
 from .fileio import atomic_write_text
@@ -93,14 +93,14 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if world.rank == 0:
         try:
             if resume:
-                path, skipped = resolve_resume(run_dir, resume, check=_check_loop)
+                path, skipped = resolve_resume(run_dir, resume, check=_check_loop, sizes=model_sizes)
                 for bad, why in skipped:
                     log(f"hpc_dsgd: skipping damaged checkpoint {bad}: {why}")
                 how = "resume" if path else how
             if path is None and cfg.branch_from:
                 path, how = resolve_branch(cfg.branch_from), "branch"
             if path:
-                man = verify_checkpoint(path)
+                man = verify_checkpoint(path, sizes=model_sizes)
                 _check_loop(path, man)
                 if how == "resume":
                     diffs = check_compatible(man["meta"], cfg.to_dict(), exclude=RESUME_MUST_MATCH_EXCEPT + ("branch_from",))

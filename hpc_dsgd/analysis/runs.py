@@ -25,17 +25,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..config import DEFAULTS, inapplicable_keys
+from ..config import DEFAULTS, NOT_IDENTITY, inapplicable_keys
 from ..trace import GROUPS, TraceError, parse_config, read_trace
 
-# Config keys that do not identify an experiment: changing them cannot change a result (or they are
-# per-run bookkeeping such as paths). Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
-NON_IDENTIFYING = frozenset({
-    "seed", "name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
-    "reference", "reference_trace", "reference_traces", "reference_run", "resume", "resume_from", "branch_from",
-    "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
-    "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
-})
+# Config keys that do not identify an experiment: the config's keys whose role says so (config.NOT_IDENTITY: the
+# seed, paths, resources, measurements, other runs' files), and keys of older configs that named inputs. Keys ending
+# in one of NON_IDENTIFYING_SUFFIXES are also ignored.
+NON_IDENTIFYING = frozenset(NOT_IDENTITY) | {"reference", "reference_run", "resume", "resume_from"}
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
 # Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
 MAIN_KEYS = ("dataset", "model", "n", "topology", "momentum", "epochs", "policies", "target_factors")

@@ -97,22 +97,23 @@ def slice_2d(model, d1: torch.Tensor, d2: torch.Tensor, alphas, betas, batches) 
 def averaged_model(checkpoint: str, data_dir: str | None = None):
     """(config, model holding the checkpoint's averaged row, data) in one process, on the CPU."""
     from ..checkpoint import load_checkpoint, verify_checkpoint
-    from ..compat import saved_config
+    from ..compat import model_sizes, saved_config
     from ..config import FIELDS, from_dict
     from ..data import load_dataset
     from ..models import build_model
     from ..preflight import check_inputs
     from ..sharpness import load_row
+    from ..workloads.spec import sharpness_datasets, spec_of
 
-    man = verify_checkpoint(checkpoint)
+    man = verify_checkpoint(checkpoint, sizes=model_sizes)
     cfg_d = {k: v for k, v in saved_config(man["meta"]).items() if k in FIELDS}
     if data_dir:
         cfg_d["data_dir"] = data_dir
     cfg = from_dict(cfg_d, ranks=1)
     check_inputs(cfg)  # the data (and what else the run named: references, branch_from)
-    if cfg.dataset == "multi30k":
-        raise ValueError(f"{checkpoint} is a multi30k (translation) run: loss surfaces are drawn for "
-                         "image-classification checkpoints (digits, cifar10, imagenet32)")
+    if not spec_of(cfg.dataset).supports_sharpness:  # the same measurement set-up as the sharpness study
+        raise ValueError(f"{checkpoint} is a {cfg.dataset} ({spec_of(cfg.dataset).task}) run: loss surfaces are drawn "
+                         f"for checkpoints of {', '.join(sharpness_datasets())}")
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
     _, tensors, _, _ = load_checkpoint(checkpoint, list(range(cfg.n)), "cpu", verify=False)
     row = tensors["X"].to(torch.float64).mean(0)

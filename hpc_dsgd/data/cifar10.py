@@ -79,3 +79,18 @@ def load_cifar10(root: str) -> ImageData:
         std=CIFAR10_STD,
         num_classes=10,
     )
+
+
+def check_md5(root: str) -> None:
+    """torchvision's MD5 of every official CIFAR-10 file present under ``root`` (DataError naming the first that
+    fails), before any work; the loader checks again."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    folder = os.path.join(os.path.abspath(os.path.expanduser(root)), CIFAR10.base_folder)
+    for fname, md5 in CIFAR10.train_list + CIFAR10.test_list:
+        fpath = os.path.join(folder, fname)
+        if os.path.isfile(fpath) and not check_integrity(fpath, md5):
+            raise DataError(f"data_dir={root!r}: {fpath} fails its MD5 check (corrupt, truncated or not the official "
+                            f"CIFAR-10 file): copy cifar-10-batches-py/ again from a download by "
+                            f"torchvision.datasets.CIFAR10(DIR, download=True)")

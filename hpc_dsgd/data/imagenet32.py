@@ -528,3 +528,8 @@ def verify_cache(root: str) -> None:
         if hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() != rec["sha256_data"]:
             raise DataError(f"ImageNet-32 cache file {os.path.join(cdir, key)}.npy does not match its checksum; "
                             f"delete {cdir} to rebuild it")
+
+
+def train_count(root: str) -> int:
+    """Training images of the ImageNet-32 files under ``root``, from the cache's manifest (built if not current)."""
+    return int(prepare_imagenet32(root)[1]["arrays"]["train_y"]["shape"][0])

@@ -315,3 +315,8 @@ class EncodedPairs:
         idx = list(range(len(self))) if indices is None else [int(i) for i in indices]
         for a in range(0, len(idx), batch_size):
             yield self.batch(idx[a:a + batch_size])
+
+
+def train_count(root: str) -> int:
+    """Training sentence pairs of the Multi30k files under ``root`` (read and checked as load_multi30k does)."""
+    return len(load_multi30k(root).train)

@@ -18,18 +18,21 @@ workload supplies only what differs between tasks (the Workload protocol below):
   describe(metrics)      the evaluation's part of the progress line.
 
 Workloads: ImageClassification (digits, cifar10, imagenet32; ResNet-20 at any width, small_cnn) and
-Translation (multi30k; the Transformer). How to add one: see the README, "Adding a workload".
+Translation (multi30k; the Transformer). What a data set's workload answers without training (its keys, inputs,
+sizes, models, figures) is its WorkloadSpec in spec.py, registered once per data set; this package imports no
+torch until a workload class is named. How to add one: docs/adding_a_workload.md.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
+from .spec import SPECS, WorkloadSpec, register, spec_of
 
-from ..optim import LocalAdam, LocalSGD
-from ..schedule import Schedule
-from .image import ImageClassification
-from .translation import Translation
+if TYPE_CHECKING:  # this package imports no torch: config validation and the tables read spec.py through it
+    import torch
+
+    from ..optim import LocalAdam, LocalSGD
+    from ..schedule import Schedule
 
 
 class Workload(Protocol):
@@ -39,7 +42,6 @@ class Workload(Protocol):
     class with these members (structural typing: no base class to inherit)."""
 
     name: ClassVar[str]  # trace attribute "workload"
-    datasets: ClassVar[tuple[str, ...]]  # the config's `dataset` values it trains on
     samples: ClassVar[str]  # what one training sample is called ("images", "sentences"): throughput column
     capturable: ClassVar[bool]  # fixed shapes: the local step can be captured as one CUDA graph
     num_train: int  # training samples (the epoch permutation's length)
@@ -65,15 +67,12 @@ class Workload(Protocol):
     def describe(metrics: dict | None) -> str: ...
 
 
-WORKLOADS: dict[str, type[Workload]] = {"image": ImageClassification, "translation": Translation}
-
-
 def workload_of(dataset: str) -> type[Workload]:
-    """The workload class that trains on `dataset`."""
-    for cls in WORKLOADS.values():
-        if dataset in cls.datasets:
-            return cls
-    raise ValueError(f"no workload trains on dataset {dataset!r}")
+    """The workload class that trains on `dataset` (its spec's, imported now)."""
+    spec = spec_of(dataset)
+    if spec is None:
+        raise ValueError(f"no workload trains on dataset {dataset!r}; choose one of {', '.join(SPECS)}")
+    return spec.workload_class()
 
 
 def make_workload(cfg, world, run_dir: str, how: str = "fresh") -> Workload:
@@ -82,4 +81,17 @@ def make_workload(cfg, world, run_dir: str, how: str = "fresh") -> Workload:
     return workload_of(cfg.dataset).load(cfg, world, run_dir, how)
 
 
-__all__ = ["WORKLOADS", "ImageClassification", "Translation", "Workload", "make_workload", "workload_of"]
+def __getattr__(name: str):  # the workload classes, imported (with torch) when first named
+    if name == "ImageClassification":
+        from .image import ImageClassification
+
+        return ImageClassification
+    if name == "Translation":
+        from .translation import Translation
+
+        return Translation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SPECS", "ImageClassification", "Translation", "Workload", "WorkloadSpec", "make_workload", "register",
+           "spec_of", "workload_of"]

@@ -18,7 +18,6 @@ from ..schedule import Schedule
 
 class ImageClassification:
     name = "image"
-    datasets = ("digits", "cifar10", "imagenet32")
     samples = "images"  # throughput column: images_per_s
     capturable = True  # fixed shapes: the local step can be one CUDA graph
 

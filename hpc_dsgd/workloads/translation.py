@@ -93,7 +93,6 @@ def evaluate_bleu(model: Seq2SeqTransformer, tok: SubwordTokenizer, pairs: Encod
 
 class Translation:
     name = "translation"
-    datasets = ("multi30k",)
     samples = "sentences"  # throughput column: sentences_per_s
     capturable = False  # the padded length changes from iteration to iteration
 

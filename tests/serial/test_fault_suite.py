@@ -283,8 +283,9 @@ def other_experiment_trace(tmp, run):
     return str(run / "trace.h5")
 
 
-def fabricated_reference(tmp, **changes) -> str:
-    """A finished trace of the quickstart experiment (every phase measured), with `changes` to its config."""
+def fabricated_reference(tmp, xi_max=0.5, **changes) -> str:
+    """A finished trace of the quickstart experiment (every phase measured, Xi_max = xi_max), with `changes` to its
+    config."""
     from hpc_dsgd.config import load_config
     from hpc_dsgd.trace import TraceWriter
 
@@ -292,7 +293,7 @@ def fabricated_reference(tmp, **changes) -> str:
     path = str(tmp / "ref" / "trace.h5")
     w = TraceWriter(path, {"config_json": json.dumps(cfg)})
     for k in (1, 2, 3):
-        w.append("phase", phase=k, first_it=0, last_it=0, complete=1, xi_max=0.5)
+        w.append("phase", phase=k, first_it=0, last_it=0, complete=1, xi_max=xi_max)
     w.flush()
     w.set_attrs(status="finished")
     return path
@@ -455,6 +456,17 @@ CASES = [
     ref_case("reference-other-n-and-schedule", "the reference has the same n and schedule",
              ["target", "allreduce", "allreduce"], {"n": 16, "decay_fractions": [0.3, 0.6]},
              ["different experiment", "n: reference=16 this run=8", "decay_fractions"]),
+    ref_case("reference-other-base-lr", "a reference of another learning rate is another experiment (was accepted, "
+             "its Xi_max used)", ["target", "allreduce", "allreduce"], {"base_lr": 0.2},
+             ["different experiment", "base_lr: reference=0.2 this run=0.1"]),
+    ref_case("reference-other-momentum", "... and one of another momentum (was accepted)",
+             ["target", "allreduce", "allreduce"], {"momentum": 0.5}, ["different experiment", "momentum: reference=0.5 this run=0.9"]),
+    ref_case("reference-other-seed", "... and one of another seed: the dec-phase-k reference of the same seed",
+             ["target", "allreduce", "allreduce"], {"seed": 3}, ["different experiment", "seed: reference=3 this run=0"]),
+    ref_case("reference-xi-max-nan", "a NaN Xi_max read from the reference is named, not used (was: 'no Xi_max')",
+             ["target", "allreduce", "allreduce"], {"xi_max": float("nan")}, ["/phase/xi_max of phase 1 is nan", "finite"]),
+    ref_case("reference-xi-max-negative", "a negative Xi_max read from the reference is named (was used as the target)",
+             ["target", "allreduce", "allreduce"], {"xi_max": -0.5}, ["/phase/xi_max of phase 1 is -0.5", ">= 0"]),
     Case("reference-without-xi-max", "the reference run must have measured the phase's Xi_max",
          lambda tmp, run: (train_args(tmp / "out", "--set", 'policies=["target","gossip","gossip"]', "--set",
                                       f"reference_trace={run / 'trace.h5'}"), {},
