@@ -150,7 +150,7 @@ def _submit(plan: Plan, launcher: Launcher, state: State, r: Run, done: set, act
             say(f"{r.name}: {r.cfg['branch_from']} has no phase checkpoint (its run finished without it?)")
             return False
     after = [active[d] for d in r.deps if d not in done]
-    st = state.run(r.name)
+    st, resumes = state.run(r.name), os.path.isfile(r.trace)
     try:
         job = launcher.submit(r, train_argv(r, branch), after)
     except SubmitUncertain:
@@ -171,7 +171,7 @@ def _submit(plan: Plan, launcher: Launcher, state: State, r: Run, done: set, act
         say(f"submitted {r.name}: job {job}" + (f" (after {', '.join(waits)})" if waits else ""))
     else:
         say(f"started {r.name} ({r.config}" + (f", seed {r.seed}" if r.seed is not None else "")
-            + f", {plan.ranks} rank(s)" + (", resuming" if os.path.isfile(r.trace) else "") + f"), log {r.log}")
+            + f", {plan.ranks} rank(s)" + (", resuming" if resumes else "") + f"), log {r.log}")
     return True
 
 
