@@ -74,7 +74,8 @@ def report(plan, out_dir: str | None = None) -> int:
             fname = f"{name}.{ext}"
             atomic_write_text(os.path.join(out, fname), text + "\n")
             links.append(f"[{ext}]({fname})")
-        title = PRESETS[name].layout.title if name in PRESETS else OTHER_TABLES.get(name, "Every experiment of the plan")
+        title = (PRESETS[name].layout.title if name in PRESETS
+                 else OTHER_TABLES.get(name, "Every experiment of the plan"))
         index.append(f"- {title}: " + " · ".join(links))
     index += ["", "## Figures", ""]
     first = [r for r in have if r.seed == plan.seeds[0]]  # the figures show the first seed: one line per experiment

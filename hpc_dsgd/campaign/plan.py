@@ -10,8 +10,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from ..config import _read_toml  # config.read_toml once public (one line to change)
-from ..config import DEFAULTS, FIELDS, ConfigError, from_dict, parse_override
+# _read_toml: config.read_toml once that is public (the only private name of another module used here)
+from ..config import DEFAULTS, FIELDS, ConfigError, _read_toml, from_dict, parse_override
+from .traces import trace_status
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables", "slurm")
 EXIT_RECORD = "exit.json"  # RUN_DIR/exit.json: {job_id, restart, rc, error, time}, written by slurm/run.sbatch
@@ -69,7 +70,7 @@ class Plan:
 # ------------------------------------------------------------------------------------------------
 # Plans and the graph
 # ------------------------------------------------------------------------------------------------
-def _norm(path: str) -> str:
+def norm(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
@@ -177,7 +178,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
         except ConfigError as e:
             raise CampaignError(f"plan {path!r}: {e}") from None
         raw_of[cf] = raw
-        orig_dir[cf] = _norm(os.path.join(raw.get("out_dir", DEFAULTS["out_dir"]), raw.get("name", DEFAULTS["name"])))
+        orig_dir[cf] = norm(os.path.join(raw.get("out_dir", DEFAULTS["out_dir"]), raw.get("name", DEFAULTS["name"])))
         for s in seeds:
             data = dict(raw)
             for k, v, _ in parsed:
@@ -190,12 +191,12 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
                 extra += [f"seed={s}", f"name={_toml_value(name)}"]
             run_dir = os.path.join(data.get("out_dir", DEFAULTS["out_dir"]), name)
             r = Run(name, cf, s, os.path.normpath(run_dir), extra, data)
-            other = where.get(_norm(run_dir))
+            other = where.get(norm(run_dir))
             if other is not None:
                 raise CampaignError(f"plan {path!r}: run name {name!r} twice: {other.config} and {cf} (seed "
                                     f"{s if s is not None else data.get('seed', 0)}) would both write {run_dir}; "
                                     f"give one of them another name")
-            where[_norm(run_dir)] = r
+            where[norm(run_dir)] = r
             runs.append(r)
     inst = {(r.config, r.seed): r for r in runs}
     by_dir = {}  # a run directory as a config names it (its own out_dir, or the overridden one) -> config file
@@ -203,14 +204,14 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
         by_dir.setdefault(orig_dir[cf], cf)
         first = inst[(cf, seeds[0])]
         if seeds[0] in (None, 0):
-            by_dir.setdefault(_norm(first.run_dir), cf)
+            by_dir.setdefault(norm(first.run_dir), cf)
 
     # 2. dependencies: rewrite to the same seed's instance, or check that they are finished on disk
     for r in runs:
         raw = r.cfg
         for key, idx, p in dep_paths(raw):
             d, rest = split_dep(p)
-            cf = by_dir.get(_norm(d))
+            cf = by_dir.get(norm(d))
             if cf is not None:
                 dep = inst[(cf, r.seed)]
                 if dep is r:
@@ -246,7 +247,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
     try:
         common = os.path.commonpath(parents)
     except ValueError:  # absolute and relative out_dirs mixed
-        common = os.path.commonpath([_norm(p) for p in parents])
+        common = os.path.commonpath([norm(p) for p in parents])
     stem = os.path.splitext(os.path.basename(path))[0]
     tables = plan.get("tables")
     if tables is not None and (not isinstance(tables, list) or not all(isinstance(t, str) for t in tables)):
@@ -280,8 +281,6 @@ def _external_missing(p: str) -> str | None:
     if rest.startswith("checkpoints"):
         concrete = resolve_phase_checkpoint(p)
         return None if concrete and os.path.isdir(concrete) else f"no checkpoint {p}"
-    from .disk import trace_status
-
     status = trace_status(p)
     return None if status == "finished" else f"trace {p}: " + (f"status {status}" if status else "absent")
 
