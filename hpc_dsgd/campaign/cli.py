@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
             from ..analysis.report import report
 
             return report(plan, args.out)
+        _refuse_other_launchers_jobs(plan, args.launcher)
         options = launchers.Options(ranks=plan.ranks, parallel=args.parallel, sbatch_args=args.sbatch_args)
         return run(plan, launchers.get(args.launcher, plan, options), args.retries, args.rerun)
     except (ValueError, OSError) as e:  # CampaignError, ControllerError, a config's, a manifest's, a state file's
@@ -75,3 +76,17 @@ def _launcher_of_state(plan):
     if not name or name == "local" or name not in launchers.LAUNCHERS:
         return None
     return launchers.get(name, plan, launchers.Options(ranks=plan.ranks))
+
+
+def _refuse_other_launchers_jobs(plan, name: str) -> None:
+    """Another launcher's jobs of this plan still queued: running them here too would run them twice."""
+    from .state import State
+
+    prev = _launcher_of_state(plan)
+    if prev is None or prev.name == name:
+        return
+    active = [f"{n} ({job.describe(prev.label)})" for n, job in prev.poll(State(plan.state_path).runs).items()
+              if job.active]
+    if active:
+        raise CampaignError(f"run(s) of this plan are queued by --launcher {prev.name}: {', '.join(active)}; "
+                            f"continue with --launcher {prev.name}, or cancel those jobs first")

@@ -236,6 +236,8 @@ def test_sbatch_options_interpreter_and_pending_reason(tmp_path, monkeypatch, ca
     (tmp_path / "squeue.txt").write_text("101 PENDING PartitionConfig hpc_dsgd-ref\n")
     rc, out, err = cli(tmp_path, monkeypatch, capsys, "status", "plan.toml")
     assert "queued    SLURM job 101 PENDING (PartitionConfig)" in out, out
+    rc, out, err = cli(tmp_path, monkeypatch, capsys, "run", "plan.toml")  # the local launcher would run it twice
+    assert rc == 2 and "queued by --launcher slurm: ref (SLURM job 101 PENDING (PartitionConfig))" in err, out + err
     write(tmp_path, {}, 'configs = ["cfg/*.toml"]\n[slurm]\ngpus_per_task = "one"\n')
     rc, out, err = cli(tmp_path, monkeypatch, capsys, "status", "plan.toml")
     assert rc == 2 and err.count("\n") == 1 and "[slurm] gpus_per_task = 'one': need an integer >= 0" in err, err
