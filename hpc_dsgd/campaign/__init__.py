@@ -30,8 +30,11 @@ about a run is on disk, though: its trace's `status` attribute (finished, with t
 config: skipped), its run.lock (held by a live process: "running", never started twice), its
 checkpoints (`--resume auto` continues a stopped or killed run). A finished run whose config
 changed is refused, naming the keys, unless `--rerun NAME` (the old run directory is moved aside,
-nothing is deleted). A failed run is started again up to --retries times (counted across
-invocations; --rerun NAME resets the count).
+nothing is deleted). An attempt's outcome is its exit code alone: 0, 75 (stopped through its
+checkpoint: resumes), 73 (its run directory was in use by another live run), anything else failed; a
+run whose job ended without an exit code while a dependency was not finished (SLURM cancelled it)
+is blocked, not failed. A failed run is started again up to --retries times (counted once per
+attempt, across invocations; --rerun NAME resets the count).
 
 Layout: plan.py (plans, the graph), disk.py (what a run directory says; each run's kind; an attempt's outcome
 from its exit code), state.py (the state file), driver.py (one loop for every launcher; status), launchers/ (the
