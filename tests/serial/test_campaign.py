@@ -251,7 +251,7 @@ def run_pid(tmp, out_dir, name):
             st = json.load(f)["runs"].get(name, {})
     except (OSError, ValueError):
         return None
-    return st.get("pid") if st.get("status") == "running" else None
+    return int(st["job_id"]) if st.get("status") == "running" else None  # the local launcher's job id: the pid
 
 
 def assert_traces_equal(a, b):
