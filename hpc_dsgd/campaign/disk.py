@@ -17,7 +17,7 @@ from ..config import DEFAULTS
 from ..fileio import FileFormatError, read_json_bounded
 from ..runlock import LOCKED_EXIT_CODE, RunLock
 from ..signals import REQUEUE_EXIT_CODE
-from .plan import Plan, Run, norm, resolve_phase_checkpoint
+from .plan import Plan, Run, norm, phase_alias, resolve_phase_checkpoint, split_dep
 from .traces import trace_progress
 
 # Keys that may differ between a finished run and the plan without making it another run.
@@ -79,11 +79,17 @@ def read_exit_record(r: Run) -> dict | None:
     return rec
 
 
-def config_diff(run: Run, saved: dict) -> list[str]:
-    """The keys in which a finished run's config (its trace's config_json) differs from the plan's."""
+def config_diff(run: Run, saved: dict, resolve: bool = True) -> list[str]:
+    """The keys in which a finished run's config (its trace's config_json) differs from the plan's. A branch_from
+    alias RUN/checkpoints/phase-K is resolved to the checkpoint it names (the checkpoint module's resolver, which
+    imports torch); resolve=False (status): it matches any checkpoint of RUN."""
     want = dict(run.cfg)
     if want.get("branch_from") and saved.get("branch_from") != want["branch_from"]:
-        want["branch_from"] = resolve_phase_checkpoint(want["branch_from"]) or want["branch_from"]
+        if resolve:
+            want["branch_from"] = resolve_phase_checkpoint(want["branch_from"]) or want["branch_from"]
+        elif phase_alias(want["branch_from"]) is not None and isinstance(saved.get("branch_from"), str) \
+                and norm(split_dep(saved["branch_from"])[0]) == norm(split_dep(want["branch_from"])[0]):
+            want["branch_from"] = saved["branch_from"]
     out = []
     for k in sorted(set(want) | set(saved)):
         if k in SAME_RUN_EXCEPT:
@@ -172,7 +178,7 @@ def classify(plan: Plan, runs_state: dict, jobs: dict[str, Job] | None, launcher
         job = (jobs or {}).get(r.name)
         waiting = [d for d in r.deps if out[d][0] != "finished"]
         if info and info["status"] == "finished":
-            diff = config_diff(r, saved_config(info))
+            diff = config_diff(r, saved_config(info), resolve=plan.validated)
             out[r.name] = ("changed", "; ".join(diff)) if diff else ("finished", metric(info))
             continue
         if owner is not None:

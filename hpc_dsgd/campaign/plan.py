@@ -62,6 +62,7 @@ class Plan:
     tables: list[str] | None
     state_path: str
     slurm: dict = field(default_factory=dict)  # the plan's [slurm] table (sbatch options)
+    validated: bool = True  # the runs' configs validated (load_plan(validate=True)); else keys over defaults
 
     def by_name(self) -> dict[str, Run]:
         return {r.name: r for r in self.runs}
@@ -253,7 +254,8 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
     if tables is not None and (not isinstance(tables, list) or not all(isinstance(t, str) for t in tables)):
         raise CampaignError(f"plan {path!r}: tables = {tables!r}: need a list of preset names, e.g. [\"table2\"]")
     return Plan(path, ordered, seeds, ranks, str(plan.get("report", os.path.join("reports", stem))), tables,
-                os.path.join(common or ".", f"campaign-{stem}.json"), _slurm_table(path, plan.get("slurm", {})))
+                os.path.join(common or ".", f"campaign-{stem}.json"), _slurm_table(path, plan.get("slurm", {})),
+                validate)
 
 
 def _slurm_table(path: str, table) -> dict:
