@@ -119,6 +119,8 @@ def run(plan: Plan, launcher: Launcher, retries: int, rerun: list[str]) -> int:
                 break
             if not mine and (stop["signal"] or not [r for r in todo if all(d in done for d in r.deps)]):
                 break
+            if stop["signal"] is not None:
+                launcher.cancel()  # (a run started while the signal arrived)
             for n, job in launcher.wait(POLL_S).items():
                 mine.discard(n)
                 active.pop(n, None)
