@@ -103,7 +103,7 @@ def run(plan: Plan, launcher: Launcher, retries: int, rerun: list[str]) -> int:
                     todo.remove(r)
                     blocked.add(r.name)
                     bad = [d for d in r.deps if d in failed | blocked | elsewhere]
-                    say(f"{r.name}: blocked by {', '.join(bad)}, not started")
+                    say(f"{r.name}: blocked by {', '.join(bad)}: left alone")
             while stop["signal"] is None and len(mine) < launcher.capacity:
                 ready = [r for r in todo if all(d in done or launcher.chains and active.get(d) for d in r.deps)]
                 if not ready:
