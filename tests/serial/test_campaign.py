@@ -1,4 +1,4 @@
-"""Campaigns (hpc_dsgd/campaign.py): the dependency graph of a plan, its refusals, the local launcher end to
+"""Campaigns (hpc_dsgd/campaign/): the dependency graph of a plan, its refusals, the local launcher end to
 end on the digits stand-in (real mpiexec, real traces and checkpoints), stop/kill and resume bitwise equal to
 an uninterrupted campaign, and the SLURM launcher against stubbed sbatch/squeue/sacct.
 
