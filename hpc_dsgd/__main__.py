@@ -3,6 +3,9 @@
 Under mpiexec every rank parses and validates the same arguments independently (no collective),
 so a bad config stops every rank with the same message and exit code 2. An exception raised on
 any rank during the run aborts the whole MPI job (exit 1) instead of leaving the others waiting.
+Exit codes of `train`: 0 done (or stopped at max_iterations), 1 failed during the run, 2 refused before
+any work (config, inputs), 73 the run directory is in use by another live run (runlock.LOCKED_EXIT_CODE),
+75 checkpointed on a stop request (signals.REQUEUE_EXIT_CODE: requeue me).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def _train(argv: list[str]) -> int:
     from .data import DataError
     from .preflight import check_inputs, check_run, launch_error
     from .rundir import RunDir
-    from .runlock import RunLock
+    from .runlock import LOCKED_EXIT_CODE, RunLock, RunLockError
     from .topology import TopologyError
     from .trace import TraceError, TraceWriteError
     from .train import run
@@ -83,24 +86,27 @@ def _train(argv: list[str]) -> int:
             print(f"hpc_dsgd: error{where}: {_one_line(msg)}", file=sys.stderr, flush=True)
         return 2
     # One run per run directory: rank 0 holds RUN_DIR/run.lock for the whole run (stale locks of
-    # dead jobs are taken over); a directory in use stops every rank with exit 2 before any work.
-    lock, error = None, None
+    # dead jobs are taken over); a directory in use stops every rank with its own exit code,
+    # LOCKED_EXIT_CODE (73), before any work (a campaign tells "in use" from "failed" by it).
+    lock, error, code = None, None, 2
     if comm.Get_rank() == 0:
         try:
             lock = RunLock(RunDir.of(cfg).path).acquire()
             if lock.taken_over:
                 print(f"hpc_dsgd: took over the stale lock of a dead run ({lock.taken_over})", flush=True)
+        except RunLockError as e:
+            error, code = str(e), LOCKED_EXIT_CODE
         except ValueError as e:
             error = str(e)
         except OSError as e:  # the reason in words, not a raw errno
             error = f"out_dir={cfg.out_dir!r}: cannot create the run directory {RunDir.of(cfg).path}: " \
                     f"{(e.strerror or str(e)).lower()}"
-    error = comm.bcast(error, root=0)
+    error, code = comm.bcast((error, code), root=0)
     if error:
         stop.restore()
         if comm.Get_rank() == 0:
             print(f"hpc_dsgd: error: {_one_line(error)}", file=sys.stderr, flush=True)
-        return 2
+        return code
     try:
         with stop:
             result = run(cfg, comm, resume=args.resume, stop=stop)

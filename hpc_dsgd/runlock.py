@@ -20,10 +20,11 @@ from .rundir import RunDir
 LOCK_NAME = RunDir.LOCK  # RUN_DIR/run.lock: JSON {host, pid, slurm_job_id, started}; mtime = heartbeat
 LOCK_HEARTBEAT_S = 30.0  # the owner touches its lock this often
 LOCK_STALE_S = 600.0  # a lock not touched for this long belongs to a dead job (any host)
+LOCKED_EXIT_CODE = 73  # `train`'s exit code when the run directory is in use by another live run (EX_CANTCREAT)
 
 
 class RunLockError(ConfigError):
-    """The run directory is in use by another live run."""
+    """The run directory is in use by another live run (train exits LOCKED_EXIT_CODE)."""
 
 
 def _alive(pid: int) -> bool:

@@ -77,6 +77,11 @@ def open_h5(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
             time.sleep(0.05)
 
 
+def open_for_reading(path: str, wait: float = LOCK_WAIT_S) -> h5py.File:
+    """A trace opened read-only, waiting while its writer holds HDF5's file lock (status readers use this)."""
+    return open_h5(path, "r", wait)
+
+
 def mount_of(path: str) -> str:
     """'the file system mounted at M (type)' holding path."""
     p = os.path.realpath(path)

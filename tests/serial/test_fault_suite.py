@@ -42,7 +42,7 @@ import torch
 
 from hpc_dsgd.checkpoint import list_checkpoints, verify_checkpoint
 from hpc_dsgd.preflight import LAUNCHER_SIZE_VARS
-from hpc_dsgd.runlock import LOCK_NAME, LOCK_STALE_S, RunLock, RunLockError
+from hpc_dsgd.runlock import LOCK_NAME, LOCK_STALE_S, LOCKED_EXIT_CODE, RunLock, RunLockError
 from hpc_dsgd.signals import REQUEUE_EXIT_CODE
 from hpc_dsgd.trace import read_trace
 
@@ -649,7 +649,8 @@ def test_bad_input(case, base, tmp_path, monkeypatch, capsys):
         p = cli(args, ranks=case.ranks, env=env)
         rc, stderr = p.returncode, p.stderr
     errors = [line for line in stderr.splitlines() if line.startswith("hpc_dsgd: error")]
-    assert rc == 2, f"{case.promise}: rc {rc}\n{stderr}"
+    want_rc = LOCKED_EXIT_CODE if case.id == "run-dir-locked" else 2  # a directory in use has its own code
+    assert rc == want_rc, f"{case.promise}: rc {rc}\n{stderr}"
     assert len(errors) == 1, stderr  # one message, not one per rank
     assert "Traceback" not in stderr, stderr
     for needle in needles:
@@ -992,7 +993,7 @@ def test_stop_signal_checkpoints_exits_75_and_resumes(sig, tmp_path):
 
 
 def test_two_runs_on_one_directory(tmp_path, monkeypatch, capsys):
-    """A second run started on a run directory while the first is writing it is refused (exit 2,
+    """A second run started on a run directory while the first is writing it is refused (exit 73,
     one line naming the lock's host and pid, nothing of the first run changed by it) and the first
     finishes unharmed. The second starts through the command line's main() in the test process, so
     it reaches the lock within the first's few seconds of training."""
@@ -1003,7 +1004,7 @@ def test_two_runs_on_one_directory(tmp_path, monkeypatch, capsys):
                          monkeypatch, capsys)
     assert first.poll() is None, "the first run ended before the second reached the lock: no overlap tested"
     out, first_err = first.communicate(timeout=120)
-    assert rc == 2, err
+    assert rc == LOCKED_EXIT_CODE, err
     errors = [line for line in err.splitlines() if line.startswith("hpc_dsgd: error")]
     assert len(errors) == 1 and "in use by another run" in errors[0], err
     assert f"host {socket.gethostname()}" in errors[0] and LOCK_NAME in errors[0]

@@ -3,6 +3,7 @@ exactly `srun|mpiexec ... python -m hpc_dsgd train CONFIG --resume auto --set ..
 turns its table row into a distinct run name and overrides; exit code 75 (checkpointed on request)
 becomes `scontrol requeue JOBID` (one more launch on a workstation), every other code passes
 through; a signal only sets the stop flag."""
+import json
 import os
 import shlex
 import shutil
@@ -91,10 +92,15 @@ def test_strict_mode_and_exit_code_constant(script):
 def test_sbatch_directives(script):
     opts = [line.split(None, 1)[1].strip() for line in open(os.path.join(SLURM, script))
             if line.startswith("#SBATCH")]
-    for want in ("--gpus-per-task=1", "--signal=USR1@180", "--requeue", "--open-mode=append"):
+    for want in ("--signal=USR1@180", "--requeue", "--open-mode=append"):
         assert want in opts
-    for prefix in ("--ntasks-per-node=", "--cpus-per-task=", "--time="):
+    for prefix in ("--ntasks-per-node=", "--time="):
         assert any(o.startswith(prefix) for o in opts), prefix
+    if script == "sweep.sbatch":  # the sweep is sized for the paper's GPU nodes
+        assert "--gpus-per-task=1" in opts and any(o.startswith("--cpus-per-task=") for o in opts)
+    else:  # run.sbatch asks for no GPU or CPU count it was not given (a GRES error on GPU-less clusters,
+        # a job pending forever on small nodes): the campaign's [slurm] table or the sbatch line gives them
+        assert not any(o.startswith(("--gpus", "--cpus-per-task", "--gres")) for o in opts), opts
 
 
 # -- run.sbatch ------------------------------------------------------------------------------
@@ -145,6 +151,39 @@ def test_run_fails_fast_when_n_does_not_fit_the_tasks(tmp_path):
     p = sh("run.sbatch", CONFIG, path_dir=bindir, env={**env, "SLURM_NTASKS": "4"})
     assert p.returncode == 0, p.stderr
     assert calls(tmp_path) == [f"srun --kill-on-bad-exit=0 {sys.executable} -m hpc_dsgd train {CONFIG} --resume auto OMP=1"]
+
+
+def test_run_writes_the_runs_own_exit_record(tmp_path):
+    """With HPC_DSGD_RUN_DIR, the job leaves RUN_DIR/exit.json: the job id, the exit code and the run's own last
+    error line (not srun's 'tasks 0-1: Killed'), as JSON; a requeue records 75."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text('#!/bin/bash\necho "[rank 0] Traceback (most recent call last):" >&2\n'
+                                 'echo \'RuntimeError: injected "fault" at \\ iteration 2\' >&2\n'
+                                 'echo "srun: error: node1: tasks 0-1: Killed" >&2\nexit 1\n')
+    (bindir / "srun").chmod(0o755)
+    run_dir = tmp_path / "runs" / "r"
+    env = {"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": ROOT, "HPC_DSGD_RUN_DIR": str(run_dir)}
+    p = sh("run.sbatch", CONFIG, path_dir=str(bindir), env=env)
+    assert p.returncode == 1 and "tasks 0-1: Killed" in p.stderr  # passed through to the job's log
+    rec = json.loads((run_dir / "exit.json").read_text())
+    assert (rec["job_id"], rec["rc"], rec["error"]) == ("4242", 1, 'RuntimeError: injected "fault" at \\ iteration 2')
+    assert [f.name for f in run_dir.iterdir()] == ["exit.json"]  # no temporary left
+    (tmp_path / "b").mkdir()
+    p = sh("run.sbatch", CONFIG, path_dir=stubs(tmp_path / "b", srun=[75], scontrol=[0]), env=env)
+    assert p.returncode == 0 and json.loads((run_dir / "exit.json").read_text())["rc"] == REQUEUE_EXIT_CODE
+
+
+def test_run_says_command_not_found_for_a_missing_interpreter(tmp_path):
+    run_dir = tmp_path / "run"
+    p = sh("run.sbatch", CONFIG, env={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_SUBMIT_DIR": ROOT,
+                                      "HPC_DSGD_PYTHON": str(tmp_path / "nope" / "python3"),
+                                      "HPC_DSGD_RUN_DIR": str(run_dir)})
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("hpc_dsgd: error")]
+    assert p.returncode == 127 and len(errors) == 1 and "python3: command not found" in errors[0], p.stderr
+    assert "fix the config or the task count" not in p.stderr
+    rec = json.loads((run_dir / "exit.json").read_text())
+    assert rec["rc"] == 127 and "command not found" in rec["error"]
 
 
 def test_readme_says_how_to_run_without_gpus_and_size_cpus():
