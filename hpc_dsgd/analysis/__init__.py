@@ -7,7 +7,7 @@
 - `presets`: the paper's Tables 1-7 (layouts, which experiment fills each cell, the paper's values).
 - `table`: the one `Table` model and its Markdown, LaTeX and CSV writers; `render`: the flat table and Tables 1-7;
   `large_batch`, `lr_sweep`: two more presets; `departures`: where the reproduction departs from the paper.
-- `tables`: `make_table(df, preset)` / `render(df, preset, fmt)` and the command line
+- `tables`: `make_table(df, preset)` / `tables.render(df, preset, fmt)` and the command line
   (`python tools/tables.py DIR [--preset tableN] [--paper] [--format md|latex|csv]`).
 - `figures`: Figures 1-4 and the Xi-vs-Theta check of Lemma A.1 (matplotlib, Agg backend)
   (`python tools/figures.py fig1|fig2|fig3|theta-xi|fig4 ...`).
@@ -21,7 +21,7 @@ import importlib
 _EXPORTS = {
     "simulate_consensus": "gossip_sim", "simulate_all": "gossip_sim",
     "load_runs": "runs", "load_trace": "runs", "summarize": "runs", "experiments": "cells",
-    "make_table": "tables", "render": "tables", "build_preset": "presets", "phase_levels": "presets",
+    "make_table": "tables", "build_preset": "presets", "phase_levels": "presets",
     "PRESETS": "presets", "PAPER_VALUES": "presets", "DEPARTURES": "departures",
     "fig1_consensus": "figures", "fig2_learning_curves": "figures", "theta_vs_xi": "figures",
     "fig4_gossip": "figures",

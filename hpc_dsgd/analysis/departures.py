@@ -5,7 +5,8 @@ DEPARTURES = (
     "Model evaluated: the averaged model of the replicas at the final epoch (the paper does not say which model "
     "or epoch its tables report).",
     "Spread: mean ± sample standard deviation over seeds (ddof=1); the paper does not say which std it reports.",
-    "Seeds: three per cell, also for Table 4 at n=64 (the paper: two) and for Figure 3 (the paper: one run).",
+    "Seeds: three per cell, also for Table 4 at n=64 (the paper: two); Figure 3 shows the seeds its campaign plan "
+    "runs (the paper: one run).",
     "Consensus control caps the gossip steps per iteration at max_gossip_steps=50 and counts the iterations that "
     "hit the cap (the paper states no cap).",
     "Multi30k Transformer: 3 encoder and 3 decoder layers, 100 epochs (the paper's exact size and length are not "
