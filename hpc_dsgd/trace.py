@@ -305,8 +305,9 @@ def _attr(path: str, f: h5py.File, k: str):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def read_trace(path: str, groups: tuple = GROUPS) -> Trace:
-    """Read a trace (only `groups`; the others come back empty). Every defect is one TraceError naming the
+def read_trace(path: str, groups: tuple = GROUPS, columns: dict | None = None) -> Trace:
+    """Read a trace (only `groups`; the others come back empty; `columns` {group: names}: only those columns of
+    a group, the tables' way to read /iter/ without its bulk). Every defect is one TraceError naming the
     file and the field: not a regular HDF5 file, schema_version missing or newer, config_json not a JSON
     object, a group or column that is not a plain 1-D numeric dataset of the file itself (external and
     dangling links refused, nothing outside the file is followed), columns of unequal length, or columns
@@ -342,6 +343,8 @@ def read_trace(path: str, groups: tuple = GROUPS) -> Trace:
                 raise TraceError(f"trace {path!r}: /{g} is not a group of the file itself")
             lens = set()
             for k in f[g]:
+                if columns and g in columns and k not in columns[g]:
+                    continue
                 where = f"trace {path!r}: column /{g}/{k}"
                 if not isinstance(f[g].get(k, getlink=True), h5py.HardLink):
                     raise TraceError(f"{where} is a link (external or dangling), not data of the file itself")

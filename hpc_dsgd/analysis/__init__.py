@@ -1,12 +1,14 @@
 """Offline analysis: the paper's tables and figures from a directory of HDF5 traces (no MPI, no training).
 
-- `runs`: traces to DataFrames (pandas) -- `load_trace(path)` (one DataFrame per trace group, the config in
-  `df.attrs`), `load_runs(dir)` (one row per run: experiment, seed, status, counted, identity keys, final
-  metrics), `summarize` -- and the counting rules of every table (`read_runs`, `group_runs`, `CellStats`).
+- `runs`: traces to DataFrames (pandas) -- `load_runs(dir)` (every trace read once: one row per run with its
+  experiment, seed, status, counted, identity keys, final metrics, lambda_max, mean Xi, control notes),
+  `load_trace(path)` (one DataFrame per trace group, the config in `df.attrs`), `summarize`.
+- `cells`: the counting rules (`count_runs`), `experiments(df)`, `CellStats`.
 - `presets`: the paper's Tables 1-7 (layouts, which experiment fills each cell, the paper's values).
-- `render`: Markdown, LaTeX and CSV from a DataFrame, and the tables' notes.
-- `tables`: the command line (`python tools/tables.py DIR [--preset tableN] [--paper] [--format md|latex|csv]`);
-  it re-exports the names above that other code imports from it. `large_batch`, `lr_sweep`: two more presets.
+- `table`: the one `Table` model and its Markdown, LaTeX and CSV writers; `render`: the flat table and Tables 1-7;
+  `large_batch`, `lr_sweep`: two more presets; `departures`: where the reproduction departs from the paper.
+- `tables`: `make_table(df, preset)` / `tables.render(df, preset, fmt)` and the command line
+  (`python tools/tables.py DIR [--preset tableN] [--paper] [--format md|latex|csv]`).
 - `figures`: Figures 1-4 and the Xi-vs-Theta check of Lemma A.1 (matplotlib, Agg backend)
   (`python tools/figures.py fig1|fig2|fig3|theta-xi|fig4 ...`).
 - `gossip_sim`: the gossip-only consensus simulation of Figure 4 (pure numpy).
@@ -18,9 +20,9 @@ import importlib
 
 _EXPORTS = {
     "simulate_consensus": "gossip_sim", "simulate_all": "gossip_sim",
-    "load_runs": "runs", "load_trace": "runs", "summarize": "runs",
-    "group_runs": "tables", "build_preset": "tables", "render_preset": "tables",
-    "render_groups": "tables", "phase_levels": "tables", "PRESETS": "tables", "PAPER_VALUES": "tables",
+    "load_runs": "runs", "load_trace": "runs", "summarize": "runs", "experiments": "cells",
+    "make_table": "tables", "build_preset": "presets", "phase_levels": "presets",
+    "PRESETS": "presets", "PAPER_VALUES": "presets", "DEPARTURES": "departures",
     "fig1_consensus": "figures", "fig2_learning_curves": "figures", "theta_vs_xi": "figures",
     "fig4_gossip": "figures",
 }

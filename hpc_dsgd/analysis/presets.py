@@ -1,14 +1,15 @@
 """The paper's tables in terms of config keys: the layouts of Kong et al.'s Tables 1-7 (rows, columns, headers),
-which experiment fills each cell, and the paper's own values; `build_preset` fills a layout from grouped runs."""
+which experiment fills each cell, and the paper's own values; `build_preset` fills a layout from the experiments
+of a runs frame (cells.experiments), `filled_presets` says which presets a list of configs would fill."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .runs import EMPTY, CellStats, Group
+from .cells import EMPTY, CellStats, Experiment
+from .runs import CIFAR_FRACTIONS, phase_epochs
 
-CIFAR_FRACTIONS = (0.5, 0.75)  # paper Sec. 4.2: lr /10 at 1/2 and 3/4 of the samples (CIFAR)
 IMAGENET_FRACTIONS = (1 / 3, 2 / 3, 8 / 9)  # ... and at 1/3, 2/3, 8/9 (ImageNet-32)
 
 
@@ -32,13 +33,6 @@ def phase_levels(cfg: dict) -> list:
         else:
             out.append(f"{pol}:{f:g}")
     return out
-
-
-def phase_epochs(cfg: dict) -> list[int]:
-    """Length of every phase in epochs: round(fraction x epochs) boundaries."""
-    T = float(cfg.get("epochs", 300))
-    edges = [0] + [round(a * T) for a in cfg.get("decay_fractions", list(CIFAR_FRACTIONS))] + [round(T)]
-    return [edges[i + 1] - edges[i] for i in range(len(edges) - 1)]
 
 
 def _levels_are(cfg, want) -> bool:
@@ -94,6 +88,7 @@ class Preset:
     cell: Callable  # (cfg, row index, column index, options) -> bool: does this experiment fill the cell
     baselines: list = field(default_factory=list)  # [(label, (cfg, row, options) -> bool, paper per row)]
     default_n: tuple = ()
+    dec_phase: list | None = None  # dec-phase presets: per column (phase k, 1-based; target factor)
 
 
 def _dec_phase_preset(name, title, caption, corner, ns, nphases, shown_phases, imagenet, momentum):
@@ -114,7 +109,7 @@ def _dec_phase_preset(name, title, caption, corner, ns, nphases, shown_phases, i
         ("D-SGD (ring, w/o control)", lambda cfg, r, o: _base(cfg, imagenet, momentum) and cfg.get("n") == ns[r]
          and _levels_are(cfg, [1.0] * nphases)),
     ]
-    return Preset(layout, cell, base)
+    return Preset(layout, cell, base, dec_phase=[(k + 1, f) for k, f in cols])
 
 
 def _prolonged(cfg, e1, opt) -> bool:
@@ -252,14 +247,19 @@ PAPER_VALUES = {
 
 @dataclass
 class Cell:
-    groups: list[Group]  # every experiment matching the cell (more than one = ambiguous)
+    exps: list[Experiment]  # every experiment matching the cell (more than one = ambiguous)
     stats: CellStats | None
     paper: tuple | None = None
 
+    @property
+    def runs(self):
+        """The counted runs the cell's value rests on (None when it shows no value)."""
+        return self.exps[0].counted if len(self.exps) == 1 else None
+
     def text(self, digits=2, fmt="md", paper=False) -> str:
-        if len(self.groups) > 1:
-            t = f"ambiguous: {len(self.groups)} experiments" if fmt != "latex" else \
-                rf"{{\footnotesize ambiguous: {len(self.groups)} experiments}}"
+        if len(self.exps) > 1:
+            t = f"ambiguous: {len(self.exps)} experiments" if fmt != "latex" else \
+                rf"{{\footnotesize ambiguous: {len(self.exps)} experiments}}"
         else:
             t = self.stats.text(digits, fmt) if self.stats else EMPTY[fmt]
         if paper and self.paper:
@@ -271,14 +271,16 @@ class Cell:
 
 @dataclass
 class PresetTable:
+    name: str
     layout: Layout
     cells: list[list[Cell]]  # rows x columns
     baselines: list[tuple[str, list[Cell]]]
     source: str
 
 
-def build_preset(name: str, groups: list[Group], expected: int | None = None, options: dict | None = None
+def build_preset(name: str, exps: list[Experiment], expected: int | None = None, options: dict | None = None
                  ) -> PresetTable:
+    """The preset's cells filled from the experiments (cells.experiments of a runs frame)."""
     if name not in PRESETS:
         raise ValueError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
     pre, opt = PRESETS[name], dict(options or {})
@@ -292,11 +294,23 @@ def build_preset(name: str, groups: list[Group], expected: int | None = None, op
     pv = PAPER_VALUES[name]
 
     def cell_of(match, paper):
-        gs = [g for g in groups if match(g.ident)]
-        return Cell(gs, gs[0].stats(expected) if len(gs) == 1 else None, paper)
+        es = [e for e in exps if match(e.ident)]
+        return Cell(es, es[0].stats(expected) if len(es) == 1 else None, paper)
 
     cells = [[cell_of(lambda cfg, r=r, c=c: pre.cell(cfg, r, c, opt), pv["cells"][r][c])
               for c in range(len(lay.columns))] for r in range(len(lay.rows))]
     base = [(label, [cell_of(lambda cfg, r=r, f=f: f(cfg, r, opt), pv.get("baselines", {}).get(label, [None] * 9)[r])
                      for r in range(len(lay.rows))]) for label, f in pre.baselines]
-    return PresetTable(lay, cells, base, pv["source"])
+    return PresetTable(name, lay, cells, base, pv["source"])
+
+
+def filled_presets(idents: list[dict]) -> list[str]:
+    """The presets in which at least one of these experiments (identities, `runs.identity` of a config) fills a
+    cell or a baseline: what a campaign's report shows when its plan names no tables."""
+    out = []
+    for name, pre in PRESETS.items():
+        rows, cols = range(len(pre.layout.rows)), range(len(pre.layout.columns))
+        if any(pre.cell(i, r, c, {}) for i in idents for r in rows for c in cols) or \
+                any(f(i, r, {}) for i in idents for _, f in pre.baselines for r in rows):
+            out.append(name)
+    return out

@@ -23,16 +23,10 @@ class ReportError(ValueError):
 
 def plan_presets(plan) -> list[str]:
     """The presets of tables.py that a run of the plan would fill (a cell or a baseline)."""
-    from .tables import PRESETS, Group, build_preset, identity
+    from .presets import filled_presets
+    from .runs import identity
 
-    groups = [Group(str(i), identity(r.cfg)) for i, r in enumerate(plan.runs)]
-    out = []
-    for name in PRESETS:
-        tab = build_preset(name, groups)
-        if any(c.groups for row in tab.cells for c in row) or any(c.groups for _, cs in tab.baselines for c in cs):
-            out.append(name)
-    return out
-
+    return filled_presets([identity(r.cfg) for r in plan.runs])
 
 REPORT_FIGURES = (("fig1_consensus", "consensus.png", "Consensus distance Ξ over epochs (Figure 1)"),
                   ("fig2_learning_curves", "learning_curves.png", "Training loss, training and test accuracy (Figure 2)"),
@@ -43,14 +37,15 @@ def report(plan, out_dir: str | None = None) -> int:
     """Tables (Markdown, LaTeX, CSV) and figures (PNG) of the plan's runs into the report directory, with
     index.md; a run not there yet is a missing cell (tables.py counts only finished runs)."""
     from . import figures
-    from .tables import PRESETS, RunSet, build_preset, group_runs, load_runs, render_groups, render_preset
+    from .presets import PRESETS
+    from .runs import load_runs
+    from .tables import render
 
     out = out_dir or plan.report
     os.makedirs(out, exist_ok=True)
     have = [r for r in plan.runs if os.path.isfile(r.trace)]
     traces = [r.trace for r in have]
-    runset = load_runs(traces) if traces else RunSet([], [])
-    groups = group_runs(runset.runs)
+    runs = load_runs(traces)
     expected = len(plan.seeds)
     tables = plan.tables if plan.tables is not None else plan_presets(plan)
     bad = [t for t in tables if t not in PRESETS and t not in OTHER_TABLES]
@@ -59,23 +54,12 @@ def report(plan, out_dir: str | None = None) -> int:
                             f"{', '.join(list(PRESETS) + list(OTHER_TABLES))}")
     index = [f"# Report of `{plan.path}`", "",
              f"{len(traces)} of {len(plan.runs)} runs have a trace; "
-             f"{sum(1 for r in runset.runs if r.finished)} finished (only finished runs count). "
+             f"{int((runs.status == 'finished').sum())} finished (only finished runs count). "
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", "## Tables", ""]
     for name in tables + ["experiments"]:
         links = []
         for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
-            if name == "experiments":
-                text = render_groups(groups, fmt, 2, expected, runset=runset)
-            elif name == "large_batch":
-                from . import large_batch
-
-                text = large_batch.render(large_batch.build(groups, expected), fmt, 2, runset)
-            elif name == "lr_sweep":
-                from . import lr_sweep
-
-                text = lr_sweep.render(lr_sweep.build(groups, expected), fmt, 2, "test_acc_avg", runset, groups)
-            else:
-                text = render_preset(build_preset(name, groups, expected), fmt, 2, paper=True, runset=runset)
+            text = render(runs, None if name == "experiments" else name, fmt, expected=expected, paper=name in PRESETS)
             fname = f"{name}.{ext}"
             atomic_write_text(os.path.join(out, fname), text + "\n")
             links.append(f"[{ext}]({fname})")

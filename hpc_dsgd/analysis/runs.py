@@ -1,40 +1,40 @@
-"""Runs from traces: reading HDF5 traces, a run's identity (the config keys that name its experiment), grouping
-runs into experiments with the counting rules of every table, and per-experiment statistics.
+"""Runs from traces: every trace read once into one runs DataFrame (`load_runs`), a run's identity (the config
+keys that name its experiment), and one trace as DataFrames (`load_trace`).
 
-Nothing is silently averaged in: only finished runs (status "finished") count;
-a seed is counted once per experiment (a second run of the same seed is a duplicate, listed, and the
-newest finished copy counts); unfinished ("running" left behind: still running or crashed) and failed
-runs are shown in the cell ("92.10 ± 0.20 (2/3 seeds, 1 unfinished)") and listed below the table.
-Std is the sample std over seeds (ddof=1); a cell with one seed shows no std ("n=1").
-Traces that cannot be read (no schema_version, a newer schema, not HDF5) are listed as skipped with
-the reason.
+The notebook API is this module's `load_runs(dir)`: one row per readable run with its experiment (`experiment`,
+a number shared by its seeds), seed, status, whether it counts (`counted`) and why not (`note`), its identity
+keys, the last value of every /epoch/ column, and what the tables read besides (lambda_max, mean Xi, the
+consensus control's notes, the learning rate's origin); `summarize` gives mean, sample std and count per
+experiment; `cells.experiments(df)` the experiments with their runs; `load_trace(path)` one DataFrame per trace
+group. The counting rules are in cells.py.
 
-The notebook API is two DataFrames (pandas): `load_trace(path)` gives one DataFrame per trace group (iter,
-epoch, phase, sharpness), each with the run's config in `df.attrs["config"]`; `load_runs(dir)` gives one row
-per run with its experiment (`experiment`, a number shared by its seeds), seed, status, whether it counts
-(`counted`) and why not (`note`), its identity keys and the last value of every /epoch/ column; `summarize`
-gives mean, sample std and count per experiment. The tables use the same rules in list form: `read_runs` (a
-RunSet of Run), `group_runs` (Groups of runs, partitioned by pandas), `Group.stats` (CellStats).
+What cannot be read is listed, never dropped (`df.attrs["skipped"]`): a trace that is not HDF5 or of a newer
+schema, a stored config of the wrong shape (one line naming file and key), a directory that cannot be read, a
+symlink loop. Symlinked run directories are followed, each real directory and file read once.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import typing
 
+import numpy as np
 import pandas as pd
 
-from ..config import DEFAULTS, NOT_IDENTITY, inapplicable_keys
+from ..config import DEFAULTS, NOT_IDENTITY, Config, inapplicable_keys
 from ..trace import GROUPS, TraceError, parse_config, read_trace
+from .cells import CAP_HIT, MAIN_KEYS, NEVER_BOUND, RUN_FRAME_COLUMNS, count_runs
 
 # Config keys that do not identify an experiment: the config's keys whose role says so (config.NOT_IDENTITY: the
-# seed, paths, resources, measurements, other runs' files), and keys of older configs that named inputs. Keys ending
-# in one of NON_IDENTIFYING_SUFFIXES are also ignored.
-NON_IDENTIFYING = frozenset(NOT_IDENTITY) | {"reference", "reference_run", "resume", "resume_from"}
+# seed, paths, resources, measurements, other runs' files, where the learning rate came from), and keys of older
+# configs that named inputs. Keys ending in one of NON_IDENTIFYING_SUFFIXES are also ignored.
+NON_IDENTIFYING = frozenset(NOT_IDENTITY) | {"reference", "reference_run", "resume", "resume_from", "lr_origin"}
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
-# Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
-MAIN_KEYS = ("dataset", "model", "n", "topology", "momentum", "epochs", "policies", "target_factors")
+# The alternative reference reading (all-ring run's phase-k maximum) leaves out the first LATE_FRACTION of a phase.
+LATE_FRACTION = 0.1
+ITER_COLUMNS = ("xi", "epoch", "phase")  # the /iter/ columns the tables read (mean Xi, phase maxima)
+CIFAR_FRACTIONS = (0.5, 0.75)  # paper Sec. 4.2: lr /10 at 1/2 and 3/4 of the samples (CIFAR)
 
 
 def is_identifying(key: str, ignore: frozenset | set = frozenset()) -> bool:
@@ -51,118 +51,104 @@ def identity(config: dict, ignore: frozenset | set = frozenset()) -> dict:
     return {k: v for k, v in sorted(full.items()) if k not in skip and is_identifying(k, ignore)}
 
 
+def phase_epochs(cfg: dict) -> list[int]:
+    """Length of every phase in epochs: round(fraction x epochs) boundaries."""
+    T = float(cfg.get("epochs", 300))
+    edges = [0] + [round(a * T) for a in cfg.get("decay_fractions", list(CIFAR_FRACTIONS))] + [round(T)]
+    return [edges[i + 1] - edges[i] for i in range(len(edges) - 1)]
+
 
 # ------------------------------------------------------------------------------------------------
-# Reading runs
+# Finding traces
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """One trace, reduced to what the tables need."""
-
-    path: str
-    config: dict
-    status: str  # finished | running (unfinished or crashed) | failed | unknown
-    seed: int
-    value: float  # the metric at the last evaluation; NaN if the run has none
-    last_epoch: float  # epoch of the last evaluation row (NaN if none)
-    stamp: str  # finished (or created) time, to pick the newest copy of a duplicate seed
-    counted: bool = False  # set by group_runs: this run's value enters its experiment's mean
-    note: str = ""  # set by group_runs: why it is not counted
-    control: list = field(default_factory=list)  # [(kind, text)] for its target phases (control_notes)
-    final: dict = field(default_factory=dict)  # the last value of every /epoch/ column (NaN where none)
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-@dataclass
-class RunSet:
-    runs: list[Run]
-    skipped: list[Skipped]
-    root: str = "."
-
-    def rel(self, path: str) -> str:
-        try:
-            return os.path.relpath(path, self.root)
-        except ValueError:
-            return path
-
-    def frame(self, ignore: frozenset | set = frozenset()) -> pd.DataFrame:
-        """One row per run (see `load_runs`); marks the counted runs as `group_runs` does."""
-        return runs_frame(self, ignore)
-
-
-def find_traces(paths) -> list[str]:
-    """Every `*.h5` under the given directories (recursively), plus the given files, sorted."""
+def walk_traces(paths) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every `*.h5` under the given directories plus the given files, sorted; [(path, reason)] of what was not
+    walked). Symlinked directories and files are followed; each real directory is walked once and each real file
+    read once (the first name in walking order counts); a link back to a directory being walked is a loop;
+    a directory that cannot be listed is named with the reason."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out = []
+    files, skipped, seen_dirs, seen_files = [], [], {}, {}
+
+    def walk(d: str, ancestors: tuple) -> None:
+        real = os.path.realpath(d)
+        if real in ancestors:
+            skipped.append((d, f"symlink loop: {d} leads back to {real}, which is being walked; not followed"))
+            return
+        if real in seen_dirs:
+            skipped.append((d, f"the same directory as {seen_dirs[real]} (a symlink): its traces are read once"))
+            return
+        seen_dirs[real] = d
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((d, f"directory cannot be read ({e})"))
+            return
+        for e in entries:
+            try:
+                is_dir, is_file = e.is_dir(), e.is_file()
+            except OSError as err:
+                skipped.append((e.path, f"cannot be read ({err})"))
+                continue
+            if is_dir:
+                walk(e.path, ancestors + (real,))
+            elif is_file and e.name.endswith(".h5"):
+                files.append(e.path)
+
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames.sort()
-                out.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".h5"))
+            walk(p, ())
         else:
-            out.append(p)
-    return sorted(dict.fromkeys(out))
+            files.append(p)
+    out = []
+    for f in sorted(dict.fromkeys(files)):
+        real = os.path.realpath(f)
+        if real in seen_files and os.path.exists(f):
+            continue  # the same file through a second name (a linked directory walked once already covers most)
+        seen_files[real] = f
+        out.append(f)
+    return out, skipped
 
 
-def read_summary(path: str) -> tuple[dict, dict, dict]:
-    """(attrs, /epoch/ columns, /phase/ columns) of one trace without loading /iter/ (which can be large).
-
-    Refuses the same files as `trace.read_trace`, with its messages (TraceError naming file and field)."""
-    tr = read_trace(path, groups=("epoch", "phase"))
-    return tr.attrs, tr.epoch, tr.phase
+def find_traces(paths) -> list[str]:
+    """Every `*.h5` under the given directories (recursively, symlinks followed once), plus the given files."""
+    return walk_traces(paths)[0]
 
 
-def load_trace(path: str, groups=GROUPS) -> dict[str, pd.DataFrame]:
-    """One DataFrame per trace group (iter, epoch, phase, sharpness; empty where the trace has none), one
-    column per dataset. Each carries in `df.attrs`: "config" (the run's config), "trace_attrs" (the file's
-    attributes: status, p, created, ...) and "path". Refuses what `trace.read_trace` refuses (TraceError)."""
-    tr = read_trace(path, groups=tuple(groups))
-    cfg = parse_config(path, tr.attrs)
-    out = {}
-    for g in groups:
-        df = pd.DataFrame(getattr(tr, g) or {})
-        df.attrs = {"config": cfg, "trace_attrs": dict(tr.attrs), "path": path}
-        out[g] = df
-    return out
+# ------------------------------------------------------------------------------------------------
+# Reading one run
+# ------------------------------------------------------------------------------------------------
+_HINTS = typing.get_type_hints(Config)
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def read_runs(paths, metric: str = "test_acc_avg") -> RunSet:
-    """Read every trace under `paths` (directories are searched recursively for *.h5)."""
-    files = find_traces(paths)
-    runs, skipped = [], []
-    for path in files:
-        try:
-            attrs, epoch, phase = read_summary(path)
-            cfg = parse_config(path, attrs)
-        except (TraceError, OSError, KeyError) as e:
-            skipped.append(Skipped(path, str(e)))
+def _fits(typ, v) -> bool:
+    if typ is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if typ is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, typ)
+
+
+def check_config(path: str, cfg: dict) -> None:
+    """Every config key the trace stores that Config knows must have Config's type (a list where a list is
+    expected, of the right items; ints accepted for floats); `lr_origin` a string. TraceError naming file and
+    key otherwise, so that one bad trace is skipped with its reason and every other run still tabulates."""
+    for k, v in cfg.items():
+        hint = _HINTS.get(k, str if k == "lr_origin" else None)
+        if hint is None:
             continue
-        col = epoch.get(metric)
-        value = float(col[-1]) if col is not None and len(col) else math.nan
-        ep = epoch.get("epoch")
-        last_epoch = float(ep[-1]) if ep is not None and len(ep) else math.nan
-        stamp = str(attrs.get("finished") or attrs.get("created") or "")
-        final = {k: float(v[-1]) if len(v) else math.nan for k, v in epoch.items()}
-        runs.append(Run(path=path, config=cfg, status=str(attrs.get("status", "unknown")),
-                        seed=int(cfg.get("seed", 0)), value=value, last_epoch=last_epoch,
-                        stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, phase),
-                        final=final))
-    root = os.fspath(paths) if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths) else "."
-    return RunSet(runs, skipped, root)
-
-
-NEVER_BOUND, CAP_HIT = "target never bound", "cap hit"
+        if typing.get_origin(hint) is list:
+            (item,) = typing.get_args(hint)
+            ok = isinstance(v, list) and all(_fits(item, x) or (item is float and x is None) for x in v)
+            want = f"a list of {item.__name__} values"
+        else:
+            ok, want = _fits(hint, v), _KIND[hint]
+        if not ok:
+            raise TraceError(f"trace {path!r}: stored config key {k!r} is {json.dumps(v)} "
+                             f"({type(v).__name__}), expected {want}")
 
 
 def control_notes(cfg: dict, phase: dict) -> list[tuple[str, str]]:
@@ -191,224 +177,126 @@ def control_notes(cfg: dict, phase: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _last(col) -> float:
+    return float(col[-1]) if col is not None and len(col) else math.nan
+
+
+def _extras(cfg: dict, it: dict, phase: dict, sharpness: dict) -> dict:
+    """What the presets read besides the metric: lambda_max of the averaged model at the last /sharpness row,
+    the mean of /iter/xi over measured iterations, per phase the target the trace recorded (/phase/target) and
+    the maximum of Xi after the first LATE_FRACTION of the phase (the alternative reference reading)."""
+    lam = math.nan
+    if sharpness and "lambda_max" in sharpness and "replica" in sharpness:
+        sel = np.flatnonzero(np.asarray(sharpness["replica"]) < 0)
+        lam = float(sharpness["lambda_max"][sel[-1]]) if len(sel) else math.nan
+    xi = np.asarray(it.get("xi", []), dtype=float)
+    fin = xi[np.isfinite(xi)]
+    targets = {}
+    if "phase" in phase and "target" in phase:
+        targets = {int(k): float(t) for k, t in zip(phase["phase"], phase["target"]) if math.isfinite(t)}
+    late = {}
+    if len(xi) and "phase" in it and "epoch" in it:
+        lengths = phase_epochs({**DEFAULTS, **cfg})
+        ph, ep = np.asarray(it["phase"]), np.asarray(it["epoch"], dtype=float)
+        for k, length in enumerate(lengths, 1):
+            start = sum(lengths[:k - 1])
+            sel = (ph == k) & (ep > start + LATE_FRACTION * length) & np.isfinite(xi)
+            if sel.any():
+                late[k] = float(xi[sel].max())
+    return dict(lambda_max=lam, xi_mean=float(fin.mean()) if len(fin) else math.nan, targets=targets, xi_late=late)
+
+
+def read_run(path: str, metric: str = "test_acc_avg") -> dict:
+    """One trace as the record of one row of the runs frame (before grouping). TraceError naming the file
+    and the field or key when the trace or its stored config cannot be used."""
+    tr = read_trace(path, columns={"iter": ITER_COLUMNS})  # /iter/: only what the tables use of its bulk
+    cfg = parse_config(path, tr.attrs)
+    check_config(path, cfg)
+    epoch = tr.epoch
+    stamp = str(tr.attrs.get("finished") or tr.attrs.get("created") or "")
+    return dict(path=path, config=cfg, status=str(tr.attrs.get("status", "unknown")), seed=int(cfg.get("seed", 0)),
+                value=_last(epoch.get(metric)), last_epoch=_last(epoch.get("epoch")),
+                stamp=f"{stamp}|{os.path.getmtime(path):020.6f}", control=control_notes(cfg, tr.phase),
+                lr_origin=str(cfg.get("lr_origin", "")),
+                final={k: _last(v) for k, v in epoch.items()}, **_extras(cfg, tr.iter, tr.phase, tr.sharpness))
+
+
 # ------------------------------------------------------------------------------------------------
-# Grouping and statistics
+# The runs frame
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class CellStats:
-    """Mean +- sample std over the counted seeds of one experiment, with what was not counted."""
-
-    values: list[float]
-    seeds: list[int]  # counted seeds, in order
-    expected: int  # seeds asked for (--seeds), else every seed seen in the experiment
-    unfinished: int = 0  # seeds with no finished run, newest copy still "running" (or crashed)
-    failed: int = 0  # seeds with no finished run, newest copy "failed" (or an unknown status)
-    stopped: int = 0  # seeds with no finished run, newest copy "stopped" (max_iterations or a signal): not a failure
-    duplicates: int = 0  # extra runs of an already-present seed
-    no_metric: int = 0  # finished runs without the metric (no evaluation row)
-    control: tuple = ()  # NEVER_BOUND / CAP_HIT when a counted run's control did not act as asked
-
-    @property
-    def count(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(pd.Series(self.values, dtype="float64").mean()) if self.values else math.nan
-
-    @property
-    def std(self) -> float:
-        return float(pd.Series(self.values, dtype="float64").std(ddof=1)) if len(self.values) >= 2 else math.nan
-
-    def annotations(self) -> list[str]:
-        notes = []
-        if self.count < self.expected:
-            notes.append(f"{self.count}/{self.expected} seeds")
-        elif self.count > self.expected:
-            notes.append(f"{self.count} seeds, {self.expected} asked")
-        elif self.count == 1:
-            notes.append("n=1")
-        for k, what in ((self.unfinished, "unfinished"), (self.stopped, "stopped"), (self.failed, "failed"),
-                        (self.no_metric, "without metric"), (self.duplicates, "duplicate")):
-            if k:
-                notes.append(f"{k} {what}" + ("s" if what == "duplicate" and k > 1 else ""))
-        return notes + list(self.control)
-
-    def text(self, digits: int = 2, fmt: str = "md") -> str:
-        """'92.10 ± 0.20', '92.10 (n=1)', '92.10 ± 0.20 (2/3 seeds, 1 unfinished)', or '—'."""
-        tex = fmt == "latex"
-        pm = r" \pm " if tex else " ± "
-        if self.count >= 2:
-            core = f"{self.mean:.{digits}f}{pm}{self.std:.{digits}f}"
-        elif self.count == 1:
-            core = f"{self.mean:.{digits}f}"
-        else:
-            core = None
-        notes = self.annotations()
-        if core is None and not (self.unfinished or self.stopped or self.failed or self.no_metric):
-            return EMPTY[fmt]
-        if tex:
-            core = f"${core}$" if core else EMPTY[fmt]
-            return core + (r" {\footnotesize (" + ", ".join(notes) + ")}" if notes else "")
-        return (core or EMPTY[fmt]) + (f" ({', '.join(notes)})" if notes else "")
+RUN_COLUMNS = RUN_FRAME_COLUMNS[:7]  # experiment, path, seed, status, counted, note, last_epoch
+EXTRA_COLUMNS = RUN_FRAME_COLUMNS[7:]  # what the tables read besides (not identity keys, not metrics): read_run
 
 
-EMPTY = {"md": "—", "latex": "---", "csv": ""}
+def _order(ident: dict) -> tuple:
+    return tuple(json.dumps(ident.get(k), sort_keys=True) for k in MAIN_KEYS)
 
 
-def seeds_cell(seeds: list[int], fmt: str) -> str:
-    """How many seeds count and which: '3 (0,1,2)', '1 (7)'; never a bare seed that reads like a count."""
-    return f"{len(seeds)} ({','.join(map(str, seeds))})" if seeds else EMPTY[fmt]
-
-
-@dataclass
-class Group:
-    """One experiment: its identifying config and every run of it."""
-
-    key: str
-    ident: dict
-    runs: list[Run] = field(default_factory=list)
-
-    def stats(self, expected: int | None = None) -> CellStats:
-        by_seed: dict[int, list[Run]] = {}
-        for r in self.runs:
-            by_seed.setdefault(r.seed, []).append(r)
-        counted = [r for r in self.runs if r.counted]
-        counted.sort(key=lambda r: r.seed)
-        st = CellStats(values=[r.value for r in counted], seeds=[r.seed for r in counted],
-                       expected=expected if expected is not None else len(by_seed),
-                       control=tuple(k for k in (NEVER_BOUND, CAP_HIT) if any(k == c[0] for r in counted
-                                                                             for c in r.control)))
-        for rs in by_seed.values():
-            st.duplicates += len(rs) - 1
-            if any(r.counted for r in rs):
-                continue
-            if any(r.finished for r in rs):
-                st.no_metric += 1
-                continue
-            newest = max(rs, key=lambda r: r.stamp)
-            if newest.status == "running":
-                st.unfinished += 1
-            elif newest.status == "stopped":
-                st.stopped += 1
-            else:
-                st.failed += 1
-        return st
-
-    def label(self, keys=None) -> str:
-        keys = keys or [k for k in MAIN_KEYS if k in self.ident]
-        return ", ".join(f"{k}={fmt_value(self.ident.get(k))}" for k in keys)
-
-
-def fmt_value(v) -> str:
-    if isinstance(v, list):
-        return "[" + ",".join(fmt_value(x) for x in v) + "]"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return "" if v is None else str(v)
-
-
-def group_runs(runs: list[Run], ignore=frozenset()) -> list[Group]:
-    """Group runs by identifying config; mark per seed the one run that counts (newest finished copy
-    with the metric) and say of every other run why it does not count."""
-    idents = [identity(r.config, ignore) for r in runs]
-    df = pd.DataFrame({"key": [json.dumps(i, sort_keys=True) for i in idents], "seed": [r.seed for r in runs]},
-                      index=pd.RangeIndex(len(runs)))
-    groups: dict[str, Group] = {}
-    for key, sub in df.groupby("key", sort=False):
-        groups[key] = Group(key, idents[sub.index[0]], [runs[i] for i in sub.index])
-        for seed, by_seed in sub.groupby("seed", sort=False):
-            rs = [runs[i] for i in by_seed.index]
-            ok = [r for r in rs if r.finished and not math.isnan(r.value)]
-            best = max(ok, key=lambda r: r.stamp) if ok else None
-            for r in rs:
-                r.counted = r is best
-                if r.counted:
-                    continue
-                if best is not None:
-                    r.note = f"duplicate of seed {seed} ({r.status}); the newest finished copy counts"
-                    if r.finished and not math.isnan(r.value) and r.value != best.value:
-                        r.note += f" (values differ: {r.value:g} here, {best.value:g} counted)"
-                elif len(rs) > 1 and r is not max(rs, key=lambda q: q.stamp):
-                    r.note = f"duplicate of seed {seed} ({r.status}); no copy finished"
-                elif r.finished:
-                    r.note = "finished but has no value of the metric (no evaluation row)"
-                elif r.status == "running":
-                    r.note = f"unfinished (status 'running': still running or crashed; last evaluation " \
-                             f"at epoch {r.last_epoch:g} of {fmt_value(r.config.get('epochs'))})"
-                elif r.status == "stopped":
-                    r.note = f"stopped (max_iterations or a signal; resume it to finish) after epoch " \
-                             f"{r.last_epoch:g} of {fmt_value(r.config.get('epochs'))}: not counted"
-                else:
-                    r.note = f"status {r.status!r}: not counted"
-    return sorted(groups.values(), key=_group_order)
-
-
-def _group_order(g: Group):
-    return tuple(json.dumps(g.ident.get(k), sort_keys=True) for k in MAIN_KEYS) + (g.key,)
-
-
-def parse_where(items) -> dict:
-    """['key=value', ...] -> {key: value}; the value in JSON (numbers, lists, true) or a bare string."""
-    out = {}
-    for text in items or ():
-        if "=" not in text:
-            raise ValueError(f"--where {text!r}: expected key=value")
-        k, raw = text.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[k.strip()] = raw
-    return out
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
-
-
-def filter_groups(groups: list[Group], where: dict) -> list[Group]:
-    return [g for g in groups if all(_equal(g.ident.get(k), v) for k, v in where.items())]
-
-
-RUN_COLUMNS = ("experiment", "path", "seed", "status", "counted", "note", "last_epoch")
-
-
-def runs_frame(runset: RunSet, ignore: frozenset | set = frozenset()) -> pd.DataFrame:
-    """The DataFrame of `load_runs` from a RunSet (groups its runs, marking which count)."""
-    groups = group_runs(runset.runs, ignore)
-    keys = sorted({k for g in groups for k in g.ident} - set(RUN_COLUMNS), key=lambda k: (k not in MAIN_KEYS, k))
-    rows, metrics = [], {}
-    for e, g in enumerate(groups):
-        for r in g.runs:
-            row = dict(zip(RUN_COLUMNS, (e, r.path, r.seed, r.status, r.counted, r.note, r.last_epoch)))
-            row.update({k: tuple(v) if isinstance(v, list) else v for k, v in g.ident.items() if k in keys})
-            for k, v in r.final.items():
-                name = metrics.setdefault(k, f"final_{k}" if k in keys or k in RUN_COLUMNS else k)
-                row[name] = v
-            rows.append(row)
-    df = pd.DataFrame(rows, columns=list(RUN_COLUMNS) + keys + list(metrics.values()))
-    df.attrs = {"keys": keys, "metrics": metrics, "experiments": [g.key for g in groups],
-                "skipped": [(s.path, s.reason) for s in runset.skipped], "root": runset.root}
+def runs_frame(records: list[dict], skipped=(), root: str = ".", ignore: frozenset | set = frozenset(),
+               metric: str = "test_acc_avg") -> pd.DataFrame:
+    """The frame of `load_runs` from run records (`read_run`'s dicts; `final`, the extras and `control` may be
+    left out): grouped into experiments by identity, numbered in the tables' order, counted (cells.count_runs)."""
+    recs = []
+    for r in records:
+        ident = identity(r["config"], ignore)
+        recs.append({"final": {}, "control": [], "lr_origin": str(r["config"].get("lr_origin", "")),
+                     "lambda_max": math.nan, "xi_mean": math.nan, **r, "targets": r.get("targets") or {},
+                     "xi_late": r.get("xi_late") or {}, "ident": ident, "key": json.dumps(ident, sort_keys=True)})
+    # experiments numbered in the tables' order (MAIN_KEYS, then the identity's JSON); rows in that order,
+    # in reading order within an experiment
+    first = {}
+    for r in recs:
+        first.setdefault(r["key"], r["ident"])
+    order = sorted((_order(i), k) for k, i in first.items())
+    number = {k: e for e, (_, k) in enumerate(order)}
+    recs.sort(key=lambda r: number[r["key"]])
+    keys = sorted({k for i in first.values() for k in i} - set(RUN_COLUMNS) - set(EXTRA_COLUMNS),
+                  key=lambda k: (k not in MAIN_KEYS, k))
+    metrics = {}
+    for r in recs:
+        for k in r["final"]:
+            metrics.setdefault(k, f"final_{k}" if k in keys or k in RUN_COLUMNS or k in EXTRA_COLUMNS else k)
+    nan = math.nan
+    cols = {"experiment": [number[r["key"]] for r in recs], "counted": False, "note": ""}
+    cols.update({c: [r[c] for r in recs] for c in ("path", "seed", "status")})
+    cols["last_epoch"] = np.array([r["last_epoch"] for r in recs], dtype=float)
+    cols.update({k: [(lambda v: tuple(v) if isinstance(v, list) else v)(r["ident"].get(k, nan)) for r in recs]
+                 for k in keys})
+    cols.update({name: [r["final"].get(k, nan) for r in recs] for k, name in metrics.items()})
+    cols.update({c: np.array([r[c] for r in recs], dtype=float) for c in ("value", "lambda_max", "xi_mean")})
+    cols.update({c: [r[c] for r in recs] for c in EXTRA_COLUMNS if c not in cols})
+    base = pd.DataFrame({c: cols[c] for c in list(RUN_COLUMNS) + keys + list(metrics.values()) + list(EXTRA_COLUMNS)},
+                        index=pd.RangeIndex(len(recs)))
+    df = count_runs(base)
+    df.attrs = {"keys": keys, "metrics": metrics, "experiments": [k for _, k in order],
+                "skipped": sorted(skipped), "root": root, "metric": metric}
     return df
 
 
 def load_runs(paths, metric: str = "test_acc_avg", ignore: frozenset | set = frozenset()) -> pd.DataFrame:
-    """Every trace under `paths` as one row per run: `experiment` (0, 1, ...: runs with the same identifying
-    config are seeds of one experiment; numbered in the flat table's order), `path`, `seed`, `status`,
-    `counted` (this run enters its experiment's mean: the newest finished copy of its seed with `metric`),
-    `note` (why not), `last_epoch`, the identity keys (lists as tuples) and the last value of every /epoch/
-    column (named as in the trace, `final_<name>` where a name is taken). `df.attrs`: "keys" (identity
-    columns), "metrics" (/epoch/ column -> frame column), "experiments" (each experiment's identity as JSON),
-    "skipped" ([(path, reason)] of unreadable traces), "root".
+    """Every trace under `paths` (directories searched recursively for *.h5, symlinks followed once), each read
+    once, as one row per run: `experiment` (0, 1, ...: runs with the same identifying config are seeds of one
+    experiment; numbered in the flat table's order), `path`, `seed`, `status`, `counted` (this run enters its
+    experiment's mean: the newest finished copy of its seed with `metric`), `note` (why not), `last_epoch`, the
+    identity keys (lists as tuples), the last value of every /epoch/ column (named as in the trace, `final_<name>`
+    where a name is taken), then `value` (the metric), `stamp`, `lr_origin`, `lambda_max` (averaged model, last
+    sharpness row), `xi_mean` (mean Xi over measured iterations), `control` (notes of target phases), `targets`
+    ({phase: target}), `xi_late` ({phase: max Xi after the first 10 % of the phase}), `config`, `ident`, `key`.
+    `df.attrs`: "keys" (identity columns), "metrics" (/epoch/ column -> frame column), "experiments" (each
+    experiment's identity as JSON), "skipped" ([(path, reason)] of what could not be read), "root", "metric".
 
         df = load_runs("runs/")
         df[df.counted].groupby("experiment").test_acc_avg.agg(["mean", "std", "count"])  # std: ddof=1
     """
-    return read_runs(paths, metric).frame(ignore)
+    files, skipped = walk_traces(paths)
+    records = []
+    for path in files:
+        try:
+            records.append(read_run(path, metric))
+        except (TraceError, OSError, KeyError) as e:
+            skipped.append((path, str(e)))
+    root = os.fspath(paths) if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths) else "."
+    return runs_frame(records, skipped, root, ignore, metric)
 
 
 def summarize(df: pd.DataFrame, metric: str = "test_acc_avg") -> pd.DataFrame:
@@ -422,3 +310,25 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc_avg") -> pd.DataFrame:
     out = ident.join(stats)
     out["count"] = out["count"].fillna(0).astype(int)
     return out
+
+
+def load_trace(path: str, groups=GROUPS) -> dict[str, pd.DataFrame]:
+    """One DataFrame per trace group (iter, epoch, phase, sharpness; empty where the trace has none), one
+    column per dataset. Each carries in `df.attrs`: "config" (the run's config), "trace_attrs" (the file's
+    attributes: status, p, created, ...) and "path". Refuses what `trace.read_trace` refuses (TraceError)."""
+    tr = read_trace(path, groups=tuple(groups))
+    cfg = parse_config(path, tr.attrs)
+    out = {}
+    for g in groups:
+        df = pd.DataFrame(getattr(tr, g) or {})
+        df.attrs = {"config": cfg, "trace_attrs": dict(tr.attrs), "path": path}
+        out[g] = df
+    return out
+
+
+def rel(df: pd.DataFrame, path: str) -> str:
+    """A path as the tables print it: relative to the directory given to load_runs."""
+    try:
+        return os.path.relpath(path, df.attrs.get("root", "."))
+    except ValueError:
+        return path

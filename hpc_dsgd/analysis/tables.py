@@ -17,68 +17,49 @@ Std is the sample std over seeds (ddof=1); a cell with one seed shows no std ("n
 Traces that cannot be read (no schema_version, a newer schema, not HDF5) are listed as skipped with
 the reason; the tool exits non-zero only when no readable trace was found.
 
-This module is the command line. The work is in runs.py (traces, identity, grouping and counting; the
-DataFrame API load_runs / load_trace), presets.py (the paper's layouts and values), render.py (Markdown,
-LaTeX, CSV) and the large_batch / lr_sweep presets; the names other code imports from here are re-exported.
+This module is the command line and `make_table` / `render`, the one entry point of every preset (the campaign's
+report calls them too). The work is in runs.py (traces -> one runs DataFrame: `load_runs`), cells.py (counting
+rules, experiments, cell statistics), presets.py (the paper's layouts and values), table.py (the Table model and
+its Markdown, LaTeX and CSV writers), render.py (the flat table and Tables 1-7), large_batch.py and lr_sweep.py.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+import pandas as pd
+
 from . import large_batch, lr_sweep
+from .cells import experiments, parse_where, where
+from .presets import PRESETS, build_preset
+from .render import flat_table, preset_table
+from .runs import load_runs
+from .table import Table, write
 
-# The public names of the analysis as they were when this module held all of it (campaign.py, tests and
-# notebooks import them from here): loading and grouping (runs), presets and paper values (presets), renderers
-# (render). `load_runs` here is the list form (a RunSet); `runs.load_runs` is the DataFrame form.
-from .presets import (
-    CIFAR_FRACTIONS,
-    FACTOR_LABEL,
-    IMAGENET_FRACTIONS,
-    PAPER_VALUES,
-    PRESETS,
-    XI,
-    Cell,
-    Layout,
-    Preset,
-    PresetTable,
-    build_preset,
-    phase_epochs,
-    phase_levels,
-)
-from .render import render_groups, render_preset
-from .runs import (
-    CAP_HIT,
-    EMPTY,
-    MAIN_KEYS,
-    NEVER_BOUND,
-    NON_IDENTIFYING,
-    NON_IDENTIFYING_SUFFIXES,
-    CellStats,
-    Group,
-    Run,
-    RunSet,
-    Skipped,
-    control_notes,
-    filter_groups,
-    find_traces,
-    fmt_value,
-    group_runs,
-    identity,
-    is_identifying,
-    parse_where,
-    read_runs,
-    read_summary,
-    seeds_cell,
-)
+OTHER_PRESETS = ("large_batch", "lr_sweep")
 
-__all__ = ["CAP_HIT", "CIFAR_FRACTIONS", "EMPTY", "FACTOR_LABEL", "IMAGENET_FRACTIONS", "MAIN_KEYS", "NEVER_BOUND",
-           "NON_IDENTIFYING", "NON_IDENTIFYING_SUFFIXES", "PAPER_VALUES", "PRESETS", "XI", "Cell", "CellStats", "Group",
-           "Layout", "Preset", "PresetTable", "Run", "RunSet", "Skipped", "build_preset", "control_notes",
-           "filter_groups", "find_traces", "fmt_value", "group_runs", "identity", "is_identifying", "load_runs", "main",
-           "parse_where", "phase_epochs", "phase_levels", "read_runs", "read_summary", "render_groups", "render_preset",
-           "seeds_cell"]
-load_runs = read_runs
+
+def make_table(df: pd.DataFrame, preset: str | None = None, expected: int | None = None, digits: int = 2,
+               paper: bool = False, wanted: dict | None = None, options: dict | None = None) -> Table:
+    """The Table of a runs frame (`runs.load_runs`): the flat table of every experiment (preset None), one of the
+    paper's Tables 1-7 ("table1" ... "table7"; `paper`: the paper's values beside each cell and the departures
+    from the paper at the foot), "large_batch" or "lr_sweep". `expected`: seeds per cell; `wanted`: keep the
+    experiments whose identity has these KEY=VALUE; `options`: Tables 6/7 (phase1_epochs, later_epochs)."""
+    exps = where(experiments(df), wanted or {})
+    metric = df.attrs.get("metric", "test_acc_avg")
+    if preset == "large_batch":
+        return large_batch.table(large_batch.build(exps, expected), df, digits)
+    if preset == "lr_sweep":
+        return lr_sweep.table(lr_sweep.build(exps, expected), df, digits, metric, exps)
+    if preset:
+        tab = build_preset(preset, exps, expected, options)
+        return preset_table(tab, df, exps, digits, paper, metric, PRESETS[preset].dec_phase)
+    return flat_table(df, exps, expected, digits, metric)
+
+
+def render(df: pd.DataFrame, preset: str | None = None, fmt: str = "md", **kw) -> str:
+    """`make_table(df, preset, **kw)` written as Markdown, LaTeX or CSV."""
+    return write(make_table(df, preset, **kw), fmt)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mean ± std over seeds of a final metric for every experiment found in a directory of "
                     "traces, or laid out as one of the paper's Tables 1-7.")
     ap.add_argument("paths", nargs="+", help="directories searched recursively for *.h5 traces (or trace files)")
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch", "lr_sweep"],
+    ap.add_argument("--preset", choices=sorted(PRESETS) + list(OTHER_PRESETS),
                     help="lay out the paper's table (rows, columns, headers); large_batch: C-SGD vs D-SGD, "
                          "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py); lr_sweep: "
                          "accuracy per base_lr of each sweep, the best marked (hpc_dsgd/analysis/lr_sweep.py)")
@@ -114,38 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.paper and (not args.preset or args.preset in ("large_batch", "lr_sweep")):
+    if args.paper and (not args.preset or args.preset in OTHER_PRESETS):
         print("hpc_dsgd: error: --paper needs --preset tableN: the paper's values belong to Kong et al.'s tables "
               "(Zhu et al. give their large-batch results as a figure)", file=sys.stderr)
         return 2
     try:
-        where = parse_where(args.where)
+        wanted = parse_where(args.where)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    runset = load_runs(args.paths[0] if len(args.paths) == 1 else args.paths, args.metric)
-    if not runset.runs:
-        for s in runset.skipped:
-            print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-        print(f"no readable trace under {' '.join(args.paths)} ({len(runset.skipped)} skipped)", file=sys.stderr)
+    df = load_runs(args.paths[0] if len(args.paths) == 1 else args.paths, args.metric, frozenset(args.ignore_key))
+    skipped = df.attrs["skipped"]
+    if df.empty:
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"no readable trace under {' '.join(args.paths)} ({len(skipped)} skipped)", file=sys.stderr)
         return 1
-    groups = filter_groups(group_runs(runset.runs, frozenset(args.ignore_key)), where)
-    if args.preset == "large_batch":
-        text = large_batch.render(large_batch.build(groups, args.seeds), args.format, args.digits, runset)
-    elif args.preset == "lr_sweep":
-        text = lr_sweep.render(lr_sweep.build(groups, args.seeds), args.format, args.digits, args.metric, runset, groups)
-    elif args.preset:
-        opt = {"later_epochs": args.later_epochs}
-        if args.phase1_epochs:
-            opt["phase1_epochs"] = tuple(args.phase1_epochs)
-        tab = build_preset(args.preset, groups, args.seeds, opt)
-        text = render_preset(tab, args.format, args.digits, args.paper, args.metric, runset)
-    else:
-        text = render_groups(groups, args.format, args.digits, args.seeds, args.metric, runset)
-    print(text)
-    if args.format == "csv" and runset.skipped:
-        for s in runset.skipped:
-            print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    opt = {"later_epochs": args.later_epochs}
+    if args.phase1_epochs:
+        opt["phase1_epochs"] = tuple(args.phase1_epochs)
+    print(render(df, args.preset, args.format, expected=args.seeds, digits=args.digits, paper=args.paper,
+                 wanted=wanted, options=opt))
+    if args.format == "csv" and skipped:
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
     return 0
 
 

@@ -158,7 +158,9 @@ def test_dec_phase_2_target_binds_against_its_own_xi_max_run_not_against_all_gos
     Against it, 1/2 Xi_max makes gossip repeat in phase 2 and holds Xi at the target; against an all-gossip run,
     whose phase-2 maximum still carries phase 1's distance, the same target never binds: the trace records
     zero binding iterations and the table marks the cell."""
-    from hpc_dsgd.analysis.tables import NEVER_BOUND, group_runs, load_runs, render_groups
+    from hpc_dsgd.analysis.cells import NEVER_BOUND
+    from hpc_dsgd.analysis.runs import load_runs
+    from hpc_dsgd.analysis.tables import render
 
     comm = MPI.COMM_WORLD
     tmp = shared_tmp(tmp_path_factory, "dec2")
@@ -185,7 +187,7 @@ def test_dec_phase_2_target_binds_against_its_own_xi_max_run_not_against_all_gos
     assert (it["gossip_steps"][p2] > 1).sum() == own.phase["bound_iterations"][1]
     assert other.phase["bound_iterations"][1] == 0 and other.phase["pre_control_max"][1] <= other.phase["target"][1]
     for fmt in ("md", "latex"):
-        marked = render_groups(group_runs(load_runs(f"{tmp}/half_vs_ring/trace.h5").runs), fmt)
+        marked = render(load_runs(f"{tmp}/half_vs_ring/trace.h5"), None, fmt)
         assert NEVER_BOUND in marked and "phase 2: target never bound (same as Ξ_max)" in marked
-        clean = render_groups(group_runs(load_runs(f"{tmp}/half_vs_dec2_xi_max/trace.h5").runs), fmt)
+        clean = render(load_runs(f"{tmp}/half_vs_dec2_xi_max/trace.h5"), None, fmt)
         assert NEVER_BOUND not in clean

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hpc_dsgd import topology_report
-from hpc_dsgd.analysis import figures, tables
+from hpc_dsgd.analysis import figures, presets, runs, tables
+from hpc_dsgd.analysis.cells import CellStats, experiments
 from hpc_dsgd.analysis.gossip_sim import simulate_consensus
 from hpc_dsgd.config import Config
 from hpc_dsgd.topology import Topology
@@ -95,22 +96,22 @@ def runs_dir(tmp_path_factory):
     return root
 
 
-def _group(groups, exp):
-    want = tables.identity(CFGS[exp])
-    (g,) = [g for g in groups if g.ident == want]
+def _group(exps, exp):
+    want = runs.identity(CFGS[exp])
+    (g,) = [g for g in exps if g.ident == want]
     return g
 
 
 def test_means_stds_counts_and_flags(runs_dir):
-    rs = tables.load_runs(runs_dir)
-    assert len(rs.runs) == len(ACC) + 2
-    skipped = {s.path.split("/")[-2] if s.path.endswith("trace.h5") else s.path.split("/")[-1]: s.reason
-               for s in rs.skipped}
+    df = runs.load_runs(runs_dir)
+    assert len(df) == len(ACC) + 2
+    skipped = {p.split("/")[-2] if p.endswith("trace.h5") else p.split("/")[-1]: reason
+               for p, reason in df.attrs["skipped"]}
     assert set(skipped) == {"future", "foreign.h5"}
     assert "schema_version 99" in skipped["future"] and "future/trace.h5" in skipped["future"]
     assert "no schema_version" in skipped["foreign.h5"]
 
-    groups = tables.group_runs(rs.runs)
+    groups = experiments(df)
     assert len(groups) == 4  # seed and name do not split an experiment
     for exp in CFGS:
         st = _group(groups, exp).stats()
@@ -127,8 +128,9 @@ def test_means_stds_counts_and_flags(runs_dir):
     assert (half.count, half.expected, half.unfinished) == (2, 3, 1)
     assert half.text() == (f"{np.mean([92.0, 92.4]):.2f} ± {np.std([92.0, 92.4], ddof=1):.2f} "
                            "(2/3 seeds, 1 unfinished)")
-    unfinished = [r for r in _group(groups, "half").runs if not r.counted]
-    assert len(unfinished) == 1 and "unfinished" in unfinished[0].note and unfinished[0].status == "running"
+    half_runs = _group(groups, "half").runs
+    unfinished = half_runs[~half_runs.counted]
+    assert len(unfinished) == 1 and "unfinished" in unfinished.note.iloc[0] and unfinished.status.iloc[0] == "running"
 
     ar = _group(groups, "ar").stats(expected=5)  # --seeds 5
     assert ar.text().endswith("(3/5 seeds)")
@@ -137,9 +139,9 @@ def test_means_stds_counts_and_flags(runs_dir):
 
 
 def test_single_seed_shows_no_std():
-    st = tables.CellStats(values=[91.234], seeds=[0], expected=1)
+    st = CellStats(values=[91.234], seeds=[0], expected=1)
     assert st.text() == "91.23 (n=1)" and math.isnan(st.std)
-    assert tables.CellStats(values=[], seeds=[], expected=0).text() == "—"
+    assert CellStats(values=[], seeds=[], expected=0).text() == "—"
 
 
 def test_cli_flat_table_and_formats(runs_dir, capsys):
@@ -167,17 +169,17 @@ def test_no_readable_trace_exits_nonzero(tmp_path, capsys):
 
 
 def test_table2_preset_layout_and_cells(runs_dir, capsys):
-    lay = tables.PRESETS["table2"].layout
+    lay = presets.PRESETS["table2"].layout
     assert lay.rows == ["n=32", "n=64"]
     assert lay.corner == "# nodes \\ target Ξ"
     assert [g for g, _ in lay.groups] == ["dec-phase-1", "dec-phase-2", "dec-phase-3"]
     assert all(cols == ["Ξ_max", "1/2 Ξ_max", "1/4 Ξ_max"] for _, cols in lay.groups)
-    assert len(tables.PAPER_VALUES["table2"]["cells"][0]) == 9
-    assert tables.PAPER_VALUES["table2"]["cells"][0][0] == (91.78, 0.35)
-    assert tables.PAPER_VALUES["table2"]["cells"][1][8] == (92.60, 0.10)
+    assert len(presets.PAPER_VALUES["table2"]["cells"][0]) == 9
+    assert presets.PAPER_VALUES["table2"]["cells"][0][0] == (91.78, 0.35)
+    assert presets.PAPER_VALUES["table2"]["cells"][1][8] == (92.60, 0.10)
 
-    groups = tables.group_runs(tables.load_runs(runs_dir).runs)
-    tab = tables.build_preset("table2", groups)
+    groups = experiments(runs.load_runs(runs_dir))
+    tab = presets.build_preset("table2", groups)
     d1max, d1half = tab.cells[0][0], tab.cells[0][1]
     assert d1max.stats.mean == pytest.approx(np.mean([91.5, 91.9, 91.7]))
     assert d1half.stats.count == 2 and d1half.stats.unfinished == 1
@@ -197,7 +199,7 @@ def test_table2_preset_layout_and_cells(runs_dir, capsys):
 
 
 def test_other_presets_have_the_papers_layout(runs_dir):
-    P = tables.PRESETS
+    P = presets.PRESETS
     assert P["table1"].layout.columns == [("", "AllReduce (complete)"), ("", "D-SGD (ring)")]
     assert P["table1"].layout.rows == ["n=16", "n=32", "n=64"]
     assert [g for g, _ in P["table3"].layout.groups] == [f"dec-phase-{k}" for k in (1, 2, 3, 4)]
@@ -207,14 +209,14 @@ def test_other_presets_have_the_papers_layout(runs_dir):
     assert P["table7"].layout.rows == ["150", "200", "250"]
     assert P["table7"].layout.columns[-1][1] == "0 Ξ_max"
     for name, pre in P.items():  # every cell has the paper's value
-        cells = tables.PAPER_VALUES[name]["cells"]
+        cells = presets.PAPER_VALUES[name]["cells"]
         assert [len(r) for r in cells] == [len(pre.layout.columns)] * len(pre.layout.rows), name
-    groups = tables.group_runs(tables.load_runs(runs_dir).runs)
-    t1 = tables.build_preset("table1", groups)
+    groups = experiments(runs.load_runs(runs_dir))
+    t1 = presets.build_preset("table1", groups)
     assert t1.cells[1][0].stats.mean == pytest.approx(np.mean([92.5, 92.9, 93.1]))
     assert t1.cells[1][1].stats.mean == pytest.approx(np.mean([91.0, 91.6, 91.2]))
     # Table 7 with scaled-down epochs: phase 1 of 4 epochs, phases 2+3 of 4 epochs together
-    t7 = tables.build_preset("table7", groups, options={"phase1_epochs": (4, 5, 6), "later_epochs": 4})
+    t7 = presets.build_preset("table7", groups, options={"phase1_epochs": (4, 5, 6), "later_epochs": 4})
     assert t7.layout.rows == ["4", "5", "6"]
     assert t7.cells[0][0].stats.mean == pytest.approx(np.mean([91.0, 91.6, 91.2]))  # plain ring = Xi_max
     assert t7.cells[0][4].stats is None  # 0 Xi_max: allreduce in phase 1, gossip after: not run
@@ -297,7 +299,7 @@ def test_keys_nothing_reads_neither_label_nor_split_an_experiment(tmp_path, caps
         old.pop(k)
     write_trace(tmp_path / "img0.h5", config(seed=0), 90.0)
     write_trace(tmp_path / "img1.h5", old, 92.0)
-    groups = tables.group_runs(tables.load_runs(str(tmp_path)).runs)
+    groups = experiments(runs.load_runs(str(tmp_path)))
     assert sorted(len(g.runs) for g in groups) == [2, 2]
     adam, = [g for g in groups if g.ident["optimizer"] == "adam"]
     sgd, = [g for g in groups if g.ident["optimizer"] == "sgd"]
@@ -381,6 +383,7 @@ def test_lr_sweep_preset_picks_the_best_mean_over_seeds(tmp_path):
     """The lr_sweep preset: one row per sweep, one column per base_lr, the best by mean over seeds
     marked and named; fabricated traces with known accuracies, where the best single seed is not the best mean."""
     from hpc_dsgd.analysis import lr_sweep
+    from hpc_dsgd.analysis.table import write
 
     acc = {0.05: (90.0, 90.4), 0.1: (91.0, 91.4), 0.2: (92.5, 89.5), 0.4: (85.0, 86.0)}  # 0.1 best mean (91.2)
     for lr, vals in acc.items():
@@ -388,19 +391,19 @@ def test_lr_sweep_preset_picks_the_best_mean_over_seeds(tmp_path):
             write_trace(tmp_path / f"ar_lr{lr}_s{seed}.h5", config(policies=["allreduce"] * 3, base_lr=lr, seed=seed), a)
     write_trace(tmp_path / "ring_lr0.1.h5", config(base_lr=0.1), 88.0)
     write_trace(tmp_path / "ring_lr0.2.h5", config(base_lr=0.2), 89.0)
-    groups = tables.group_runs(tables.load_runs(str(tmp_path)).runs)
+    groups = experiments(runs.load_runs(str(tmp_path)))
     sweeps = lr_sweep.build(groups, expected=2)
     best = {tuple(s.ident["policies"]): s.best for s in sweeps}
     assert best == {("allreduce",) * 3: 0.1, ("gossip",) * 3: 0.2}
     ar = next(s for s in sweeps if s.ident["policies"][0] == "allreduce")
     assert ar.cells[0.1].mean == pytest.approx(91.2) and ar.cells[0.1].seeds == [0, 1]
-    md = lr_sweep.render(sweeps, "md")
+    md = write(lr_sweep.table(sweeps), "md")
     row = next(line for line in md.splitlines() if line.startswith("| digits") and "allreduce" in line)
     assert "**91.20 ± 0.28**" in row and row.rstrip(" |").endswith("0.1")
     assert "89.00 (1/2 seeds)" in md and "**89.00 (1/2 seeds)**" in md  # the ring's best, with its seed count
-    assert r"\textbf{91.20 $\pm$" not in lr_sweep.render(sweeps, "latex")  # LaTeX uses \pm inside math
-    assert r"\textbf{$91.20 \pm 0.28$}" in lr_sweep.render(sweeps, "latex")
-    csv_rows = [line.split(",") for line in lr_sweep.render(sweeps, "csv").splitlines()]
+    assert r"\textbf{91.20 $\pm$" not in write(lr_sweep.table(sweeps), "latex")  # LaTeX uses \pm inside math
+    assert r"\textbf{$91.20 \pm 0.28$}" in write(lr_sweep.table(sweeps), "latex")
+    csv_rows = [line.split(",") for line in write(lr_sweep.table(sweeps), "csv").splitlines() if line[0] != "#"]
     assert sum(r[-2] == "1" for r in csv_rows[1:]) == 2
     out = tables.main([str(tmp_path), "--preset", "lr_sweep", "--seeds", "2"])
     assert out == 0
@@ -424,8 +427,6 @@ def test_seeds_column_counts_and_names_seeds_and_stopped_is_not_failed(tmp_path,
 def test_load_runs_frame_counts_like_the_tables(runs_dir):
     """The notebook API: load_runs gives one row per readable run with its experiment, seed, status,
     whether it counts, identity keys and final metrics; summarize's mean and sample std (pandas) are the tables'."""
-    from hpc_dsgd.analysis import runs
-
     df = runs.load_runs(runs_dir)
     assert len(df) == len(ACC) + 2 and df.experiment.nunique() == 4
     assert sorted(p for p, _ in df.attrs["skipped"])[0].endswith("foreign.h5")
@@ -435,12 +436,12 @@ def test_load_runs_frame_counts_like_the_tables(runs_dir):
     assert sorted(half.status) == ["finished", "finished", "running"] and not half[~half.counted].note.iloc[0] == ""
     summary = runs.summarize(df)
     assert list(summary["count"]) == [3, 3, 3, 2]
-    groups = tables.group_runs(tables.load_runs(runs_dir).runs)
+    groups = experiments(runs.load_runs(runs_dir))
     for (_, row), g in zip(summary.iterrows(), groups):
         st = g.stats()
         assert tuple(g.ident["policies"]) == row.policies and row["count"] == st.count
         assert row["mean"] == pytest.approx(st.mean, rel=1e-12) and row["std"] == pytest.approx(st.std, rel=1e-12)
-        vals = [v for (e, s), v in ACC.items() if tables.identity(CFGS[e]) == g.ident]
+        vals = [v for (e, s), v in ACC.items() if runs.identity(CFGS[e]) == g.ident]
         assert row["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
 
 
@@ -467,7 +468,7 @@ def test_analysis_modules_have_one_job_and_no_cycle():
     import sys
 
     here = os.path.dirname(tables.__file__)
-    for mod in ("runs", "presets", "render", "large_batch", "lr_sweep"):
+    for mod in ("runs", "cells", "table", "presets", "render", "large_batch", "lr_sweep"):
         tree = ast.parse(open(os.path.join(here, f"{mod}.py")).read())
         imported = {a.name.split(".")[0] if n.module is None else n.module for n in ast.walk(tree)
                     if isinstance(n, ast.ImportFrom) for a in n.names}

@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_dsgd.analysis.tables import PRESETS, Run, build_preset, group_runs, render_preset
+from hpc_dsgd.analysis.cells import experiments
+from hpc_dsgd.analysis.presets import PRESETS, build_preset
+from hpc_dsgd.analysis.runs import runs_frame
+from hpc_dsgd.analysis.tables import render
 from hpc_dsgd.config import load_config
 from hpc_dsgd.data import DATASETS, DataError, check_dataset, epoch_permutation, load_dataset, replica_shard
 from hpc_dsgd.data import imagenet32 as inet
@@ -342,12 +345,13 @@ def test_table3_preset_renders_from_runs_of_these_configs():
     for i, path in enumerate(T3):
         cfg = load_config(path, ranks=1).to_dict()
         for seed in (0, 1):  # the paper: two seeds
-            runs.append(Run(path=f"{path}.s{seed}", config={**cfg, "seed": seed}, status="finished", seed=seed,
-                            value=50.0 + i / 100 + seed / 10, last_epoch=90.0, stamp=str(seed)))
-    tab = build_preset("table3", group_runs(runs), expected=2)
+            runs.append(dict(path=f"{path}.s{seed}", config={**cfg, "seed": seed}, status="finished", seed=seed,
+                             value=50.0 + i / 100 + seed / 10, last_epoch=90.0, stamp=str(seed)))
+    df = runs_frame(runs)
+    tab = build_preset("table3", experiments(df), expected=2)
     assert all(c.stats is not None and c.stats.count == 2 for row in tab.cells for c in row)
     assert all(c.stats is not None and c.stats.count == 2 for _, cs in tab.baselines for c in cs)
-    text = render_preset(tab, paper=True)
+    text = render(df, "table3", "md", paper=True)
     assert "ambiguous" not in text and "—" not in text and "[paper 51.22 ± 0.08]" in text
 
 

@@ -229,11 +229,12 @@ def test_malformed_traces_one_error_naming_file_and_field(tmp_path, kind):
     """Every defect is one TraceError naming the file and the field, from read_trace (or, for a trace
     without config_json, from its .config that reference traces and tables read), never a KeyError,
     JSONDecodeError, OSError or an 8 GB allocation; the tables' reader refuses it alike."""
-    from hpc_dsgd.analysis.tables import load_runs
+    from hpc_dsgd.analysis.runs import load_runs
 
     p = _malformed(tmp_path, kind)
     with pytest.raises(TraceError) as e:
         _ = read_trace(p).config
     assert p in str(e.value) and MALFORMED[kind] in str(e.value), str(e.value)
     runs = load_runs([p])
-    assert not runs.runs and p in runs.skipped[0].reason and MALFORMED[kind] in runs.skipped[0].reason
+    reason = runs.attrs["skipped"][0][1]
+    assert runs.empty and p in reason and MALFORMED[kind] in reason
