@@ -26,7 +26,8 @@ BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_
                      "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
                      "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
                      "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
-                     "layers", "d_ff", "dropout")
+                     "layers", "d_ff", "dropout", "partition", "dirichlet_alpha", "shards_per_replica",
+                     "validation_split")
 
 
 def saved_config(saved_meta: dict) -> dict:

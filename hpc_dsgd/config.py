@@ -59,6 +59,10 @@ class Config:
     data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
     model: str = "resnet20"  # model name: resnet20 | small_cnn (image data sets) | transformer (multi30k)
     width: float = 1.0  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
+    partition: str = "iid"  # which samples each replica reads (docs/partitions.md): iid (the paper's data centre: one shuffle per epoch, equal shards) | dirichlet: each class split over the replicas by Dir(dirichlet_alpha) | shards: label-sorted shards, shards_per_replica each
+    dirichlet_alpha: float = 0.5  # partition dirichlet: concentration alpha (0.1: a few classes per replica; large: the iid proportions)
+    shards_per_replica: int = 2  # partition shards: label-sorted shards per replica (McMahan et al. 2017: 2)
+    validation_split: float = 0.0  # 0 = off: train on the whole training set, evaluate on the test set (the tables) | 0 < f < 1: hold out a fixed fraction f of the training set (0.1 = 5,000 CIFAR-10 images), train on the rest, evaluate on it instead of the test set (sweeps select on it); multi30k: any f > 0 evaluates on its own validation set, nothing held out
     # -- translation (dataset multi30k, model transformer; paper Sec. 4.2, 4.4) ------------
     vocab_size: int = 8000  # joint source-target byte-level BPE vocabulary, trained on the training text
     max_len: int = 128  # subwords kept per sentence
@@ -152,6 +156,8 @@ def inapplicable_keys(cfg: dict) -> frozenset:
     out = set(("momentum", "nesterov") if cfg.get("optimizer", "sgd") == "adam" else ("adam_betas", "adam_eps"))
     out |= set(STEP_SCHEDULE_KEYS if cfg.get("lr_schedule", "step") == "inverse_sqrt" else ("warmup_steps", "lr_scale"))
     out |= {"width"} if cfg.get("model") == "transformer" else set(TRANSFORMER_KEYS)
+    out |= {"dirichlet_alpha"} if cfg.get("partition", "iid") != "dirichlet" else set()
+    out |= {"shards_per_replica"} if cfg.get("partition", "iid") != "shards" else set()
     return frozenset(out)
 
 
@@ -277,6 +283,7 @@ def validate(cfg: Config, ranks: int) -> None:
     # top, so that importing this module (DEFAULTS for the analysis tables, `python -m hpc_dsgd --help`) stays
     # torch-free.
     from .data import DATASETS
+    from .data.partition import check_data_keys
     from .execution import EXECS
     from .models import MODELS
     from .optim import OPTIMIZERS
@@ -296,6 +303,7 @@ def validate(cfg: Config, ranks: int) -> None:
     Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
     need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+    check_data_keys(cfg)  # partition, dirichlet_alpha, shards_per_replica, validation_split
     translation = cfg.dataset == "multi30k"
     if translation:
         need(cfg.model == "transformer", f"model={cfg.model!r}: dataset multi30k (translation) trains model 'transformer'")

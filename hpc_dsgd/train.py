@@ -288,7 +288,8 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
                     kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
                     os.replace(tpath, kept)
                     log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
-                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it))
+                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it),
+                                    arrays=wl.trace_arrays())
                 if how == "branch":
                     copy_trace_prefix(os.path.join(os.path.dirname(os.path.dirname(ckpt_from)), "trace.h5"), trace, it)
             log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
