@@ -149,16 +149,19 @@ def _check(argv: list[str]) -> int:
     ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
     args = ap.parse_args(argv)
 
-    from .preflight import check_data_size
+    from .preflight import check_data_size, partition_summary
 
     try:
         if args.ranks < 1:
             raise ValueError(f"--ranks {args.ranks}: need at least one task")
         cfg = load_config(args.config, args.overrides, ranks=args.ranks)
         check_data_size(cfg)
+        data_lines = partition_summary(cfg)  # non-iid or held out: sizes, classes per replica
     except ValueError as e:
         print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
+    for line in data_lines:
+        print(f"hpc_dsgd: {line}")
     print(f"hpc_dsgd: {args.config}: n={cfg.n} = {args.ranks} ranks x {cfg.n // args.ranks} replicas: ok")
     return 0
 
