@@ -13,7 +13,8 @@ Evaluation (every eval_every epochs and at the end), into the trace's epoch rows
   val_loss_avg, val_nll_avg, val_ppl_avg   the averaged model on the validation set (label-smoothed loss,
                                            NLL and perplexity exp(NLL) per target token);
   bleu_avg                                 sacrebleu corpus BLEU of the averaged model's GREEDY translations
-                                           of the test set (test_2016_flickr) against its references;
+                                           of the test set (test_2016_flickr) against its references (with
+                                           validation_split > 0: of the validation set; docs/partitions.md);
   val_ppl_local_mean, val_ppl_local_std    perplexity of every local model on local_eval_samples
                                            validation pairs (all if 0): mean and std over the n replicas.
 """

@@ -17,6 +17,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from hpc_dsgd.checkpoint import list_checkpoints
 from hpc_dsgd.config import ConfigError, from_dict
 from hpc_dsgd.data import load_digits32
 from hpc_dsgd.data.partition import (DataPartition, epoch_permutation, held_out, label_histogram, make_partition,
@@ -141,7 +142,7 @@ def test_validation_split_is_disjoint_fixed_and_split_free(digits):
     train, held = validation_indices(N, 0.1)
     assert len(held) == held_out(N, 0.1) == 144 and len(held) + len(train) == N
     assert not set(train.tolist()) & set(held.tolist())
-    again_train, again_held = validation_indices(N, 0.1)
+    _, again_held = validation_indices(N, 0.1)
     np.testing.assert_array_equal(held, again_held)
     assert set(validation_indices(N, 0.05)[1].tolist()) <= set(held.tolist())  # nested
     assert held_out(50_000, 0.1) == 5000  # CIFAR-10
@@ -168,8 +169,9 @@ def _cfg(tmp, name, **kw):
     return from_dict(base, 1)
 
 
-def test_non_iid_run_records_histograms_and_resumes_mid_phase_bitwise(tmp_path, digits):
-    """8 iterations (0.2 epochs of 40), phase 2 from iteration 4; the cut stops at 6 and resumes."""
+def test_non_iid_run_records_histograms_resumes_and_branches_bitwise(tmp_path, digits):
+    """8 iterations (0.2 epochs of 40), phase 2 from iteration 4; the cut stops at 6 (mid-phase) and resumes; a
+    dec-phase-2 run branches from the phase-1 checkpoint."""
     comm = MPI.COMM_SELF
     full = run(_cfg(tmp_path, "full"), comm, **QUIET)
     run(_cfg(tmp_path, "cut", max_iterations=6), comm, **QUIET)
@@ -187,3 +189,7 @@ def test_non_iid_run_records_histograms_and_resumes_mid_phase_bitwise(tmp_path, 
     assert len(losses["full"]) == 8
     np.testing.assert_array_equal(losses["full"], losses["cut"])
     assert full.metrics["test_acc_avg"] == rest.metrics["test_acc_avg"]
+    # dec-phase-2 branched from the run's own phase-1 checkpoint reads the same partition: the same trajectory
+    phase1 = [c for c in list_checkpoints(str(tmp_path / "full")) if c.endswith(f"{4:09d}")]
+    branched = run(_cfg(tmp_path, "branch", branch_from=phase1[0]), comm, **QUIET)
+    assert torch.equal(full.X, branched.X)
