@@ -16,8 +16,9 @@ optimizer. One local step (all on the data's device, no host synchronisation unt
 scalars, for a capturable workload):
   1. the k mini-batches: indices from the workload's partition (data/partition.py: iid, the epoch's
      permutation cut into data-centre shards; non-iid, each replica's own stream, computed on the host and
-     copied into a static (k, B) device tensor), turned into inputs by the workload (images: gathered from the device-resident uint8 set, cropped and flipped with
-     counter-based random numbers of (seed, global replica id, iteration), normalised);
+     copied into a static (k, B) device tensor), turned into inputs by the workload (images: gathered from
+     the device-resident uint8 set, cropped and flipped with counter-based random numbers of (seed, global
+     replica id, iteration), normalised);
   2. forward and backward of all k replicas by the executor (loop | grouped | vmap), gradients into G;
   3. the local optimizer on all k rows at once (optim.py: SGD with Nesterov momentum, or Adam); its state
      (k, d) blocks stay local; the SGD learning rate is a device tensor.

@@ -88,8 +88,9 @@ def dirichlet_partition(labels: np.ndarray, n: int, alpha: float, seed: int, num
     """(parts, draws): part i = the sorted positions replica i holds; draws = proportion draws made (>= 1).
     PartitionError if no draw of DIRICHLET_MAX_DRAWS gives every replica min_size samples."""
     rng = _rng(seed, n, _TAG_DIRICHLET)
-    members = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
-    counts = np.array([len(m) for m in members])
+    counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+    by_class = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])  # class c's positions, ascending
+    members = [rng.permutation(m) for m in by_class]
     worst = (-1, -1)
     for draw in range(1, DIRICHLET_MAX_DRAWS + 1):
         p = _dirichlet(rng, alpha, (num_classes, n))  # (C, n): class c's proportions over the replicas
@@ -221,7 +222,8 @@ class DataPartition:
                 f"min {sizes.min()} / median {np.median(sizes):g} / max {sizes.max()}")
         if hist.shape[1]:
             cls = (hist > 0).sum(axis=1)
-            line += f"; classes per replica min {cls.min()} / median {np.median(cls):g} / max {cls.max()} of {self.num_classes}"
+            line += (f"; classes per replica min {cls.min()} / median {np.median(cls):g} / max {cls.max()} "
+                     f"of {self.num_classes}")
         if self.kind == "dirichlet":
             line += f"; {self.draws} draw(s)"
         return line

@@ -1,5 +1,5 @@
-"""Claim: a non-iid (Dirichlet) partition with a validation split trains the same trajectory on any split: n = 4 replicas
-on the world's R ranks (R x 4/R) end bitwise where one process holding all 4 (1 x 4) ends, with
+"""Claim: a non-iid (Dirichlet) partition with a validation split trains the same trajectory on any split:
+n = 4 replicas on the world's R ranks (R x 4/R) end bitwise where one process holding all 4 (1 x 4) ends, with
 replica_exec = "loop" (docs/partitions.md; tests/serial/test_partition.py checks the index maps themselves)."""
 import time
 

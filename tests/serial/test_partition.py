@@ -127,7 +127,8 @@ def test_replica_smaller_than_a_batch_is_refused_with_one_line(tmp_path, capsys)
                                           r"samples, fewer than one mini-batch \(batch_size=89\).*", err[0]), err
     assert main(["check", str(cfg), "--ranks", "4", "--set", "batch_size=8"]) == 0
     out = capsys.readouterr().out
-    assert "partition shards: 16 replicas, 1437 training samples; samples per replica min 88 / median 90 / max 91" in out
+    assert ("partition shards: 16 replicas, 1437 training samples; samples per replica min 88 / median 90 / "
+            "max 91") in out
     with pytest.raises(ConfigError, match=r"partition='dirichlet': translation \(multi30k\)"):
         from_dict(dict(dataset="multi30k", model="transformer", partition="dirichlet", data_dir=str(tmp_path),
                        optimizer="adam", lr_schedule="inverse_sqrt", decay_fractions=[], policies=["gossip"]),
@@ -149,12 +150,12 @@ def test_validation_split_is_disjoint_fixed_and_split_free(digits):
     for kind in ("iid", "dirichlet", "shards"):
         seen = {}
         for ranks in (1, 2, 4):  # the held-out set depends on neither the split nor n nor the seed
-            cfg = from_dict(dict(n=8, batch_size=B, partition=kind, dirichlet_alpha=0.5, validation_split=0.1, seed=ranks),
-                            ranks=ranks, check_files=False)
+            cfg = from_dict(dict(n=8, batch_size=B, partition=kind, dirichlet_alpha=0.5, validation_split=0.1,
+                                 seed=ranks), ranks=ranks, check_files=False)
             part, h = make_partition(cfg, y, 10)
             np.testing.assert_array_equal(h, held)
-            drawn = np.concatenate([part.part(i) for i in range(8)] + ([part.batches(range(8), 5, B).numpy().ravel()]
-                                                                       if kind != "iid" else [part.epoch_perm(3).numpy()]))
+            batches = part.batches(range(8), 5, B).numpy().ravel() if kind != "iid" else part.epoch_perm(3).numpy()
+            drawn = np.concatenate([part.part(i) for i in range(8)] + [batches])
             assert not set(drawn.tolist()) & set(held.tolist())  # training never reads a held-out sample
             seen[ranks] = part.num_train
         assert set(seen.values()) == {N - 144}
@@ -193,3 +194,16 @@ def test_non_iid_run_records_histograms_resumes_and_branches_bitwise(tmp_path, d
     phase1 = [c for c in list_checkpoints(str(tmp_path / "full")) if c.endswith(f"{4:09d}")]
     branched = run(_cfg(tmp_path, "branch", branch_from=phase1[0]), comm, **QUIET)
     assert torch.equal(full.X, branched.X)
+
+
+def test_translation_validation_is_multi30k_own_validation_set():
+    """validation_split > 0 on multi30k: BLEU of its own validation set, training on the whole training set."""
+    from hpc_dsgd.bench import synthetic_translation
+    from hpc_dsgd.config import Config
+
+    for split, want in ((0.0, "test"), (0.1, "validation")):
+        cfg = Config(n=2, dataset="multi30k", model="transformer", batch_size=4, vocab_size=300, d_model=16, heads=2,
+                     layers=1, d_ff=32, validation_split=split)
+        wl = synthetic_translation(cfg, 24, "cpu")
+        assert wl.eval_set == want and wl.trace_attrs()["eval_set"] == want and wl.num_train == 24
+        assert wl.bleu_pairs is (wl.val if split else wl.test) and wl.partition.kind == "iid"
