@@ -178,8 +178,8 @@ class DataPartition:
         """Pass q over replica i's part: its samples in the order of a permutation seeded by (seed, i, q)."""
         key = (i, q)
         if key not in self._perms:
-            if len(self._perms) > 4 * self.n:  # keep the recent passes only
-                self._perms = {k: v for k, v in self._perms.items() if k[1] >= q - 1}
+            for old in [k for k in self._perms if k[0] == i and k[1] < q - 1]:  # keep replica i's last two passes
+                del self._perms[old]
             mixed = int(np.random.SeedSequence([self.seed, _TAG_PASS, i, q]).generate_state(1, dtype=np.uint64)[0])
             perm = torch.randperm(len(self.parts[i]), generator=torch.Generator().manual_seed(mixed)).numpy()
             self._perms[key] = self.parts[i][perm]
