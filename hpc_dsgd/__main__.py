@@ -160,7 +160,7 @@ def _check(argv: list[str]) -> int:
     ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)  # accepted and ignored: same argv as train
     args = ap.parse_args(argv)
 
-    from .preflight import check_data_size, check_inputs
+    from .preflight import check_data_size, check_inputs, partition_summary
 
     try:
         if args.ranks < 1:
@@ -170,8 +170,9 @@ def _check(argv: list[str]) -> int:
         if found.data_ready:
             check_data_size(cfg)
             found.checked.append(f"an epoch has at least one iteration of n x batch_size = {cfg.n * cfg.batch_size}")
+            found.checked += partition_summary(cfg)  # non-iid or held out: sizes, classes per replica
         else:
-            found.checked.append("the epoch size is checked when the run starts (after the cache is built)")
+            found.checked.append("the epoch size and the partition are checked when the run starts (after the cache is built)")
     except ValueError as e:
         print(f"hpc_dsgd: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         return 2

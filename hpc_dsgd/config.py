@@ -112,6 +112,10 @@ class Config:
     data_dir: str = key("", PATHS)  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
     model: str = key("resnet20", PROBLEM)  # model name: resnet20 | small_cnn (image data sets) | transformer (multi30k)
     width: float = key(1.0, PROBLEM)  # ResNet width factor (1 = ResNet-20, 0.27 M parameters; 3 = ResNet-20-3 of ImageNet-32)
+    partition: str = key("iid", PROBLEM)  # which samples each replica reads (docs/partitions.md): iid (the paper's data centre: one shuffle per epoch, equal shards) | dirichlet: each class split over the replicas by Dir(dirichlet_alpha) | shards: label-sorted shards, shards_per_replica each
+    dirichlet_alpha: float = key(0.5, PROBLEM, when={"partition": ("dirichlet",)})  # partition dirichlet: concentration alpha (0.1: a few classes per replica; large: the iid proportions)
+    shards_per_replica: int = key(2, PROBLEM, when={"partition": ("shards",)})  # partition shards: label-sorted shards per replica (McMahan et al. 2017: 2)
+    validation_split: float = key(0.0, PROBLEM)  # 0 = off: train on the whole training set, evaluate on the test set (the tables) | 0 < f < 1: hold out a fixed fraction f of the training set (0.1 = 5,000 CIFAR-10 images), train on the rest, evaluate on it instead of the test set (sweeps select on it); multi30k: any f > 0 evaluates on its own validation set, nothing held out
     # -- translation (dataset multi30k, model transformer; paper Sec. 4.2, 4.4) ------------
     vocab_size: int = key(8000, PROBLEM)  # joint source-target byte-level BPE vocabulary, trained on the training text
     max_len: int = key(128, PROBLEM)  # subwords kept per sentence
@@ -356,6 +360,15 @@ def validate(cfg: Config, ranks: int) -> None:
     need(spec is not None, f"dataset={cfg.dataset!r}: choose one of {', '.join(SPECS)}")
     for problem in spec.validate(cfg):  # the workload's own keys (model, width, the Transformer's, sharpness)
         need(False, problem)
+    # the data keys' values (their fit to the training set's size is preflight's: data.partition.check_data_keys)
+    need(cfg.partition in ("iid", "dirichlet", "shards"), f"partition={cfg.partition!r}: choose one of iid, dirichlet, shards")
+    need(cfg.dirichlet_alpha > 0, f"dirichlet_alpha={cfg.dirichlet_alpha}: need a concentration > 0 "
+         "(0.1: few classes per replica; 100: close to iid)")
+    need(cfg.shards_per_replica >= 1, f"shards_per_replica={cfg.shards_per_replica}: need >= 1 (McMahan et al.: 2)")
+    need(0 <= cfg.validation_split < 1, f"validation_split={cfg.validation_split}: need a fraction of the training "
+         "set in [0, 1): 0 = off (evaluate on the test set), e.g. 0.1 = 5,000 CIFAR-10 images")
+    need(cfg.partition == "iid" or spec.task != "translation", f"partition={cfg.partition!r}: translation "
+         f"({cfg.dataset}) has no class labels to partition by; only partition = 'iid'")
     need(cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     need(len(cfg.adam_betas) == 2 and all(0 <= b < 1 for b in cfg.adam_betas),
          f"adam_betas={cfg.adam_betas}: need two values in [0, 1), e.g. [0.9, 0.98]")

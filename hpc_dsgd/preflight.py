@@ -16,7 +16,8 @@ import torch
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .data import check_dataset
+from .data import check_dataset, load_dataset, make_partition
+from .data.partition import check_data_keys
 from .resume import resolve_branch
 from .workloads.spec import spec_of
 
@@ -74,14 +75,36 @@ def train_size(cfg) -> int | None:
 
 
 def check_data_size(cfg) -> None:
-    """ConfigError unless an epoch of cfg's data set has at least one iteration of n x batch_size samples."""
+    """ConfigError unless an epoch of cfg's data set has at least one iteration of n x batch_size samples (after
+    the validation split's held-out part), and the partition keys fit the training set's size."""
     size = train_size(cfg)
+    if size is not None:
+        check_data_keys(cfg, size)
     if size is not None and size // (cfg.n * cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the {size} "
                           f"training {spec_of(cfg.dataset).samples} of {cfg.dataset}"
                           + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
                           f": an epoch would have no iteration; use batch_size <= {max(size // cfg.n, 1)} for "
                           f"n={cfg.n}, or a smaller n")
+
+
+def partition_summary(cfg) -> list[str]:
+    """The check command's lines on the data each replica reads: for a non-iid partition or a validation split
+    of an image data set, the partition's sizes and classes per replica (loads the training labels; a replica
+    with fewer samples than a batch is refused, PartitionError, as train refuses it); else nothing."""
+    if cfg.dataset == "multi30k":
+        return ["validation: multi30k's own validation set (val.en/.de) replaces the test set"] \
+            if cfg.validation_split > 0 else []
+    if cfg.partition == "iid" and cfg.validation_split == 0:
+        return []
+    data = load_dataset(cfg.dataset, cfg.data_dir or None)
+    part, held = make_partition(cfg, data.train_y.numpy(), data.num_classes)
+    out = [part.summary()]
+    if held is not None:
+        out.append(f"validation: {len(held)} of {len(data.train_y)} training samples held out "
+                   f"(validation_split={cfg.validation_split:g}); evaluations use them instead of the test set")
+    return out
+
 
 
 def launch_error(world_size: int, env: dict | None = None) -> str | None:

@@ -14,9 +14,11 @@ num_batches_tracked (an integer counter, unused with a fixed BN momentum) is not
 What is trained comes from a workload (workloads/): the model, the k mini-batches, the loss, the local
 optimizer. One local step (all on the data's device, no host synchronisation until the caller reads the
 scalars, for a capturable workload):
-  1. the k mini-batches: indices from the epoch's permutation (data-centre i.i.d. shards), turned into
-     inputs by the workload (images: gathered from the device-resident uint8 set, cropped and flipped with
-     counter-based random numbers of (seed, global replica id, iteration), normalised);
+  1. the k mini-batches: indices from the workload's partition (data/partition.py: iid, the epoch's
+     permutation cut into data-centre shards; non-iid, each replica's own stream, computed on the host and
+     copied into a static (k, B) device tensor), turned into inputs by the workload (images: gathered from
+     the device-resident uint8 set, cropped and flipped with counter-based random numbers of (seed, global
+     replica id, iteration), normalised);
   2. forward and backward of all k replicas by the executor (loop | grouped | vmap), gradients into G;
   3. the local optimizer on all k rows at once (optim.py: SGD with Nesterov momentum, or Adam); its state
      (k, d) blocks stay local; the SGD learning rate is a device tensor.
@@ -33,7 +35,6 @@ from typing import Callable
 import torch
 
 from .comm import World
-from .data import epoch_permutation
 from .execution import Layout, float_buffers, make_executor
 from .optim import decay_mask
 from .workloads import Workload
@@ -72,9 +73,13 @@ class Replicas:
         self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)
         self.ids = torch.arange(world.first, world.first + self.k, device=dev)  # global replica ids
         B = cfg.batch_size
-        self.shard = workload.num_train // world.n  # every replica's shard of the epoch permutation
+        self.part = workload.partition  # which training samples each replica reads (data/partition.py)
+        self.iid = self.part.kind == "iid"
+        self.shard = workload.num_train // world.n  # iid: every replica's shard of the epoch permutation
+        self._ids_host = list(range(world.first, world.first + self.k))
         # static inputs of a step (device tensors, so a captured graph reads their current values)
-        self.perm = torch.empty(workload.num_train, dtype=torch.int64, device=dev)
+        self.perm = torch.empty(workload.num_train if self.iid else 0, dtype=torch.int64, device=dev)  # iid
+        self.idx = torch.zeros(self.k, B, dtype=torch.int64, device=dev)  # non-iid: the step's (k, B) indices
         self.t_dev = torch.zeros((), dtype=torch.int64, device=dev)  # iteration (augmentation counter)
         self.b_dev = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
         self.neg_lr = torch.zeros((), dtype=torch.float32, device=dev)  # -learning rate
@@ -125,7 +130,12 @@ class Replicas:
     # -- one local step ----------------------------------------------------------------------
     def batch_indices(self, b: torch.Tensor | int, replicas: torch.Tensor | None = None) -> torch.Tensor:
         """(k, B) training indices of the local replicas (or of `replicas`) at batch b of the current epoch
-        permutation: replica i reads perm[i*shard + b*B : i*shard + (b+1)*B] (data-centre i.i.d. partition)."""
+        permutation: replica i reads perm[i*shard + b*B : i*shard + (b+1)*B] (data-centre i.i.d. partition).
+        A non-iid partition: the local replicas' indices set_inputs copied for this iteration."""
+        if not self.iid:
+            if replicas is not None:
+                raise ValueError(f"partition={self.part.kind!r} serves the local replicas only")
+            return self.idx
         B = self.cfg.batch_size
         start = (self.ids if replicas is None else replicas) * self.shard + b * B  # (k,)
         return self.perm[start.view(-1, 1) + self._slots]
@@ -153,9 +163,12 @@ class Replicas:
         return self.stats
 
     def set_inputs(self, t: int, epoch: int, b: int, lr: float) -> None:
-        """The step's inputs into the static device tensors (a new permutation once per epoch)."""
-        if epoch != self._perm_epoch:
-            self.perm.copy_(epoch_permutation(self.wl.num_train, epoch, self.cfg.seed))
+        """The step's inputs into the static device tensors (iid: a new permutation once per epoch; non-iid: the
+        k replicas' indices of iteration t, from their streams)."""
+        if not self.iid:
+            self.idx.copy_(self.part.batches(self._ids_host, t, self.cfg.batch_size))
+        elif epoch != self._perm_epoch:
+            self.perm.copy_(self.part.epoch_perm(epoch))
             self._perm_epoch = epoch
         self.t_dev.fill_(t)
         self.b_dev.fill_(b)

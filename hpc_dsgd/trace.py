@@ -12,6 +12,8 @@ Schema (SCHEMA_VERSION 1):
                    test_acc_local_std, images_per_s; translation val_loss_avg, val_nll_avg, val_ppl_avg,
                    bleu_avg, val_ppl_local_mean, val_ppl_local_std, sentences_per_s (attr `workload`)
   /phase/<col>     one row per finished phase: phase, first_it, last_it, gossip_steps, bytes_sent, ...
+  /partition/label_histogram, /partition/sizes   (n, classes) and (n,): every replica's training labels
+                   (image workloads; attrs partition, eval_set: docs/partitions.md)
   /sharpness/<col> one row per model per measurement (sharpness_every): epoch, it, replica (-1 = the
                    averaged model), lambda_max, converged, tol_reached, tol, hvps, method (0 lanczos,
                    1 power), trace, trace_stderr, trace_probes, samples, loss, acc, seconds
@@ -114,24 +116,28 @@ class TraceWriter:
     """Buffered, append-only writer; create once on rank 0, then append rows and flush. Each flush writes
     a new file and renames it into place (module docstring); readers are never blocked nor block it."""
 
-    def __init__(self, path: str, attrs: dict, mode: str = "w"):
+    def __init__(self, path: str, attrs: dict, mode: str = "w", arrays: dict | None = None):
+        """mode 'w': a new trace with these attributes and `arrays` ({"group/name": numpy array}: datasets
+        besides the rows, such as partition/label_histogram); 'a': continue an existing one."""
         self.path = path
         self._rows: dict[str, dict[str, list]] = {g: {} for g in GROUPS}
         self._last_flush = time.monotonic()
         self._disk: dict[str, int] = dict.fromkeys(GROUPS, 0)
         if mode == "w":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._commit(self._edit(lambda f: self._init(f, attrs), new=True))  # appears whole or not at all
+            self._commit(self._edit(lambda f: self._init(f, attrs, arrays or {}), new=True))  # whole or not at all
         else:
             self._commit(self._edit(lambda f: None), write=False)
 
     @staticmethod
-    def _init(f, attrs: dict) -> None:
+    def _init(f, attrs: dict, arrays: dict) -> None:
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status"] = "running"
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         for k, v in attrs.items():
             f.attrs[k] = v
+        for k, v in arrays.items():
+            f.create_dataset(k, data=np.asarray(v))
         for g in GROUPS:
             f.create_group(g)
 

@@ -312,12 +312,15 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
                     kept = f"{tpath}.before-{time.strftime('%Y%m%dT%H%M%S')}"
                     os.replace(tpath, kept)
                     log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
-                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it))
+                trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it),
+                                    arrays=wl.trace_arrays())
                 if how == "branch":
                     copy_trace_prefix(RunDir.of_checkpoint(ckpt_from).trace, trace, it)
             log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "
                 f"gossip via {gossiper.kind}), {cfg.model} d={reps.d} ({reps.exec.name}, {cfg.precision}"
-                f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}, device {world.device}"
+                f"{', CUDA graph' if reps.capture else ''}), {cfg.dataset}"
+                + (f" ({cfg.partition} partition)" if cfg.partition != "iid" else "")
+                + (" (evaluated on a validation set)" if cfg.validation_split > 0 else "") + f", device {world.device}"
                 f"{' (CUDA-aware MPI)' if world.cuda_aware else ' (host-staged MPI)' if world.device.type == 'cuda' else ''}, "
                 f"{sched.total_iters} iterations ({sched.iters_per_epoch}/epoch), trace {tpath}"
                 + (f", {how} from {ckpt_from} at iteration {it}" if ckpt_from else ""))

@@ -6,6 +6,8 @@
     python tools/figures.py theta-xi runs/x/trace.h5 -o thxi.png    # measured Xi vs Theta, Xi = (2/p) Theta
     python tools/figures.py fig4 --n 32 --steps 60 -o fig4.png      # gossip-only simulation (Sec. 5)
     python tools/figures.py surface CKPT [CKPT ...] -o s1d.png --contour s2d.png   # loss-surface slices
+    python tools/figures.py partition runs/x/ -o labels.png         # label distribution over the replicas
+                                                                    # (a trace, run directory or TOML config)
 
 Every figure is written at a fixed pixel size (figsize x dpi, no tight bbox), so scripts and tests can
 rely on it. Arguments that take traces accept trace files and directories (searched for *.h5).
@@ -245,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=int, default=1, help="dimension of each x_i (default 1)")
     p.add_argument("--topologies", nargs="+", default=list(FIG4_TOPOLOGIES), help="topologies to simulate")
     p.add_argument("-o", "--out", required=True, help="output PNG")
+    p = sub.add_parser("partition", help="every replica's label histogram (docs/partitions.md)")
+    p.add_argument("source", help="a trace file, a run directory, or a TOML config (computed before any run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with a config: override a key, repeatable (--set partition=dirichlet)")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
     p = sub.add_parser("surface", help="loss-surface slices (Li et al. 2018) around checkpoints' averaged models")
     p.add_argument("checkpoints", nargs="+", help="checkpoint directories (one curve / contour panel each)")
     p.add_argument("--samples", type=int, default=500, help="training images (fixed, seeded subset; default 500)")
@@ -268,6 +275,10 @@ def main(argv=None) -> int:
             out = fig3_learning_curves(args.traces, args.out)
         elif args.cmd == "theta-xi":
             out = theta_vs_xi(args.trace, args.out)
+        elif args.cmd == "partition":
+            from .partitions import label_distribution
+
+            out = label_distribution(args.source, args.out, args.overrides)
         elif args.cmd == "surface":
             from ..checkpoint import CheckpointError
             from .surface import surface_figures

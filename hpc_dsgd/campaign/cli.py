@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import launchers
+import hpc_dsgd.campaign.launchers as launchers
+
 from .plan import CampaignError, load_plan
 
 

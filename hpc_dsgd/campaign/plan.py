@@ -239,7 +239,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
             r.cfg = {**DEFAULTS, **raw}
             continue
         try:
-            r.cfg = from_dict(raw, ranks, check_files=False).to_dict()
+            r.cfg = from_dict(raw, ranks).to_dict()
         except ConfigError as e:
             raise CampaignError(f"plan {path!r}: run {r.name} ({r.config}): {e}") from None
 

@@ -9,7 +9,15 @@ from hpc_dsgd.data.cifar10 import check_cifar10, load_cifar10
 from hpc_dsgd.data.digits import load_digits32
 from hpc_dsgd.data.imagenet32 import check_imagenet32, load_imagenet32
 from hpc_dsgd.data.multi30k import Multi30k, load_multi30k
-from hpc_dsgd.data.partition import epoch_permutation, replica_shard
+from hpc_dsgd.data.partition import (
+    PARTITIONS,
+    DataPartition,
+    PartitionError,
+    epoch_permutation,
+    make_partition,
+    replica_shard,
+    validation_indices,
+)
 
 DATASETS = ("digits", "cifar10", "imagenet32", "multi30k")
 
@@ -54,7 +62,10 @@ def load_dataset(name: str, root: str | None) -> ImageData | Multi30k:
 
 __all__ = [
     "DATASETS",
+    "PARTITIONS",
     "DataError",
+    "DataPartition",
+    "PartitionError",
     "ImageData",
     "augment_batch",
     "check_cifar10",
@@ -65,5 +76,7 @@ __all__ = [
     "load_dataset",
     "load_digits32",
     "load_imagenet32",
+    "make_partition",
     "replica_shard",
+    "validation_indices",
 ]

@@ -8,13 +8,16 @@ workload supplies only what differs between tasks (the Workload protocol below):
                          starts from the same initial model);
   optimizer(k, d, dev)   the local optimizer on the (k, d) block (optim.py: SGD with Nesterov momentum, or Adam);
   schedule()             the learning rate per iteration and the phases (schedule.py);
+  partition              data.DataPartition: which training samples each replica reads (iid shards of every
+                         epoch's permutation, or a non-iid part of its own: docs/partitions.md);
   batch(reps, idx)       the k mini-batches of the current iteration from idx (k, B), replica j's training
-                         indices (the epoch permutation's data-centre i.i.d. shards, chosen by the loop);
+                         indices (chosen by the loop from the partition);
                          returns (inputs, target) on the device; random numbers are counter-based in
                          (seed, global replica id, iteration), so they never depend on the rank split;
   loss(out, target)      (sum over the k replicas of each replica's mean loss, correct predictions, predictions)
                          from the executor's outputs (k, B, ...);
   evaluate(world, reps)  a collective evaluation of the averaged model and the local models -> trace columns;
+  trace_attrs(), trace_arrays()  the trace's attributes and its datasets besides the rows (label histograms);
   describe(metrics)      the evaluation's part of the progress line.
 
 Workloads: ImageClassification (digits, cifar10, imagenet32; ResNet-20 at any width, small_cnn) and
@@ -31,6 +34,7 @@ from .spec import SPECS, WorkloadSpec, register, spec_of
 if TYPE_CHECKING:  # this package imports no torch: config validation and the tables read spec.py through it
     import torch
 
+    from ..data import DataPartition
     from ..optim import LocalAdam, LocalSGD
     from ..schedule import Schedule
 
@@ -44,7 +48,8 @@ class Workload(Protocol):
     name: ClassVar[str]  # trace attribute "workload"
     samples: ClassVar[str]  # what one training sample is called ("images", "sentences"): throughput column
     capturable: ClassVar[bool]  # fixed shapes: the local step can be captured as one CUDA graph
-    num_train: int  # training samples (the epoch permutation's length)
+    num_train: int  # training samples (the epoch permutation's length; without a held-out validation part)
+    partition: DataPartition  # which training samples each replica reads
 
     @classmethod
     def load(cls, cfg, world, run_dir: str, how: str = "fresh") -> Workload: ...
@@ -57,14 +62,15 @@ class Workload(Protocol):
 
     def trace_attrs(self) -> dict[str, Any]: ...
 
+    def trace_arrays(self) -> dict[str, Any]: ...
+
     def batch(self, reps, idx: torch.Tensor) -> tuple[Any, torch.Tensor]: ...
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def evaluate(self, world, reps) -> dict[str, float]: ...
 
-    @staticmethod
-    def describe(metrics: dict | None) -> str: ...
+    def describe(self, metrics: dict | None) -> str: ...
 
 
 def workload_of(dataset: str) -> type[Workload]:

@@ -4,12 +4,13 @@ uint8 images, cropped and flipped with counter-based random numbers (data/augmen
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from ..comm import allreduce_scalars, global_mean
-from ..data import DataError, ImageData, load_dataset
+from ..data import DataError, ImageData, load_dataset, make_partition
 from ..data.augment import augment_replicas, channel_stats, normalise
 from ..models import build_model
 from ..optim import make_optimizer
@@ -22,8 +23,15 @@ class ImageClassification:
     capturable = True  # fixed shapes: the local step can be one CUDA graph
 
     def __init__(self, cfg, data: ImageData, device):
+        # the partition (data/partition.py): which training images each replica reads; with validation_split,
+        # the held-out images replace the test set of every evaluation (eval_set), and training reads the rest
+        self.partition, held = make_partition(cfg, data.train_y.cpu().numpy(), data.num_classes)
+        self.eval_set = "test" if held is None else "validation"
+        if held is not None:
+            h = torch.from_numpy(held).to(data.train_y.device)
+            data = replace(data, test_x=data.train_x[h], test_y=data.train_y[h])
         self.cfg, self.data, self.device = cfg, data, torch.device(device)
-        self.num_train = len(data.train_y)
+        self.num_train = self.partition.num_train  # the training subset (the epoch permutation's length)
         self.mean, self.std = channel_stats(data.mean, data.std, self.device)
         g = torch.Generator().manual_seed(cfg.seed + 17)
         self.local_idx = torch.randperm(len(data.test_y), generator=g)[:cfg.local_eval_samples or None]
@@ -50,7 +58,14 @@ class ImageClassification:
         return Schedule.from_config(self.cfg, self.num_train)
 
     def trace_attrs(self) -> dict:
-        return {"workload": self.name, "num_classes": self.data.num_classes}
+        p = self.partition
+        return {"workload": self.name, "num_classes": self.data.num_classes, "partition": p.kind,
+                "partition_draws": p.draws, "train_samples": self.num_train, "eval_set": self.eval_set,
+                "eval_samples": len(self.data.test_y)}
+
+    def trace_arrays(self) -> dict:
+        """Datasets of the trace besides its rows: every replica's label histogram (n, classes) and part size."""
+        return {"partition/label_histogram": self.partition.histogram(), "partition/sizes": self.partition.sizes()}
 
     # -- training ----------------------------------------------------------------------------
     def batch(self, reps, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +111,8 @@ class ImageClassification:
         return float(correct), float(loss)
 
     def evaluate(self, world, reps) -> dict:
-        """Test accuracy (%) of the averaged model (test set split over ranks) and of every local model."""
+        """Test accuracy (%) of the averaged model (test set split over ranks) and of every local model. With
+        validation_split the "test" set is the held-out part of the training set (trace attribute eval_set)."""
         reps.eval_x.copy_(global_mean(world, reps.X).to(reps.eval_x.dtype))  # xbar, BN buffers included
         mine = torch.arange(world.rank, len(self.data.test_y), world.ranks)
         c_avg, l_avg = self.accuracy(reps, reps.eval_model, mine)
@@ -107,8 +123,8 @@ class ImageClassification:
         return {"test_acc_avg": 100.0 * s[0] / N, "test_loss_avg": s[1] / N, "test_acc_local_mean": mean,
                 "test_acc_local_std": math.sqrt(max(s[3] / n - mean * mean, 0.0))}
 
-    @staticmethod
-    def describe(m: dict | None) -> str:
+    def describe(self, m: dict | None) -> str:
+        what = "test" if self.eval_set == "test" else " val"
         if m is None:
-            return "test(avg)     -  test(local)     - "
-        return f"test(avg) {m['test_acc_avg']:5.1f}% test(local) {m['test_acc_local_mean']:5.1f}%"
+            return f"{what}(avg)     -  {what}(local)     - "
+        return f"{what}(avg) {m['test_acc_avg']:5.1f}% {what}(local) {m['test_acc_local_mean']:5.1f}%"

@@ -13,7 +13,8 @@ Evaluation (every eval_every epochs and at the end), into the trace's epoch rows
   val_loss_avg, val_nll_avg, val_ppl_avg   the averaged model on the validation set (label-smoothed loss,
                                            NLL and perplexity exp(NLL) per target token);
   bleu_avg                                 sacrebleu corpus BLEU of the averaged model's GREEDY translations
-                                           of the test set (test_2016_flickr) against its references;
+                                           of the test set (test_2016_flickr) against its references (with
+                                           validation_split > 0: of the validation set; docs/partitions.md);
   val_ppl_local_mean, val_ppl_local_std    perplexity of every local model on local_eval_samples
                                            validation pairs (all if 0): mean and std over the n replicas.
 """
@@ -29,6 +30,7 @@ from ..comm import allreduce_scalars, global_mean
 from ..data.augment import counter_hash
 from ..data.base import DataError
 from ..data.multi30k import EncodedPairs, SubwordTokenizer, copy_tokenizer, load_multi30k, tokenizer_for_run
+from ..data.partition import DataPartition
 from ..models.transformer import Seq2SeqTransformer, greedy_decode, label_smoothed_loss
 from ..optim import make_optimizer
 from ..rundir import RunDir
@@ -104,6 +106,11 @@ class Translation:
         self.test = EncodedPairs(corpus.test, tok, cfg.max_len)
         self.test_refs = list(corpus.test.tgt)
         self.num_train = len(self.train)
+        self.partition = DataPartition("iid", cfg.n, cfg.seed, self.num_train, cfg.batch_size)  # config refuses non-iid
+        # validation_split > 0: BLEU of the validation set (Multi30k's own, val.en/.de) instead of the test set
+        self.eval_set = "validation" if cfg.validation_split > 0 else "test"
+        self.bleu_pairs, self.bleu_refs = (self.val, list(corpus.val.tgt)) if self.eval_set == "validation" else \
+            (self.test, list(corpus.test.tgt))
         whole = self.train.batch(range(self.num_train))  # every training pair, padded once
         self.src_all, self.tgt_in_all, self.tgt_out_all = (t.to(self.device) for t in (whole.src, whole.tgt_in, whole.tgt_out))
         pad = tok.pad_id
@@ -151,7 +158,12 @@ class Translation:
         return Schedule.from_config(self.cfg, self.num_train)
 
     def trace_attrs(self) -> dict:
-        return {"workload": self.name, "vocab_size": self.tok.vocab_size, "tokenizer": self.tokenizer_path}
+        return {"workload": self.name, "vocab_size": self.tok.vocab_size, "tokenizer": self.tokenizer_path,
+                "partition": "iid", "train_samples": self.num_train, "eval_set": self.eval_set,
+                "eval_samples": len(self.bleu_pairs)}
+
+    def trace_arrays(self) -> dict:
+        return {}
 
     # -- training ----------------------------------------------------------------------------
     def batch(self, reps, idx: torch.Tensor):
@@ -184,17 +196,19 @@ class Translation:
         return torch.exp(nll / max(tokens, 1))
 
     def bleu(self, world, model) -> float:
-        """Test BLEU of `model`'s greedy translations (test set split over ranks; collective)."""
-        mine = list(range(world.rank, len(self.test), world.ranks))
-        hyps = translate(model, self.tok, self.test, EVAL_BATCH, self.device, mine)
+        """Test BLEU of `model`'s greedy translations (test set split over ranks; collective). With
+        validation_split > 0: BLEU of the validation set instead (eval_set)."""
+        pairs = self.bleu_pairs
+        mine = list(range(world.rank, len(pairs), world.ranks))
+        hyps = translate(model, self.tok, pairs, EVAL_BATCH, self.device, mine)
         parts = world.comm.gather((mine, hyps), root=0)
         score = None
         if world.rank == 0:
-            ordered = [""] * len(self.test)
+            ordered = [""] * len(pairs)
             for ids, hs in parts:
                 for i, h in zip(ids, hs):
                     ordered[i] = h
-            score = corpus_bleu(ordered, self.test_refs)
+            score = corpus_bleu(ordered, self.bleu_refs)
         return world.comm.bcast(score, root=0)
 
     def evaluate(self, world, reps) -> dict:
@@ -211,10 +225,10 @@ class Translation:
                 "bleu_avg": bleu, "val_ppl_local_mean": mean,
                 "val_ppl_local_std": math.sqrt(max(s[4] / n - mean * mean, 0.0))}
 
-    @staticmethod
-    def describe(m: dict | None) -> str:
+    def describe(self, m: dict | None) -> str:
+        bleu = "BLEU" if self.eval_set == "test" else "val BLEU"
         if m is None:
-            return "val ppl(avg)      -  BLEU     -  ppl(local)      - "
-        return (f"val ppl(avg) {m['val_ppl_avg']:7.2f} BLEU {m['bleu_avg']:5.2f} "
+            return f"val ppl(avg)      -  {bleu}     -  ppl(local)      - "
+        return (f"val ppl(avg) {m['val_ppl_avg']:7.2f} {bleu} {m['bleu_avg']:5.2f} "
                 f"ppl(local) {m['val_ppl_local_mean']:7.2f}")
 

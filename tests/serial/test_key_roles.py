@@ -10,8 +10,9 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from hpc_dsgd import campaign, compat, config, consensus
+from hpc_dsgd import compat, config, consensus
 from hpc_dsgd.analysis import runs
+from hpc_dsgd.campaign import disk as campaign
 from hpc_dsgd.config import (
     BRANCH_MUST_MATCH,
     DEFAULTS,
