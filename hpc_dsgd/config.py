@@ -78,6 +78,7 @@ class Config:
     epochs: float = 300.0  # training length in epochs of the whole training set
     batch_size: int = 32  # local mini-batch per replica
     base_lr: float = 0.1  # learning rate at global batch base_batch (linear scaling rule)
+    lr_origin: str = ""  # where base_lr comes from: "" = not stated | "untuned: <reason>" | "tuned: <sweep plan> <identity>" (configs/tuned_lr.toml; the closing line and the tables say "untuned")
     base_batch: int = 128  # global batch at which base_lr applies: peak lr = base_lr * n * batch_size / base_batch
     warmup_epochs: float = 5.0  # linear warm-up from warmup_lr to the peak lr (part of phase 1)
     warmup_lr: float = 0.1  # learning rate at iteration 0
@@ -98,6 +99,7 @@ class Config:
     phi_ema_beta: float = 0.9  # EMA(phi) = beta EMA + (1 - beta) phi, restarted at each phase
     # -- evaluation and output ------------------------------------------------------------
     eval_every: int = 1  # evaluate every this many epochs (and at the end)
+    validation_split: int = 0  # training samples held out (0 = off); the run then evaluates on the held-out part (the data layer's key; learning-rate sweeps set it)
     local_eval_samples: int = 0  # test images per local-model evaluation; 0 = the whole test set
     trace_flush_seconds: float = 30.0  # the trace is flushed every epoch and at least this often
     max_iterations: int = 0  # stop after this many iterations (0 = run to the end); for smoke tests
@@ -326,6 +328,10 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.epochs > 0, f"epochs={cfg.epochs}: need a positive number of epochs")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: need >= 1")
     need(cfg.base_lr > 0, f"base_lr={cfg.base_lr}: the learning rate must be positive")
+    need(cfg.lr_origin == "" or cfg.lr_origin.startswith(("untuned", "tuned")),
+         f"lr_origin={cfg.lr_origin!r}: say where base_lr comes from: \"\", \"untuned: <reason>\" or "
+         "\"tuned: <sweep plan> <identity>\" (tools/make_paper_configs.py writes it from configs/tuned_lr.toml)")
+    need(cfg.validation_split >= 0, f"validation_split={cfg.validation_split}: need >= 0 training samples (0 = off)")
     need(cfg.warmup_lr > 0, f"warmup_lr={cfg.warmup_lr}: the learning rate must be positive")
     need(cfg.base_batch >= 1, f"base_batch={cfg.base_batch}: need >= 1")
     need(0 <= cfg.warmup_epochs < cfg.epochs, f"warmup_epochs={cfg.warmup_epochs}: need 0 <= warmup_epochs < epochs={cfg.epochs}")
