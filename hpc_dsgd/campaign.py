@@ -896,6 +896,18 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
+def untuned_note(runs: list[Run]) -> str | None:
+    """Print (and return) one line when any run rests on an untuned learning rate (its config's lr_origin)."""
+    origins = sorted({r.cfg.get("lr_origin", "") for r in runs if r.cfg.get("lr_origin", "").startswith("untuned")})
+    if not origins:
+        return None
+    line = (f"hpc_dsgd: campaign: untuned: {sum(r.cfg.get('lr_origin', '') in origins for r in runs)} of {len(runs)} "
+            f"runs rest on an untuned learning rate ({'; '.join(origins)}): tune with configs/campaigns/lr_sweep.toml "
+            "and `campaign report ... --write-tuned` before reading them as the paper's")
+    print(line, flush=True)
+    return line
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd campaign",
                                  description="Run the dependent runs of a plan (configs x seeds) in order, locally "
@@ -922,6 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--retries", type=int, default=2, help="start a failed run again up to N times (default 2)")
         if name == "report":
             p.add_argument("--out", default=None, help="report directory (default: the plan's `report`)")
+            p.add_argument("--write-tuned", action="store_true",
+                           help="a learning-rate sweep plan: write configs/tuned_lr.toml from its finished runs "
+                                "(best mean on the held-out samples) and regenerate the configs (hpc_dsgd/tuning.py)")
     return ap
 
 
@@ -936,7 +951,15 @@ def main(argv: list[str]) -> int:
         if args.action == "status":
             return status(plan)
         if args.action == "report":
-            return report(plan, args.out)
+            if args.write_tuned:  # first: a refusal is one line, before any report is written
+                from .tuning import write_tuned
+
+                if write_tuned(plan):
+                    return 2
+            rc = report(plan, args.out)
+            untuned_note(plan.runs)
+            return rc
+        untuned_note(plan.runs)
         if args.launcher == "slurm":
             return run_slurm(plan, plan.ranks, args.retries, args.rerun)
         return run_local(plan, plan.ranks, args.parallel, args.retries, args.rerun)
