@@ -36,6 +36,7 @@ NON_IDENTIFYING = frozenset({
     "reference", "reference_trace", "reference_traces", "reference_run", "resume", "resume_from", "branch_from",
     "sharpness_every", "sharpness_samples", "sharpness_method", "sharpness_tol", "sharpness_max_hvps",
     "sharpness_trace_probes", "sharpness_replica",  # measurements only: the trajectory is the same
+    "lr_origin",  # where base_lr came from (a note): the same rate, tuned or not, is one experiment
 })
 NON_IDENTIFYING_SUFFIXES = ("_dir", "_path", "_file", "_trace", "_checkpoint")
 # Keys shown first in a table (the paper's terms), then any other key that differs between experiments.
