@@ -75,8 +75,9 @@ RECIPES = {
     "imagenet32": ("All-Reduce (complete), ImageNet-32 recipe (base_batch 256): Table 3",
                    _sweep("lr_sweep", "All-Reduce, ImageNet-32", (16, 32), STD, "complete", ["allreduce"] * 4,
                           "imagenet32", "imagenet32_resnet20_3.toml")),
-    "cifar10_dec1": ("dec-phase-1 (ring in phase 1, All-Reduce after) tuned on its own: footnote 3's \"learning "
-                     "rate tuning on phase-1\" (the paper's Table 14); base_lr scales every phase",
+    "cifar10_dec1": ("dec-phase-1 (ring in phase 1, All-Reduce after) swept on its own: footnote 3's \"learning "
+                     "rate tuning on phase-1\" (the paper's Table 14); base_lr scales every phase; no table config "
+                     "reads it yet",
                      _sweep("lr_sweep_dec1", "dec-phase-1 (ring, then All-Reduce)", (32,), STD, "ring",
                             ["gossip", "allreduce", "allreduce"])),
 }
