@@ -142,9 +142,9 @@ def _quick_cfg(out, name, **kw):
 
 
 def _same(a: str, b: str) -> bool:
-    from .trace import read_trace
-
     import numpy as np
+
+    from .trace import read_trace
 
     ta, tb = read_trace(a), read_trace(b)
     return all(np.array_equal(ta.iter[c], tb.iter[c], equal_nan=True) for c in ("loss", "acc", "theta", "xi"))
@@ -204,9 +204,9 @@ def run_bench(out: str, name: str, argv: list[str], rounds: int) -> dict:
 
 def markdown(results: dict) -> str:
     """The summary: one line per step, the bench table, the projection."""
-    lines = ["# GPU check", "", f"{results.get('device', '?')}; {results.get('when', '')}; budget "
-             f"{results.get('budget_s')} s, used {results.get('used_s')} s.", "", "| step | status | detail |",
-             "| --- | --- | --- |"]
+    head = (f"{results.get('device', '?')}; {results.get('when', '')}; budget {results.get('budget_s')} s, used "
+            f"{results.get('used_s')} s.")
+    lines = ["# GPU check", "", head, "", "| step | status | detail |", "| --- | --- | --- |"]
     for name, st in results["steps"].items():
         if name.startswith("bench:"):
             continue
@@ -225,9 +225,10 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name[6:]} | ok | {sp['local']:,.0f} {st['samples']} | {sp['theta']:,.0f} | {ms['xi']:.2f} |")
     pj = results["steps"].get("projection", {})
     if pj.get("status") == "ok":
-        lines += ["", f"Table 2, n = 32: {pj['table2']['runs']} runs, projected {pj['table2']['hours']:.1f} GPU hours "
-                  f"one after another on this GPU (+ {pj['baselines']['runs']} baseline runs: "
-                  f"{pj['baselines']['hours']:.1f} h), from {PROJECTION_BENCH}; excluded: {pj['table2']['excluded']}."]
+        lines += ["", (f"Table 2, n = 32: {pj['table2']['runs']} runs, projected {pj['table2']['hours']:.1f} GPU hours "
+                       f"one after another on this GPU (+ {pj['baselines']['runs']} baseline runs: "
+                       f"{pj['baselines']['hours']:.1f} h), from {PROJECTION_BENCH}; excluded: "
+                       f"{pj['table2']['excluded']}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import sys
+
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+
 import tomllib
 
 from . import paper_configs as gen

@@ -6,9 +6,9 @@ untuned rate. Plus the campaign plans' reuse of one run across tables (item 7)."
 import json
 import os
 import shutil
-import tomllib
 
 import pytest
+import tomllib
 
 from hpc_dsgd import paper_configs as gen
 from hpc_dsgd.__main__ import main
@@ -29,7 +29,8 @@ def snapshot(root):
     for d, _, files in os.walk(root / "configs"):
         for f in files:
             p = os.path.join(d, f)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
     return out
 
 
@@ -124,7 +125,7 @@ def test_write_tuned_refuses_with_one_line_and_changes_nothing(sweeps, tmp_path,
         p = root / "configs" / "tuned_lr.toml"
         p.write_text(p.read_text().replace("n32 = 0.1", "n32 = nan", 1))
     before = snapshot(root)
-    rc, out, err = run_cli(root, monkeypatch, capsys, "report", "plan.toml", "--write-tuned")
+    rc, _, err = run_cli(root, monkeypatch, capsys, "report", "plan.toml", "--write-tuned")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hpc_dsgd: error: "), err
     assert want in err, err
     assert snapshot(root) == before and not (root / "reports").exists()
@@ -141,7 +142,8 @@ def test_write_tuned_refuses_with_one_line_and_changes_nothing(sweeps, tmp_path,
     (("n32 = 0.1", "n32 = 0.05", 1), "below the plain-SGD grid's lowest point 0.0625"),
 ])
 def test_generator_checks_every_entry_before_writing(tmp_path, capsys, edit, want):
-    text = open(os.path.join(ROOT, "configs", "tuned_lr.toml")).read()
+    with open(os.path.join(ROOT, "configs", "tuned_lr.toml")) as f:
+        text = f.read()
     assert edit[0] in text
     bad = tmp_path / "tuned.toml"
     bad.write_text(text.replace(*edit))
