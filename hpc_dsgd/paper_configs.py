@@ -370,7 +370,7 @@ def generate(w: Writer) -> None:
     for p in sweep_points():
         what, sw = RECIPES[p["recipe"]]
         w.write(p["path"], f"Learning-rate sweep [{p['recipe']}]: {sw['what']}, n={p['n']}, base_lr={p['lr']:g} "
-                f"(grid {sw['grid']}; plan {sw['plan']}).", base=sw["base"], name=p["name"], out_dir="runs/lr_sweep",
+                f"(one point of RECIPES[{p['recipe']!r}]'s grid; plan {sw['plan']}).", base=sw["base"], name=p["name"], out_dir="runs/lr_sweep",
                 n=p["n"], base_lr=p["lr"], **sw["keys"])
 
 

@@ -168,6 +168,20 @@ def test_untuned_rate_is_in_every_generated_config_until_tuned():
             assert "lr_origin" not in text and "validation_split = " in text, rel
 
 
+def test_extending_a_grid_adds_runs_and_leaves_the_finished_points_alone(monkeypatch):
+    """A best rate at the edge: add grid points; the old points' files (and so their runs) stay as they are."""
+    with open(os.path.join(ROOT, "configs", "tuned_lr.toml"), "rb") as f:
+        tuned = gen.check_tuned(tomllib.load(f))
+    old = gen.Writer("", tuned)
+    gen.generate(old)
+    monkeypatch.setitem(gen.RECIPES["cifar10_sgd"][1], "grid", [0.03125, *gen.SGD_GRID, 8.0])
+    new = gen.Writer("", tuned)
+    gen.generate(new)
+    added = sorted(set(new.files) - set(old.files))
+    assert added == [f"lr_sweep/cifar10_sgd_n{n}_lr{v}.toml" for n in (32, 64) for v in ("0.03125", "8")]
+    assert all(new.files[p] == text for p, text in old.files.items())
+
+
 # -- one run, several tables (issue 25 item 7) ---------------------------------------------------------
 SHARED = ("table1", "table2", "table5", "table6", "table7")
 
