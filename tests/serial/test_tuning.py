@@ -190,6 +190,12 @@ def test_plans_share_the_runs_the_paper_reuses_and_a_second_plan_finds_them_fini
     monkeypatch.chdir(ROOT)
     out = f'out_dir="{tmp_path}"'
     plans = {p: load_plan(f"configs/campaigns/{p}.toml", [out]) for p in SHARED}
+    # one plan listing a config twice (two tables' globs, another spelling) runs it once
+    (tmp_path / "both.toml").write_text('configs = ["configs/table2/n32_dec1_*.toml", "./configs/table6/../table2/'
+                                        'n32_dec1_xi_max.toml", "configs/table6/*.toml"]\nseeds = [0, 1]\n')
+    both = load_plan(str(tmp_path / "both.toml"), [out])
+    assert sorted(r.name for r in both.runs if r.name.startswith("table2_n32_dec1_xi_max")) == \
+        ["table2_n32_dec1_xi_max", "table2_n32_dec1_xi_max-s1"] and len(both.runs) == 2 * (5 + 6)
     # a run directory is one config file, whichever plan lists it
     where = {}
     for plan in plans.values():
