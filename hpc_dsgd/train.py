@@ -217,7 +217,8 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         log(f"hpc_dsgd: {status} at iteration {done} of {sched.total_iters}"
             + (f", checkpoint {ckpt.path}" if ckpt.path else "") + f"; trace {os.path.join(run_dir, 'trace.h5')}; "
             f"wall time {_hms(time.monotonic() - wall0)}"
-            + (f"; base_lr {cfg.base_lr:g} is untuned ({cfg.lr_origin})" if cfg.lr_origin.startswith("untuned") else ""),
+            + (f"; {f'base_lr {cfg.base_lr:g}' if cfg.lr_schedule == 'step' else 'the learning rate'} is untuned "
+               f"({cfg.lr_origin})" if cfg.lr_origin.startswith("untuned") else ""),
             flush=True)
     gossiper.free()
     return RunResult(evaluator.last, reps.X.detach().cpu().clone(), reps.d, ckpt.stopped, ckpt.path)
