@@ -76,6 +76,8 @@ GRAPH = Role("the communication graph", identity=True, resume=False, reference=T
 CONSENSUS = Role("the consensus policies and their control", identity=True, resume=False)
 EXECUTION = Role("how a rank computes its replicas (same function; rounding may differ)", identity=True, resume=False)
 INPUT = Role("another run's trace read throughout (a target's reference)", identity=False, resume=False, run=True)
+PROVENANCE = Role("where a value came from (a note beside it, e.g. an untuned learning rate): never the result",
+                  identity=False, resume=True)
 START = Role("another run's checkpoint the run starts from (read once, at the start)", identity=False, resume=True,
              run=True)
 
@@ -135,6 +137,7 @@ class Config:
     epochs: float = key(300.0, OPTIMIZATION)  # training length in epochs of the whole training set
     batch_size: int = key(32, OPTIMIZATION)  # local mini-batch per replica
     base_lr: float = key(0.1, OPTIMIZATION, when={"lr_schedule": ("step",)})  # learning rate at global batch base_batch (linear scaling rule)
+    lr_origin: str = key("", PROVENANCE)  # where base_lr comes from: "" = not stated | "untuned: <reason>" | "tuned: <sweep plan> <identity>" (configs/tuned_lr.toml; the closing line, campaigns and tables say "untuned")
     base_batch: int = key(128, OPTIMIZATION, when={"lr_schedule": ("step",)})  # global batch at which base_lr applies: peak lr = base_lr * n * batch_size / base_batch
     warmup_epochs: float = key(5.0, OPTIMIZATION, when={"lr_schedule": ("step",)})  # linear warm-up from warmup_lr to the peak lr (part of phase 1)
     warmup_lr: float = key(0.1, OPTIMIZATION, when={"lr_schedule": ("step",)})  # learning rate at iteration 0
@@ -382,6 +385,10 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.epochs > 0, f"epochs={cfg.epochs}: need a positive number of epochs")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: need >= 1")
     need(cfg.base_lr > 0, f"base_lr={cfg.base_lr}: the learning rate must be positive")
+    need(cfg.lr_origin == "" or cfg.lr_origin.startswith(("untuned", "tuned")),
+         f"lr_origin={cfg.lr_origin!r}: say where base_lr comes from: \"\", \"untuned: <reason>\" or "
+         "\"tuned: <sweep plan> <identity>\" (tools/make_paper_configs.py writes it from configs/tuned_lr.toml)")
+    need(cfg.validation_split >= 0, f"validation_split={cfg.validation_split}: need >= 0 training samples (0 = off)")
     need(cfg.warmup_lr > 0, f"warmup_lr={cfg.warmup_lr}: the learning rate must be positive")
     need(cfg.base_batch >= 1, f"base_batch={cfg.base_batch}: need >= 1")
     need(0 <= cfg.warmup_epochs < cfg.epochs, f"warmup_epochs={cfg.warmup_epochs}: need 0 <= warmup_epochs < epochs={cfg.epochs}")

@@ -224,10 +224,12 @@ class GossipCounter:
 def reference_xi_max(cfg) -> dict[int, float]:
     """Xi_max of every target phase k, from phase k of that phase's reference trace (config.reference_for_phase).
 
-    The paper's rule (Sec. 4.2): a phase's target is a factor times the maximum consensus distance of *that
-    phase* in normal, uncontrolled decentralized training. So the reference must be the same experiment (n,
-    topology, data, model, schedule) and must have run plain gossip in phase k, and measured Xi there. For a
-    dec-phase-k run that is the dec-phase-k Xi_max run (All-Reduce elsewhere), whose phase k starts from
+    The paper (Sec. 4.2): a phase's target is a factor times the maximum consensus distance of *the current
+    phase* in normal (uncontrolled) decentralized training. Which run that is, the paper leaves open (docs/
+    protocol.md); the checks here hold for either reading: the reference must be the same experiment (n,
+    topology, data, model, schedule) and must have run plain gossip in phase k, and measured Xi there. The
+    shipped configs' reading (the project's choice, not a rule the paper states): for a dec-phase-k run the
+    reference is the dec-phase-k Xi_max run (All-Reduce elsewhere), whose phase k starts from
     consensus as the controlled run's does; an all-gossip run is accepted too, but its phase-k maximum carries
     the previous phase's distance, so the target may never bind: the trace's /phase/ rows say so (bound_its).
     A value read from it is used only if it makes sense: a finite Xi_max >= 0 of a complete phase k."""

@@ -241,7 +241,10 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     if world.rank == 0:
         log(f"hpc_dsgd: {status} at iteration {done} of {sched.total_iters}"
             + (f", checkpoint {ckpt.path}" if ckpt.path else "") + f"; trace {RunDir(run_dir).trace}; "
-            f"wall time {hms(time.monotonic() - wall0)}", flush=True)
+            f"wall time {hms(time.monotonic() - wall0)}"
+            + (f"; {f'base_lr {cfg.base_lr:g}' if cfg.lr_schedule == 'step' else 'the learning rate'} is untuned "
+               f"({cfg.lr_origin})" if cfg.lr_origin.startswith("untuned") else ""),
+            flush=True)
     gossiper.free()
     return RunResult(evaluator.last, reps.X.detach().cpu().clone(), reps.d, ckpt.stopped, ckpt.path)
 

@@ -39,7 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 "[slurm] table, so it wins); repeatable")
         if name == "report":
             p.add_argument("--out", default=None, help="report directory (default: the plan's `report`)")
+            p.add_argument("--write-tuned", action="store_true",
+                           help="a learning-rate sweep plan: write configs/tuned_lr.toml from its finished runs "
+                                "(best mean on the held-out samples) and regenerate the configs (hpc_dsgd/tuning.py)")
     return ap
+
+
+def untuned_note(runs) -> str | None:
+    """Print (and return) one line when any run rests on an untuned learning rate (its config's lr_origin)."""
+    origins = sorted({r.cfg.get("lr_origin", "") for r in runs if r.cfg.get("lr_origin", "").startswith("untuned")})
+    if not origins:
+        return None
+    line = (f"hpc_dsgd: campaign: untuned: {sum(r.cfg.get('lr_origin', '') in origins for r in runs)} of {len(runs)} "
+            f"runs rest on an untuned learning rate ({'; '.join(origins)}): tune with configs/campaigns/lr_sweep.toml "
+            "and `campaign report ... --write-tuned` before reading them as the paper's")
+    print(line, flush=True)
+    return line
 
 
 def main(argv: list[str]) -> int:
@@ -60,7 +75,15 @@ def main(argv: list[str]) -> int:
         if args.action == "report":
             from ..analysis.report import report
 
-            return report(plan, args.out)
+            if args.write_tuned:  # first: a refusal is one line, before any report is written
+                from ..tuning import write_tuned
+
+                if write_tuned(plan):
+                    return 2
+            rc = report(plan, args.out)
+            untuned_note(plan.runs)
+            return rc
+        untuned_note(plan.runs)
         _refuse_other_launchers_jobs(plan, args.launcher)
         options = launchers.Options(ranks=plan.ranks, parallel=args.parallel, sbatch_args=args.sbatch_args)
         return run(plan, launchers.get(args.launcher, plan, options), args.retries, args.rerun)

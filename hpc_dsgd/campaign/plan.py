@@ -146,7 +146,7 @@ def load_plan(path: str, overrides: list[str] = (), ranks: int | None = None, va
         if not found:
             raise CampaignError(f"plan {path!r}: configs entry {pat!r} matches no file (paths are relative to the "
                                 f"launch directory, {os.getcwd()}: run from the repository root)")
-        files += [f for f in found if f not in files]
+        files += [f for f in map(os.path.normpath, found) if f not in files]  # a config listed twice runs once
     seeds = plan.get("seeds", [None])
     if not isinstance(seeds, list) or not seeds or not all(s is None or isinstance(s, int) and s >= 0 for s in seeds) \
             or len(set(seeds)) != len(seeds):

@@ -153,8 +153,9 @@ def test_repeated_gossip_contracts_as_lemma_3_4(name):
 
 
 def test_dec_phase_2_target_binds_against_its_own_xi_max_run_not_against_all_gossip(tmp_path_factory):
-    """Kong et al. Sec. 4.2: phase 2's target is a factor times phase 2's Xi_max of the *uncontrolled dec-phase-2*
-    run (All-Reduce, gossip, All-Reduce), whose phase 2 starts from consensus as the controlled run's does.
+    """The project's reading of Kong et al. Sec. 4.2 (docs/protocol.md names the alternative): phase 2's target is a
+    factor times phase 2's Xi_max of the *uncontrolled dec-phase-2* run (All-Reduce, gossip, All-Reduce), whose
+    phase 2 starts from consensus as the controlled run's does.
     Against it, 1/2 Xi_max makes gossip repeat in phase 2 and holds Xi at the target; against an all-gossip run,
     whose phase-2 maximum still carries phase 1's distance, the same target never binds: the trace records
     zero binding iterations and the table marks the cell."""

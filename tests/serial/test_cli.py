@@ -78,9 +78,11 @@ def test_quickstart_progress_line_has_the_readme_sample_format(tmp_path, monkeyp
         monkeypatch.delenv(var, raising=False)
     capsys.readouterr()
     rc = main_rc(["train", QUICK, "--set", f"out_dir={tmp_path}", "--set", "width=0.25", "--set", "epochs=1",
-                  "--set", "warmup_epochs=0.5"])
+                  "--set", "warmup_epochs=0.5", "--set", 'lr_origin="untuned: starting guess"'])
     out, err = capsys.readouterr()
     assert rc == 0, err
+    closing = [ln for ln in out.splitlines() if ln.startswith("hpc_dsgd: finished")]
+    assert len(closing) == 1 and "base_lr 0.1 is untuned (untuned: starting guess)" in closing[0], out  # issue 25
     line = [ln for ln in out.splitlines() if ln.startswith("epoch")][-1]
     def shape(ln: str) -> str:
         return re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", " ".join(ln.split()))

@@ -65,7 +65,7 @@ def _raw_toml(path):
 
 
 @pytest.mark.parametrize("stem, topology, policies, factors, reference", [
-    ("complete", "complete", ["allreduce"], [1.0], None),
+    ("centralized", "complete", ["csgd"], [1.0], None),  # data-parallel Adam (gradient averaging)
     ("ring", "ring", ["gossip"], [1.0], None),
     ("ring_target_quarter", "ring", ["target"], [0.25], "runs/figure3_ring/trace.h5"),
     ("exponential", "exponential", ["gossip"], [1.0], None),
@@ -112,9 +112,11 @@ def _run_of(trace_path):
 
 
 def test_every_target_is_measured_against_the_uncontrolled_run_of_its_own_experiment():
-    """Kong et al. Sec. 4.2: phase k's target is a factor times phase k's Xi_max in the uncontrolled run of the
-    same experiment: same n, seed, schedule, recipe, plain gossip in phase k and, in the earlier phases, what the
-    controlled run does there (All-Reduce for dec-phase-k), so both start phase k alike."""
+    """The project's reading of Kong et al. Sec. 4.2 (docs/protocol.md): phase k's target is a factor times phase
+    k's Xi_max in the uncontrolled run of the same experiment: same n, seed, schedule, recipe, plain gossip in phase
+    k and, in the earlier phases, what the controlled run does there (All-Reduce for dec-phase-k), so both start
+    phase k alike. One exception, the paper's: Table 7's 150-epoch row reads Table 2's ring baseline, which the
+    paper reuses as its (150, Xi_max) cell, at the ring's own fine-tuned rate."""
     runs = _by_name()
     checked = 0
     for name, cfg in runs.items():
@@ -126,9 +128,10 @@ def test_every_target_is_measured_against_the_uncontrolled_run_of_its_own_experi
             ref_path = cfg["reference_traces"][k - 1] if cfg["reference_traces"] else cfg["reference_trace"]
             ref = runs[_run_of(ref_path)]
             assert ref["policies"][k - 1] == "gossip", (name, k, ref["name"])
+            reused = name.startswith("table7_e150_") and ref["name"] == "table1_ring_n32"
             for key in ("n", "seed", "topology", "dataset", "model", "width", "epochs", "decay_fractions",
                         "batch_size", "base_lr", "momentum", "nesterov"):
-                assert ref[key] == cfg[key], (name, k, key)
+                assert ref[key] == cfg[key] or reused and key == "base_lr", (name, k, key)
             # earlier phases as the controlled run's, so phase k starts from the same kind of state (Table 5's
             # phase-2 targets use Table 2's dec-phase-2 Xi_max, the paper's phase-2 Xi_max)
             if not name.startswith("table5"):
