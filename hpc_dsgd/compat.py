@@ -26,7 +26,7 @@ BRANCH_MUST_MATCH = ("model", "width", "dataset", "n", "seed", "epochs", "batch_
                      "base_batch", "warmup_epochs", "warmup_lr", "decay_fractions", "decay_factor",
                      "momentum", "nesterov", "weight_decay", "weight_decay_bn", "optimizer", "adam_betas", "adam_eps", "lr_schedule",
                      "warmup_steps", "lr_scale", "label_smoothing", "vocab_size", "max_len", "d_model", "heads",
-                     "layers", "d_ff", "dropout")
+                     "layers", "d_ff", "dropout", "algorithm")
 
 
 def saved_config(saved_meta: dict) -> dict:

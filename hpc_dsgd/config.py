@@ -54,6 +54,11 @@ class Config:
     # -- topology -------------------------------------------------------------------------
     topology: str = "ring"  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = field(default_factory=list)  # [a, b] with a*b = n; empty = most square
+    lazy_mixing: bool = False  # true: gossip with (I + W)/2 instead of W (lambda_min >= 0; D2 on the ring needs it)
+    # -- algorithm (hpc_dsgd/algorithms/, docs/algorithms.md) -------------------------------
+    algorithm: str = "dsgd"  # dsgd (the paper) | gradient_tracking | d2
+    gossip_every: int = 1  # H: communicate (the phase's policy) every H-th iteration; the H-1 others are local steps (W = I)
+    momentum_kind: str = "local"  # local (the paper: momentum stays on the replica) | quasi_global (Lin et al. 2021; sgd only)
     # -- data and model -------------------------------------------------------------------
     dataset: str = "digits"  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
     data_dir: str = ""  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
@@ -293,7 +298,8 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.torch_threads >= 1, f"torch_threads={cfg.torch_threads}: need >= 1")
     need(cfg.replica_exec in EXECS, f"replica_exec={cfg.replica_exec!r}: choose one of {', '.join(EXECS)}")
     need(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None,
+             lazy=cfg.lazy_mixing)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
     need(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
     translation = cfg.dataset == "multi30k"
@@ -379,4 +385,8 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
+    from .algorithms import check_config as check_algorithm
+
+    if (why := check_algorithm(cfg)) is not None:
+        raise ConfigError(why)
     need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")

@@ -80,6 +80,7 @@ class Context:
     phi_ema: float = NAN
     ema_phase: int = 0  # the phase the EMA belongs to
     opt_state: list = None  # the local optimizer state blocks (k, d) (momentum); csgd averages them on entry
+    algorithm: object = None  # the run's algorithms.Algorithm (train.iteration asks it for the local step)
 
 
 class Policy:
@@ -218,7 +219,7 @@ class GossipCounter:
 
 # What a reference run must share with the controlled run for its Xi_max to be this experiment's.
 REFERENCE_MUST_MATCH = ("n", "topology", "dataset", "model", "width", "batch_size", "epochs", "decay_fractions",
-                        "lr_schedule")
+                        "lr_schedule", "algorithm", "gossip_every", "lazy_mixing", "momentum_kind")
 
 
 def reference_xi_max(cfg) -> dict[int, float]:
