@@ -37,7 +37,7 @@ class Algorithm:
     def companion(self, name: str, init: torch.Tensor | None = None) -> torch.Tensor:
         """A new (k, d) companion block (zeros, or a copy of init)."""
         reps = self.reps
-        S = init.clone() if init is not None else torch.zeros(reps.k, reps.d, device=reps.device)
+        S = init.clone() if init is not None else torch.zeros(reps.k, reps.d, dtype=reps.X.dtype, device=reps.device)
         self.state[name] = S
         return S
 
@@ -78,7 +78,7 @@ class WithCompanion:
         from ..comm import Gossiper
 
         self.main, self.Y = main, Y
-        self.co = Gossiper(world, topology, Y.shape[1], capture=main.capture)
+        self.co = Gossiper(world, topology, Y.shape[1], dtype=main.dtype, capture=main.capture)
 
     def step(self, X, t, theta_cols=None):
         sent, theta = self.main.step(X, t, theta_cols)
