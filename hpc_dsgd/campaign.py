@@ -60,7 +60,8 @@ from .config import DEFAULTS, FIELDS, ConfigError, _read_toml, from_dict, parse_
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
-                "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)"}
+                "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)",
+                "algorithms": "Algorithms: accuracy, mean Ξ per phase, bytes per iteration (analysis/algorithms.py)"}
 DEP_KEYS = ("reference_trace", "reference_traces", "branch_from")
 # Keys that may differ between a finished run and the plan without making it another run.
 SAME_RUN_EXCEPT = ("name", "out_dir", "data_dir", "device", "torch_threads", "trace_flush_seconds",
@@ -851,6 +852,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
                 from .analysis import large_batch
 
                 text = large_batch.render(large_batch.build(groups, expected), fmt, 2, runset)
+            elif name == "algorithms":
+                from .analysis import algorithms
+
+                text = algorithms.render(algorithms.build(groups, expected), fmt, 2, runset)
             elif name == "lr_sweep":
                 from .analysis import lr_sweep
 
@@ -873,6 +878,11 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
             figs += [("consensus.png", "Consensus distance Ξ over epochs (Figure 1)", figures.fig1_consensus, images),
                      ("learning_curves.png", "Training loss, training and test accuracy (Figure 2)",
                       figures.fig2_learning_curves, images)]
+        if images and "algorithms" in tables:
+            from .analysis import algorithms
+
+            figs.append(("algorithms_xi.png", "Consensus distance Ξ over epochs per algorithm", algorithms.figure,
+                         images))
         if translation:
             figs.append(("translation.png", "Multi30k: training loss, Ξ, validation perplexity (Figure 3)",
                          figures.fig3_learning_curves, translation))
