@@ -112,6 +112,12 @@ CASES = {
     "d2": dict(algorithm="d2", momentum=0.0, nesterov=False, lazy_mixing=True, base_lr=0.05),
     "quasi_global": dict(momentum_kind="quasi_global", momentum=0.9, nesterov=True),
     "gossip_every_2": dict(gossip_every=2, momentum=0.9, nesterov=False),
+    # dec-phase runs: All-Reduce, gossip, All-Reduce within the 5 iterations (phases of 2, 1 and 2 iterations)
+    "gradient_tracking_dec_phase_2": dict(algorithm="gradient_tracking", policies=["allreduce", "gossip", "allreduce"],
+                                          epochs=0.12, decay_fractions=[0.4, 0.6], warmup_epochs=0.0),
+    "d2_dec_phase_2": dict(algorithm="d2", momentum=0.0, nesterov=False, lazy_mixing=True, base_lr=0.05,
+                           policies=["allreduce", "gossip", "allreduce"], epochs=0.12, decay_fractions=[0.4, 0.6],
+                           warmup_epochs=0.0),
 }
 
 
