@@ -125,7 +125,7 @@ def small(out_dir, name="t", **kw) -> dict:
     """A tiny run: small_cnn width 0.25 on digits, n = 4, a small learning rate (this stand-in's first iterations
     amplify float32 rounding chaotically at the recipe's rate: tests/mpi/test_dsgd.py)."""
     base = dict(name=name, out_dir=str(out_dir), n=4, dataset="digits", model="small_cnn", width=0.25, batch_size=8,
-                epochs=2.0, warmup_epochs=0.5, base_lr=0.02, warmup_lr=0.01, base_batch=32, eval_every=100, local_eval_samples=40,
-                device="cpu", weight_decay=0.0, replica_exec="loop", checkpoint_minutes=0.0)
+                epochs=2.0, warmup_epochs=0.5, base_lr=0.02, warmup_lr=0.01, base_batch=32, eval_every=100,
+                local_eval_samples=40, device="cpu", weight_decay=0.0, replica_exec="loop", checkpoint_minutes=0.0)
     base.update(kw)
     return base

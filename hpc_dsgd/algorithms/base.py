@@ -113,7 +113,8 @@ def check_common(cfg) -> str | None:
     if cfg.momentum_kind == "quasi_global":
         if cfg.optimizer != "sgd" or cfg.momentum <= 0:
             return (f"momentum_kind='quasi_global' needs optimizer='sgd' with momentum > 0 (got optimizer="
-                    f"{cfg.optimizer!r}, momentum={cfg.momentum}): it is a heavy-ball/Nesterov buffer (Lin et al. 2021)")
+                    f"{cfg.optimizer!r}, momentum={cfg.momentum}): it is a heavy-ball/Nesterov buffer "
+                    "(Lin et al. 2021)")
         if cfg.algorithm != "dsgd":
             return (f"momentum_kind='quasi_global' with algorithm={cfg.algorithm!r}: quasi-global momentum is "
                     "defined on D-SGD (Lin et al. 2021, Alg. 1); use algorithm='dsgd' or momentum_kind='local'")

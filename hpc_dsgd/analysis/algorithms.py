@@ -21,7 +21,16 @@ import sys
 import h5py
 import numpy as np
 
-from .render import _emit_notes, _md_row, _notes_for, _skipped_lines, csv_text, frame, markdown, num
+from .render import (
+    _emit_notes,
+    _md_row,
+    _notes_for,
+    _skipped_lines,
+    csv_text,
+    frame,
+    markdown,
+    num,
+)
 from .runs import EMPTY, CellStats, Group, RunSet
 
 NAMES = {"dsgd": "D-SGD", "gradient_tracking": "gradient tracking", "d2": "D²"}
@@ -45,9 +54,9 @@ def method_of(cfg: dict) -> str:
 
 def partition_of(cfg: dict) -> str:
     p = str(cfg.get("partition", "iid"))
+    alpha = cfg.get("dirichlet_alpha")
     if p == "dirichlet":
-        return f"Dirichlet α = {cfg.get('dirichlet_alpha', '?'):g}" if isinstance(cfg.get("dirichlet_alpha"), (int, float)) \
-            else "Dirichlet"
+        return f"Dirichlet α = {alpha:g}" if isinstance(alpha, (int, float)) else "Dirichlet"
     if p == "shards":
         return f"shards ({cfg.get('shards_per_replica', '?')} per replica)"
     return p
@@ -134,7 +143,9 @@ def render(rows: list[dict], fmt: str = "md", digits: int = 2, runset: RunSet | 
         out += [f"_{info}_", ""] + markdown(frame(body, head))
         out += [] if body else [_md_row([EMPTY[fmt]] * len(head))]
     elif fmt == "latex":
-        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+        def esc(s):
+            return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
+
         out += [f"% {info}", r"\begin{tabular}{ll" + "c" * (len(head) - 3) + "l}", r"\toprule",
                 " & ".join(esc(h) for h in head).replace("Xi", r"$\Xi$") + r" \\", r"\midrule"]
         out += [" & ".join(esc(x) for x in b) + r" \\" for b in body]

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import pytest
-from mpi4py import MPI
-
 from alg_reference import CASES, reference, small  # tests/alg_reference.py
-from hpc_dsgd.config import from_dict
+from mpi4py import MPI
 from test_dsgd import results_per_split  # tests/mpi/test_dsgd.py
+
+from hpc_dsgd.config import from_dict
 
 ITERS = 5
 

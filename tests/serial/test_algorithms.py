@@ -1,7 +1,7 @@
 """Claims about the algorithms (hpc_dsgd/algorithms/, docs/algorithms.md), in one process:
 - each algorithm's trajectory (D-SGD, gradient tracking with and without momentum, D2, quasi-global momentum,
-  gossip_every = 2, and dec-phase-2 runs of gradient tracking and D2) on 1 rank x 4 replicas equals the dense reference of its textbook equations
-  (tests/alg_reference.py);
+  gossip_every = 2, and dec-phase-2 runs of gradient tracking and D2) on 1 rank x 4 replicas equals the dense
+  reference of its textbook equations (tests/alg_reference.py);
 - a run stopped in the middle of a phase and resumed equals the uninterrupted run bitwise, for each algorithm,
   and its checkpoint holds the algorithm's companion blocks;
 - on linear regression with heterogeneous local optima, gradient tracking and D2 reach the global optimum and
@@ -14,9 +14,9 @@ import types
 import numpy as np
 import pytest
 import torch
+from alg_reference import CASES, reference, small  # tests/alg_reference.py
 from mpi4py import MPI
 
-from alg_reference import CASES, reference, small  # tests/alg_reference.py
 from hpc_dsgd.algorithms import ALGORITHMS
 from hpc_dsgd.checkpoint import list_checkpoints
 from hpc_dsgd.comm import Gossiper, make_world
@@ -103,7 +103,7 @@ def test_bias_correction_on_heterogeneous_linear_regression():
             alg.communicate(t, lr, policy, ctx)
         alg.gossip.free()
         residual[name] = float((reps.X - x_star).norm(dim=1).max())  # worst replica's distance to x*
-    print(f"max_i ||x_i - x*|| after 600 iterations: " + ", ".join(f"{k} {v:.3e}" for k, v in residual.items()))
+    print("max_i ||x_i - x*|| after 600 iterations: " + ", ".join(f"{k} {v:.3e}" for k, v in residual.items()))
     assert residual["dsgd"] > 1e-2
     assert residual["gradient_tracking"] < 1e-6 and residual["d2"] < 1e-6
 
