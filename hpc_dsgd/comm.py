@@ -187,7 +187,7 @@ class Gossiper:
         self.world, self.topology, self.D, self.dtype = world, topology, D, dtype
         self.mpi_dtype = _MPI_DTYPES[dtype]
         self.rowtype = self.mpi_dtype.Create_contiguous(D).Commit()  # counts in rows: no int32 overflow
-        self.exact = topology.name == "complete"  # W = J: the exact average is an Allreduce
+        self.exact = topology.name == "complete" and not topology.lazy  # W = J: the exact average is an Allreduce
         self._plans: dict[int, _Plan] = {}
         self._staging: dict[tuple[str, int], torch.Tensor] = {}
         # CUDA: a gossip step that needs no MPI (all neighbours on this rank, e.g. n replicas on one GPU)

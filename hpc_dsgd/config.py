@@ -109,6 +109,11 @@ class Config:
     # -- topology -------------------------------------------------------------------------
     topology: str = key("ring", GRAPH)  # ring | torus | complete | exponential | one_peer_exponential | random_matching
     torus_shape: list[int] = key(factory=list, role=GRAPH)  # [a, b] with a*b = n; empty = most square
+    lazy_mixing: bool = key(False, GRAPH)  # true: gossip with (I + W)/2 instead of W (lambda_min >= 0; D2 on the ring needs it)
+    # -- algorithm (hpc_dsgd/algorithms/, docs/algorithms.md) -------------------------------
+    algorithm: str = key("dsgd", OPTIMIZATION)  # dsgd (the paper) | gradient_tracking | d2
+    gossip_every: int = key(1, GRAPH)  # H: communicate (the phase's policy) every H-th iteration; the H-1 others are local steps (W = I)
+    momentum_kind: str = key("local", OPTIMIZATION, when={"optimizer": ("sgd",)})  # local (the paper: momentum stays on the replica) | quasi_global (Lin et al. 2021; sgd only)
     # -- data and model -------------------------------------------------------------------
     dataset: str = key("digits", PROBLEM)  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
     data_dir: str = key("", PATHS)  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
@@ -357,7 +362,8 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.torch_threads >= 1, f"torch_threads={cfg.torch_threads}: need >= 1")
     need(cfg.replica_exec in REPLICA_EXECS, f"replica_exec={cfg.replica_exec!r}: choose one of {', '.join(REPLICA_EXECS)}")
     need(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None,
+             lazy=cfg.lazy_mixing)
     need(not cfg.torus_shape or cfg.topology == "torus", "torus_shape is set but topology is not 'torus'")
     spec = spec_of(cfg.dataset)
     need(spec is not None, f"dataset={cfg.dataset!r}: choose one of {', '.join(SPECS)}")
@@ -442,4 +448,8 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
+    from .algorithms import check_config as check_algorithm
+
+    if (why := check_algorithm(cfg)) is not None:
+        raise ConfigError(why)
     need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")

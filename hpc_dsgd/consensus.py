@@ -80,6 +80,7 @@ class Context:
     phi_ema: float = NAN
     ema_phase: int = 0  # the phase the EMA belongs to
     opt_state: list = None  # the local optimizer state blocks (k, d) (momentum); csgd averages them on entry
+    algorithm: object = None  # the run's algorithms.Algorithm (train.iteration asks it for the local step)
 
 
 class Policy:

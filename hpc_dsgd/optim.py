@@ -11,6 +11,13 @@ step for step, so a single-process simulation with one torch.optim optimizer per
   adam  torch.optim.Adam(betas, eps, weight_decay) without amsgrad: state M (exp_avg) and V (exp_avg_sq);
         the step count is the iteration t + 1 (every replica steps at every iteration), so it needs no
         state of its own and a resumed or branched run continues the bias correction exactly.
+  sgd with momentum_kind = "quasi_global" (Lin et al., ICML 2021, Alg. 1; docs/algorithms.md): the same step
+        with the buffer M holding the quasi-global momentum m^, which finish() updates after the
+        communication from the replica's displacement over the whole iteration (local step + gossip):
+        d = (x_t - x_(t+1)) / lr,  m^ <- beta m^ + (1 - beta) d.
+
+begin(P) is called before the local step and finish(P, lr) after the iteration's communication (no-ops
+for the local optimizers).
 """
 from __future__ import annotations
 
@@ -58,6 +65,30 @@ class LocalSGD:
                 G.copy_(M)
         P.addcmul_(G, neg_lr)
 
+    def begin(self, P: torch.Tensor) -> None:
+        pass
+
+    def finish(self, P: torch.Tensor, lr: float) -> None:
+        pass
+
+
+class QuasiGlobalSGD(LocalSGD):
+    """SGD whose momentum buffer is the quasi-global momentum m^ (Lin et al. 2021, Alg. 1, mu = beta):
+      m_i = beta m^_i + g_i;  x_i^(t+1/2) = x_i^t - lr m_i (Nesterov: - lr (g_i + beta m_i));
+      x^(t+1) = W x^(t+1/2) (the phase's communication);  d_i = (x_i^t - x_i^(t+1)) / lr;
+      m^_i <- beta m^_i + (1 - beta) d_i.
+    The state is still one (k, d) block "M" (= m^ between iterations): checkpoints hold m^."""
+
+    capturable = True
+
+    def begin(self, P: torch.Tensor) -> None:
+        self._x0, self._m0 = P.clone(), self.state["M"].clone()  # x_t and m^_(t-1) (the step overwrites M)
+
+    def finish(self, P: torch.Tensor, lr: float) -> None:
+        d = (self._x0 - P).div_(lr)
+        self.state["M"].copy_(self._m0.mul_(self.momentum).add_(d, alpha=1.0 - self.momentum))
+        self._x0 = self._m0 = None
+
 
 class LocalAdam:
     names = ("M", "V")
@@ -78,10 +109,19 @@ class LocalAdam:
         denom = (V.sqrt() / bc2 ** 0.5).add_(self.eps)
         P.addcdiv_(M, denom, value=-lr / bc1)
 
+    def begin(self, P: torch.Tensor) -> None:
+        pass
+
+    def finish(self, P: torch.Tensor, lr: float) -> None:
+        pass
+
+
+MOMENTUM_KINDS = ("local", "quasi_global")
+
 
 def make_optimizer(cfg, k: int, d: int, device):
     if cfg.optimizer == "adam":
         return LocalAdam(cfg, k, d, device)
     if cfg.optimizer == "sgd":
-        return LocalSGD(cfg, k, d, device)
+        return QuasiGlobalSGD(cfg, k, d, device) if cfg.momentum_kind == "quasi_global" else LocalSGD(cfg, k, d, device)
     raise ValueError(f"optimizer={cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")

@@ -66,6 +66,7 @@ class Replicas:
         self.X = flat0.repeat(self.k, 1).contiguous()  # (k, D)
         self.G = torch.zeros(self.k, self.d, device=dev)  # (k, d) gradients (before weight decay)
         self.opt = workload.optimizer(self.k, self.d, dev)  # local state: (k, d) blocks, never gossiped
+        self.companions: dict[str, torch.Tensor] = {}  # the algorithm's (k, d) blocks (algorithms/), set by it
         if not cfg.weight_decay_bn and cfg.weight_decay:
             self.opt.wd_row = (cfg.weight_decay * decay_mask(proto)).to(dev).unsqueeze(0)
         self.exec = make_executor(cfg.replica_exec, proto, self.layout, batched_kind)
@@ -92,6 +93,10 @@ class Replicas:
         self.capture = dev.type == "cuda" and cfg.cuda_graph and workload.capturable and self.opt.capturable
         bf16 = cfg.precision == "bf16"
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def state_blocks(self) -> dict[str, torch.Tensor]:
+        """Every per-replica block a checkpoint holds, by name: X, the optimizer's, the algorithm's companions."""
+        return {"X": self.X, **self.opt.state, **self.companions}
 
     @property
     def M(self) -> torch.Tensor:

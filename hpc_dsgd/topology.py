@@ -142,6 +142,7 @@ class Topology:
     n: int
     seed: int = 0  # random matching: the seed all ranks share
     shape: tuple[int, int] | None = None  # torus: (a, b)
+    lazy: bool = False  # lazy mixing: every W_t replaced by (I + W_t)/2 (eigenvalues (1 + lambda)/2 >= 0)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -180,7 +181,10 @@ class Topology:
         elif self.name == "one_peer_exponential":
             W = one_peer_exponential_matrix(n, key)
         else:
-            return random_matching_matrix(n, t, self.seed)  # not cached: a new matching every step
+            W = random_matching_matrix(n, t, self.seed)
+            return 0.5 * (np.eye(n) + W) if self.lazy else W  # not cached: a new matching every step
+        if self.lazy:
+            W = 0.5 * (np.eye(n) + W)
         W.setflags(write=False)
         self._cache[key] = W
         return W
@@ -197,6 +201,8 @@ class Topology:
             J = np.full((n, n), 1.0 / n)
             Ws = ([self.W(t) for t in range(self.period)] if self.name == "one_peer_exponential"
                   else [random_matching_matrix(n, t, self.seed + 7919) for t in range(samples)])
+            if self.lazy and self.name == "random_matching":
+                Ws = [0.5 * (np.eye(n) + W) for W in Ws]
             M = sum((W - J).T @ (W - J) for W in Ws) / len(Ws)
             return float(max(0.0, 1.0 - np.linalg.eigvalsh(M).max()))
         return mixing_parameter(self.W(0))
@@ -219,7 +225,16 @@ class Topology:
 
     def describe(self) -> str:
         extra = f" {self.shape[0]}x{self.shape[1]}" if self.name == "torus" else ""
-        return f"{self.name}{extra} n={self.n}"
+        return f"{self.name}{extra} n={self.n}" + (" lazy (I+W)/2" if self.lazy else "")
+
+    @property
+    def symmetric(self) -> bool:
+        """Every W_t is symmetric (ring, torus, complete, random matching; not the directed exponential graphs)."""
+        return self.name in ("ring", "torus", "complete", "random_matching")
+
+    def lambda_min(self) -> float:
+        """Smallest eigenvalue of the fixed symmetric W (D2's condition lambda_min > -1/3, Tang et al. 2018)."""
+        return float(np.linalg.eigvalsh(self.W(0)).min())
 
 
 def gossip_steps_needed(p: float, xi_now: float, xi_target: float) -> int:

@@ -27,6 +27,7 @@ import torch
 from mpi4py import MPI
 
 from . import __version__
+from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint_collective, verify_checkpoint
 from .comm import Gossiper, World, allreduce_scalars, make_world
 from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible, model_sizes
@@ -120,11 +121,12 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if not path:
         return LoopState(), {}, how, None
     man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
-    missing = [name for name in ("X",) + reps.opt.names if name not in tensors]
+    blocks = reps.state_blocks()
+    missing = [name for name in blocks if name not in tensors]
     if missing:  # the same manifest on every rank: all refuse alike
-        raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} state for optimizer {cfg.optimizer!r}")
-    reps.X.copy_(tensors["X"])
-    for name, S in reps.opt.state.items():
+        raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} state for optimizer {cfg.optimizer!r}"
+                              f", algorithm {cfg.algorithm!r}")
+    for name, S in blocks.items():
         S.copy_(tensors[name])
     if rank_state is not None:
         restore_rank_state(rank_state)
@@ -201,11 +203,13 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     set_determinism(world.device, cfg.deterministic)
     wl: Workload = make_workload(cfg, world, run_dir, "resume" if resume else "branch" if cfg.branch_from else "fresh")
     sched = wl.schedule()
-    topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None)
+    topo = Topology(cfg.topology, cfg.n, seed=cfg.seed, shape=tuple(cfg.torus_shape) if cfg.torus_shape else None,
+                    lazy=cfg.lazy_mixing)
     set_precision(cfg.precision)  # process-wide: TF32 or strict fp32 (the paper)
     torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
     reps = Replicas(cfg, world, wl)
-    gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
+    alg = make_algorithm(cfg, world, reps, topo, Gossiper(world, topo, reps.D, capture=bool(reps.capture)))
+    gossiper = alg.gossip  # X's gossiper, or one that gossips the algorithm's companion with X
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
     st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
@@ -214,7 +218,7 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
         gossiper.free()
         return RunResult(dict(loop.get("last") or {}), reps.X.detach().cpu().clone(), reps.d, False, ckpt_from)
     ctx = Context(world, gossiper, GossipCounter(st.gossip_s), topo.p(), phi_ema=st.phi_ema, ema_phase=st.ema_phase,
-                  opt_state=list(reps.opt.state.values()))
+                  opt_state=list(reps.opt.state.values()), algorithm=alg)
     revision = code_revision() if world.rank == 0 else ""  # once per run, not per checkpoint (it runs git)
     trace = _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, st.it, loop, how, ckpt_from, revision, log)
     observers, evaluator, ckpt = _observers(cfg, world, wl, sched, reps, ctx, topo, trace, revision, xi_max, stop, end, log)
@@ -354,18 +358,21 @@ def copy_trace_prefix(parent: str, trace: TraceWriter, it: int) -> None:
 
 def iteration(cfg, world: World, reps: Replicas, ctx: Context, policy, t: int, sched, stop: bool = False,
               checkpoint: bool = False) -> tuple[dict, Scalars]:
-    """One D-SGD iteration: local step, communication by the phase's policy, one scalar Allreduce
-    (which also carries this rank's stop/checkpoint votes, summed over the ranks).
+    """One iteration: the algorithm's local step (ctx.algorithm, algorithms/: D-SGD's by default), its
+    communication by the phase's policy (none on the gossip_every - 1 local iterations), one scalar Allreduce
+    (which also carries this rank's stop/checkpoint votes, summed over the ranks). xi_pre is Xi of the vector
+    the algorithm gossips (x^(t+1/2) for D-SGD), xi Xi of x^(t+1).
 
     Returns the trace row (global values, identical on every rank) and the summed Scalars."""
     n, ipe, phase, lr = cfg.n, sched.iters_per_epoch, sched.phase(t), sched.lr(t)
-    loss, correct, count, grad_sq = reps.local_step(t, t // ipe, t % ipe, lr, grad_hook=policy.grad_hook(ctx))
+    alg = ctx.algorithm
+    loss, correct, count, grad_sq = alg.local_step(t, ipe, lr, policy, ctx)
     if policy.needs_phi:  # the adaptive target needs this iteration's phi before communicating
         ctx.phi = math.sqrt(allreduce_scalars(world.comm, [grad_sq])[0] / n)
         ctx.phi_ema = _ema(ctx, phase, cfg.phi_ema_beta)
     measure = cfg.measure_every > 0 and t % cfg.measure_every == 0
     xi_pre = xi_sq_local(world, reps.P) if measure else 0.0  # Xi of x^(t+1/2), for Lemma A.1
-    res = policy.communicate(reps.X, reps.d, ctx)
+    res = alg.communicate(t, lr, policy, ctx)
     xi_post = xi_sq_local(world, reps.P) if measure and not math.isfinite(res.xi) else 0.0
     s = Scalars(loss, correct, res.bytes_sent, res.theta_sq_local, grad_sq, xi_pre, xi_post, count,
                 float(stop), float(checkpoint)).allreduce(world.comm)

@@ -29,14 +29,14 @@ import sys
 
 import pandas as pd
 
-from . import large_batch, lr_sweep
+from . import algorithms, large_batch, lr_sweep
 from .cells import experiments, parse_where, where
 from .presets import PRESETS, build_preset
 from .render import flat_table, preset_table
 from .runs import load_runs
 from .table import Table, write
 
-OTHER_PRESETS = ("large_batch", "lr_sweep")
+OTHER_PRESETS = ("large_batch", "lr_sweep", "algorithms")
 
 
 def make_table(df: pd.DataFrame, preset: str | None = None, expected: int | None = None, digits: int = 2,
@@ -49,6 +49,8 @@ def make_table(df: pd.DataFrame, preset: str | None = None, expected: int | None
     metric = df.attrs.get("metric", "test_acc_avg")
     if preset == "large_batch":
         return large_batch.table(large_batch.build(exps, expected), df, digits)
+    if preset == "algorithms":  # analysis/algorithms.py
+        return algorithms.table(algorithms.build(exps, expected), df, digits)
     if preset == "lr_sweep":
         return lr_sweep.table(lr_sweep.build(exps, expected), df, digits, metric, exps)
     if preset:

@@ -1,0 +1,36 @@
+"""Algorithms on the D-SGD loop: one module each, one registry line each (docs/algorithms.md).
+
+An algorithm (base.Algorithm) says, around train.iteration's unchanged shape (local step, the phase's
+communication, one scalar Allreduce):
+  - its extra per-replica state: companion (k, d) blocks in `state` (checkpointed beside X and the optimizer
+    state, under their names, and resumed bitwise);
+  - where the gradient is taken and what the optimizer sees (grad_hook: e.g. the tracker y instead of g);
+  - which vector(s) are gossiped (prepare(): e.g. D2's 2 x_t - x_(t-1) + ...; gossiper(): a companion such as
+    the tracker gossiped with the same W_t, its bytes counted in bytes_sent);
+  - which config combinations it refuses (check(cfg): one line, or None).
+The loop's `gossip_every` (H local steps, then the phase's communication) and the momentum kind
+(optim.py) apply to every algorithm the check admits.
+"""
+from __future__ import annotations
+
+from .base import Algorithm, check_common
+from .d2 import D2
+from .dsgd import DSGD
+from .gradient_tracking import GradientTracking
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "dsgd": DSGD,
+    "gradient_tracking": GradientTracking,
+    "d2": D2,
+}
+
+
+def check_config(cfg) -> str | None:
+    """The one-line reason this config's algorithm settings cannot run, or None (config.validate raises it)."""
+    if cfg.algorithm not in ALGORITHMS:
+        return f"algorithm={cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}"
+    return check_common(cfg) or ALGORITHMS[cfg.algorithm].check(cfg)
+
+
+def make_algorithm(cfg, world, reps, topology, gossiper) -> Algorithm:
+    return ALGORITHMS[cfg.algorithm](cfg, world, reps, topology, gossiper)
