@@ -448,7 +448,7 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.checkpoint_minutes >= 0, f"checkpoint_minutes={cfg.checkpoint_minutes}: need >= 0 (0 = phase ends only)")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints}: need >= 1")
     need(cfg.max_iterations >= 0, f"max_iterations={cfg.max_iterations}: need >= 0")
-    from .algorithms import check_config as check_algorithm
+    from .algorithm_checks import check_config as check_algorithm
 
     if (why := check_algorithm(cfg)) is not None:
         raise ConfigError(why)

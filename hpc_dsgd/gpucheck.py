@@ -97,7 +97,7 @@ def project(bench: dict, files: list[str], seeds: int = SEEDS, configs_dir: str 
     cdir = configs_dir or os.path.join(ROOT, "configs")
     rows, total = [], 0.0
     for rel in files:
-        cfg = load_config(os.path.join(cdir, rel), ranks=1, check_files=False)
+        cfg = load_config(os.path.join(cdir, rel), ranks=1)
         its = phase_iterations(cfg, TRAIN_SAMPLES[cfg.dataset])
         sec = sum(i * ms_per_iteration(bench, p, target_steps) for i, p in zip(its, cfg.policies)) / 1e3
         rows.append({"config": rel, "iterations_per_phase": its, "policies": list(cfg.policies), "seconds": sec})

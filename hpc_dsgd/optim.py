@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .algorithm_checks import MOMENTUM_KINDS  # noqa: F401 - re-exported: the momentum kinds, named once
 from .config import OPTIMIZERS  # the config values of optimizer (declared there)
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
@@ -115,8 +116,6 @@ class LocalAdam:
     def finish(self, P: torch.Tensor, lr: float) -> None:
         pass
 
-
-MOMENTUM_KINDS = ("local", "quasi_global")
 
 
 def make_optimizer(cfg, k: int, d: int, device):

@@ -78,14 +78,14 @@ def check_data_size(cfg) -> None:
     """ConfigError unless an epoch of cfg's data set has at least one iteration of n x batch_size samples (after
     the validation split's held-out part), and the partition keys fit the training set's size."""
     size = train_size(cfg)
-    if size is not None:
-        check_data_keys(cfg, size)
     if size is not None and size // (cfg.n * cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} x n={cfg.n} = {cfg.n * cfg.batch_size} exceeds the {size} "
                           f"training {spec_of(cfg.dataset).samples} of {cfg.dataset}"
                           + (f" in {cfg.data_dir}" if cfg.data_dir else "") +
                           f": an epoch would have no iteration; use batch_size <= {max(size // cfg.n, 1)} for "
                           f"n={cfg.n}, or a smaller n")
+    if size is not None:
+        check_data_keys(cfg, size)
 
 
 def partition_summary(cfg) -> list[str]:

@@ -74,7 +74,11 @@ class Replicas:
         self.eval_model = self._bind(copy.deepcopy(proto), self.eval_x)
         self.ids = torch.arange(world.first, world.first + self.k, device=dev)  # global replica ids
         B = cfg.batch_size
-        self.part = workload.partition  # which training samples each replica reads (data/partition.py)
+        self.part = getattr(workload, "partition", None)  # which training samples each replica reads (data/partition.py)
+        if self.part is None:  # a workload that states no partition reads the data-centre (iid) one
+            from .data.partition import DataPartition
+
+            self.part = DataPartition("iid", cfg.n, cfg.seed, workload.num_train, cfg.batch_size)
         self.iid = self.part.kind == "iid"
         self.shard = workload.num_train // world.n  # iid: every replica's shard of the epoch permutation
         self._ids_host = list(range(world.first, world.first + self.k))

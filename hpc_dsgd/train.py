@@ -320,7 +320,7 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
                     os.replace(tpath, kept)
                     log(f"hpc_dsgd: no checkpoint to resume from; the previous trace is kept as {kept}")
                 trace = TraceWriter(tpath, dict(attrs, started_from=ckpt_from or "", start_iteration=it),
-                                    arrays=wl.trace_arrays())
+                                    arrays=getattr(wl, "trace_arrays", dict)())
                 if how == "branch":
                     copy_trace_prefix(RunDir.of_checkpoint(ckpt_from).trace, trace, it)
             log(f"hpc_dsgd: n={cfg.n} replicas = {world.ranks} ranks x {world.k}, {topo.describe()} (p={p:.4f}, "

@@ -13,7 +13,8 @@ The loop's `gossip_every` (H local steps, then the phase's communication) and th
 """
 from __future__ import annotations
 
-from .base import Algorithm, check_common
+from .. import algorithm_checks
+from .base import Algorithm
 from .d2 import D2
 from .dsgd import DSGD
 from .gradient_tracking import GradientTracking
@@ -26,10 +27,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 
 
 def check_config(cfg) -> str | None:
-    """The one-line reason this config's algorithm settings cannot run, or None (config.validate raises it)."""
-    if cfg.algorithm not in ALGORITHMS:
-        return f"algorithm={cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}"
-    return check_common(cfg) or ALGORITHMS[cfg.algorithm].check(cfg)
+    """algorithm_checks.check_config (torch-free, what config.validate runs)."""
+    return algorithm_checks.check_config(cfg)
 
 
 def make_algorithm(cfg, world, reps, topology, gossiper) -> Algorithm:

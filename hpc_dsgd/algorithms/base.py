@@ -96,29 +96,3 @@ class WithCompanion:
     def free(self) -> None:
         self.co.free()
         self.main.free()
-
-
-def check_common(cfg) -> str | None:
-    """gossip_every and momentum_kind, for every algorithm."""
-    from ..optim import MOMENTUM_KINDS
-
-    csgd = "csgd" in cfg.policies
-    if cfg.gossip_every < 1:
-        return f"gossip_every={cfg.gossip_every}: need >= 1 (1 = communicate every iteration, H = every H-th)"
-    if cfg.gossip_every > 1 and csgd:
-        return (f"gossip_every={cfg.gossip_every} with a csgd phase: csgd averages the gradients at every "
-                "iteration (centralized SGD has no local steps); use allreduce (local SGD) or gossip there")
-    if cfg.momentum_kind not in MOMENTUM_KINDS:
-        return f"momentum_kind={cfg.momentum_kind!r}: choose one of {', '.join(MOMENTUM_KINDS)}"
-    if cfg.momentum_kind == "quasi_global":
-        if cfg.optimizer != "sgd" or cfg.momentum <= 0:
-            return (f"momentum_kind='quasi_global' needs optimizer='sgd' with momentum > 0 (got optimizer="
-                    f"{cfg.optimizer!r}, momentum={cfg.momentum}): it is a heavy-ball/Nesterov buffer "
-                    "(Lin et al. 2021)")
-        if cfg.algorithm != "dsgd":
-            return (f"momentum_kind='quasi_global' with algorithm={cfg.algorithm!r}: quasi-global momentum is "
-                    "defined on D-SGD (Lin et al. 2021, Alg. 1); use algorithm='dsgd' or momentum_kind='local'")
-        if csgd:
-            return ("momentum_kind='quasi_global' with a csgd phase: csgd keeps one global momentum (the replicas "
-                    "are identical), there is no local drift to correct; use momentum_kind='local'")
-    return None

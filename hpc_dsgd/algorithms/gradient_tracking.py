@@ -8,6 +8,7 @@ Since every W_t is doubly stochastic, mean_i y_i = mean_i g_i at every step: the
 global gradient, which removes D-SGD's data-heterogeneity bias."""
 from __future__ import annotations
 
+from .. import algorithm_checks
 from .base import Algorithm, WithCompanion
 
 
@@ -19,15 +20,7 @@ class GradientTracking(Algorithm):
         self.Y, self.Gprev = self.companion("Y"), self.companion("Gprev")
         self.gossip = WithCompanion(gossiper, world, topology, self.Y)
 
-    @classmethod
-    def check(cls, cfg):
-        if "csgd" in cfg.policies:
-            return ("algorithm='gradient_tracking' with a csgd phase: csgd averages the gradients exactly, so every "
-                    "tracker would be the mean gradient and there is nothing to track; use allreduce there, or dsgd")
-        if cfg.optimizer != "sgd":
-            return (f"algorithm='gradient_tracking' with optimizer={cfg.optimizer!r}: the tracker replaces the "
-                    "gradient of an SGD step (DIGing); use optimizer='sgd'")
-        return None
+    check = staticmethod(algorithm_checks.check_gradient_tracking)
 
     def grad_hook(self, policy_hook):
         Y, Gprev = self.Y, self.Gprev

@@ -49,7 +49,7 @@ def config_partition(path: str, overrides=()) -> tuple[np.ndarray, dict]:
     from ..config import load_config
     from ..data import load_dataset, make_partition
 
-    cfg = load_config(path, list(overrides), ranks=1, check_files=False)
+    cfg = load_config(path, list(overrides), ranks=1)
     if cfg.dataset == "multi30k":
         raise ValueError(f"{path}: dataset multi30k has no class labels to draw")
     data = load_dataset(cfg.dataset, cfg.data_dir or None)

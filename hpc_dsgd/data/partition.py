@@ -231,12 +231,12 @@ class DataPartition:
 
 def check_data_keys(cfg, num_train: int | None = None) -> None:
     """The partition and validation keys (config.validate calls it with the values alone; preflight with the
-    training set's size, num_train, once known). ConfigError naming the key and what would be right."""
-    from ..config import ConfigError
+    training set's size, num_train, once known). PartitionError (a ValueError, as the config's errors) naming the
+    key and what would be right."""
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
-            raise ConfigError(msg)
+            raise PartitionError(msg)
 
     need(cfg.partition in PARTITIONS, f"partition={cfg.partition!r}: choose one of {', '.join(PARTITIONS)}")
     need(cfg.dirichlet_alpha > 0, f"dirichlet_alpha={cfg.dirichlet_alpha}: need a concentration > 0 "

@@ -131,11 +131,11 @@ REFUSALS = [
 @pytest.mark.parametrize("kw,why", REFUSALS)
 def test_refusals(tmp_path, kw, why):
     with pytest.raises(ConfigError, match=None) as e:
-        from_dict(small(tmp_path, **kw), ranks=1, check_files=False)
+        from_dict(small(tmp_path, **kw), ranks=1)
     assert why in str(e.value) and "\n" not in str(e.value)
 
 
 def test_lazy_ring_admits_d2(tmp_path):
-    cfg = from_dict(small(tmp_path, algorithm="d2", lazy_mixing=True, n=16), ranks=4, check_files=False)
+    cfg = from_dict(small(tmp_path, algorithm="d2", lazy_mixing=True, n=16), ranks=4)
     assert Topology(cfg.topology, 16, lazy=True).lambda_min() == pytest.approx(1 / 3, abs=1e-12)
     assert Topology("ring", 16).lambda_min() == pytest.approx(-1 / 3, abs=1e-12)

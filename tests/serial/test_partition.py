@@ -138,10 +138,9 @@ def test_replica_smaller_than_a_batch_is_refused_with_one_line(tmp_path, capsys)
             "max 91") in out
     with pytest.raises(ConfigError, match=r"partition='dirichlet': translation \(multi30k\)"):
         from_dict(dict(dataset="multi30k", model="transformer", partition="dirichlet", data_dir=str(tmp_path),
-                       optimizer="adam", lr_schedule="inverse_sqrt", decay_fractions=[], policies=["gossip"]),
-                  check_files=False)
+                       optimizer="adam", lr_schedule="inverse_sqrt", decay_fractions=[], policies=["gossip"]))
     with pytest.raises(ConfigError, match=r"dirichlet_alpha=0.0: need a concentration > 0"):
-        from_dict(dict(partition="dirichlet", dirichlet_alpha=0.0), check_files=False)
+        from_dict(dict(partition="dirichlet", dirichlet_alpha=0.0))
 
 
 def test_validation_split_is_disjoint_fixed_and_split_free(digits):
@@ -158,7 +157,7 @@ def test_validation_split_is_disjoint_fixed_and_split_free(digits):
         seen = {}
         for ranks in (1, 2, 4):  # the held-out set depends on neither the split nor n nor the seed
             cfg = from_dict(dict(n=8, batch_size=B, partition=kind, dirichlet_alpha=0.5, validation_split=0.1,
-                                 seed=ranks), ranks=ranks, check_files=False)
+                                 seed=ranks), ranks=ranks)
             part, h = make_partition(cfg, y, 10)
             np.testing.assert_array_equal(h, held)
             batches = part.batches(range(8), 5, B).numpy().ravel() if kind != "iid" else part.epoch_perm(3).numpy()
