@@ -321,7 +321,7 @@ class Checkpointer(Observer):
         try:
             self.path = save_checkpoint(
                 world.comm, self.run_dir, t + 1, "phase" if ends else "periodic", self.sched.phase(t if ends else t + 1),
-                {"X": self.reps.X, **self.reps.opt.state}, list(world.replica_ids), [{} for _ in world.replica_ids],
+                {"X": self.reps.X, **self.reps.opt.state, **self.ctx.gossiper.companions}, list(world.replica_ids), [{} for _ in world.replica_ids],
                 {**self.meta, "loop": loop}, keep_last=self.cfg.keep_checkpoints)
         except CheckpointWriteError as e:  # raised on every rank alike
             if failed:

@@ -27,8 +27,9 @@ import torch
 from mpi4py import MPI
 
 from . import __version__
-from .comm import Gossiper, World, allreduce_scalars, make_world
+from .comm import World, allreduce_scalars, make_world
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
+from .modes import make_comm
 from .replica import Replicas, set_precision
 from .topology import Topology
 from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint_collective, resolve_branch, resolve_resume,
@@ -68,7 +69,8 @@ class RunResult:
     checkpoint: str = ""  # the last checkpoint written
 
 
-def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
+def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log,
+                 companions: dict | None = None) -> tuple:
     """Resume this run (--resume), branch from another run's phase checkpoint (branch_from), or start fresh.
 
     Rank 0 picks and verifies the checkpoint and checks the config against it; the verdict is
@@ -103,11 +105,12 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if not path:
         return LoopState(), {}, how, None
     man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
-    missing = [name for name in ("X",) + reps.opt.names if name not in tensors]
+    companions = companions if how == "resume" else {}  # a branch (a new run) starts its mode's state afresh
+    missing = [name for name in ("X",) + reps.opt.names + tuple(companions) if name not in tensors]
     if missing:  # the same manifest on every rank: all refuse alike
         raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} state for optimizer {cfg.optimizer!r}")
     reps.X.copy_(tensors["X"])
-    for name, S in reps.opt.state.items():
+    for name, S in list(reps.opt.state.items()) + list(companions.items()):
         S.copy_(tensors[name])
     if rank_state is not None:
         restore_rank_state(rank_state)
@@ -180,10 +183,12 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     set_precision(cfg.precision)  # process-wide: TF32 or strict fp32 (the paper)
     torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
     reps = Replicas(cfg, world, wl)
-    gossiper = Gossiper(world, topo, reps.D, capture=bool(reps.capture))
+    gossiper = make_comm(cfg, world, topo, reps.D, capture=bool(reps.capture))  # the communication mode (modes.py)
+    topo = gossiper.topology  # the mixing it realises (hierarchy: over all n replicas)
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
-    st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
+    st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log, gossiper.companions)
+    gossiper.start(reps.X, resumed=how == "resume")
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
     if _nothing_to_do(cfg, world, sched, loop, xi_max, how, ckpt_from, end, run_dir, log):
         gossiper.free()
