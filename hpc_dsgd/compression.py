@@ -24,19 +24,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 OPERATORS = ("topk", "randomk", "sign", "qsgd")
 _TAG = 0x63686F63  # 'choc': the counter stream of compression, apart from data augmentation's
+_MASK = (1 << 64) - 1
 
 
 def counter_generator(seed: int, replica: int, s: int, device: torch.device) -> torch.Generator:
     """A torch generator seeded from the counters (seed, global replica id, gossip step s): the same numbers on
     any rank split, resumed or not."""
-    state = np.random.SeedSequence([int(seed), int(replica), int(s), _TAG]).generate_state(2, np.uint32)
+    x = 0
+    for v in (int(seed), int(replica), int(s), _TAG):  # splitmix64 over the counters: cheap, well mixed
+        x = (x ^ v) + 0x9E3779B97F4A7C15 & _MASK
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK
+        x ^= x >> 31
     g = torch.Generator(device=device)
-    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    g.manual_seed(x >> 1)
     return g
 
 
@@ -66,7 +71,9 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.contiguous().view(dtype)
+    """(r, 4 c) bytes -> (r, c) of a 4-byte dtype (through a flat copy: a byte slice's row stride need not be
+    a multiple of 4)."""
+    return t.reshape(-1).clone().view(dtype).view(t.shape[0], -1)
 
 
 class Operator:
