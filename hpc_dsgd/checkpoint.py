@@ -714,6 +714,12 @@ def _run_vocab(path: str) -> tuple[str, int | None]:
         return tpath, None
 
 
+# Per-replica tensors that are not d numbers (X holds D; the optimizer states and other companions d): the
+# communication modes' state (modes.py): CHOCO's public copy x^ and the overlap's row in flight hold D, the
+# overlap's pending gossip step one integer.
+ROW_SIZES = {"choco_xhat": "D", "overlap_prev": "D", "overlap_pending": 1}
+
+
 def _check_sizes(path: str, m: dict, cfg: dict) -> None:
     """Every per-replica tensor of the manifest against the run's model: X holds D numbers, each
     optimizer state d. Translation: the model of the run's tokenizer's vocabulary (exactly), or, without
@@ -728,7 +734,7 @@ def _check_sizes(path: str, m: dict, cfg: dict) -> None:
              + (f"the {vocab} subwords of {tpath}" if vocab else f"at most vocab_size={cfg.get('vocab_size')} subwords")
              if translation else f"{cfg.get('model')} width {cfg.get('width')}, {cfg.get('dataset')}")
     for name, spec in m["tensors"].items():
-        numel, want = math.prod(spec["shape"]), D if name == "X" else d
+        numel, want = math.prod(spec["shape"]), {"X": D, **{k: D if v == "D" else v for k, v in ROW_SIZES.items()}}.get(name, d)
         if numel != want if exact else numel > want:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: tensors.{name} has {numel} numbers per "
                                   f"replica; the run's model ({model}) has {'' if exact else 'at most '}{want}")
