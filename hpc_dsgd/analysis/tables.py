@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import large_batch, lr_sweep
+from . import communication, large_batch, lr_sweep
 # The public names of the analysis as they were when this module held all of it (campaign.py, tests and
 # notebooks import them from here): loading and grouping (runs), presets and paper values (presets), renderers
 # (render). `load_runs` here is the list form (a RunSet); `runs.load_runs` is the DataFrame form.
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mean ± std over seeds of a final metric for every experiment found in a directory of "
                     "traces, or laid out as one of the paper's Tables 1-7.")
     ap.add_argument("paths", nargs="+", help="directories searched recursively for *.h5 traces (or trace files)")
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch", "lr_sweep"],
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["large_batch", "lr_sweep", "communication"],
                     help="lay out the paper's table (rows, columns, headers); large_batch: C-SGD vs D-SGD, "
                          "accuracy, lambda_max and mean Xi per cell (hpc_dsgd/analysis/large_batch.py); lr_sweep: "
                          "accuracy per base_lr of each sweep, the best marked (hpc_dsgd/analysis/lr_sweep.py)")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.paper and (not args.preset or args.preset in ("large_batch", "lr_sweep")):
+    if args.paper and (not args.preset or args.preset in ("large_batch", "lr_sweep", "communication")):
         print("hpc_dsgd: error: --paper needs --preset tableN: the paper's values belong to Kong et al.'s tables "
               "(Zhu et al. give their large-batch results as a figure)", file=sys.stderr)
         return 2
@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     groups = filter_groups(group_runs(runset.runs, frozenset(args.ignore_key)), where)
     if args.preset == "large_batch":
         text = large_batch.render(large_batch.build(groups, args.seeds), args.format, args.digits, runset)
+    elif args.preset == "communication":  # analysis/communication.py: accuracy, mean Xi, bytes vs All-Reduce
+        text = communication.render(communication.build(groups, args.seeds), args.format, args.digits, runset)
     elif args.preset == "lr_sweep":
         text = lr_sweep.render(lr_sweep.build(groups, args.seeds), args.format, args.digits, args.metric, runset, groups)
     elif args.preset:

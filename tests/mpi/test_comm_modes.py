@@ -1,7 +1,7 @@
 """Claims about the communication modes (modes.py), each against a dense reference written here from the
 equations of docs/communication.md, on a D-SGD trajectory over a quadratic (local step x_i -= eta (x_i - b_i)),
 n = 8 replicas stacked as rows, W as a matrix:
-- CHOCO-SGD (every operator): x^ += Q(x - x^) for all rows, x += gamma (W - I) x^; the split over the ranks
+- CHOCO-SGD (every operator): x^_0 = x_0, x^ += Q(x - x^) for all rows, x += gamma (W - I) x^; the split over the ranks
   (world: ranks x k, self: 1 x n) gives bitwise the same trajectory; the bytes sent are the messages' sizes;
 - hierarchical: X <- W_h X with W_h[i, j] = W_nodes[a(i), a(j)] / m;
 - overlap: x^(t+1) = x^(t+1/2) + c_t (W - I) x^(t-1/2), c_t = 0 after an exact average, bitwise split-free.
@@ -65,7 +65,7 @@ def test_choco_equals_dense_reference_any_split(op, topology, gamma):
         results.append(X)
         # the dense reference: all rows at once, the same operator on the same (replica, step) counters
         W = topo.W(0)
-        x, hat = torch.tensor(X0), torch.zeros(n, D)
+        x, hat = torch.tensor(X0), torch.tensor(X0)  # x^_i = x_i at the start
         scale = operator.choco_scale(D) if op == "qsgd" else 1.0
         for t in range(ITERS):
             x = x - ETA * (x - torch.tensor(B))
