@@ -81,3 +81,37 @@ def test_pack_roundtrip(b):
 def test_make_operator_refuses_unknown():
     with pytest.raises(ValueError, match="compression='zip'"):
         make_operator("zip")
+
+
+@pytest.mark.parametrize("keys, says", [
+    (dict(compression="topk", topology="one_peer_exponential"), "fixed sparse topology"),
+    (dict(compression="sign", topology="complete"), "fixed sparse topology"),
+    (dict(compression="sign", hierarchy="node"), "not implemented"),
+    (dict(compression="qsgd", overlap=True), "not implemented"),
+    (dict(compression="topk", policies=["target"] * 3, reference_trace="r.h5", control_signal="theta"),
+     "use control_signal"),
+    (dict(overlap=True, policies=["adaptive"] * 3), "lands one iteration late"),
+    (dict(overlap=True, policies=["csgd", "gossip", "gossip"]), "csgd"),
+    (dict(overlap=True, topology="complete"), "no neighbour exchange to overlap"),
+    (dict(hierarchy="node", overlap=True), "not implemented"),
+    (dict(hierarchy="node", ranks_per_node=3), "does not divide"),
+    (dict(ranks_per_node=2), "hierarchy is 'none'"),
+    (dict(compression="zip"), "choose one of none"),
+    (dict(consensus_lr=1.5), "0 < gamma <= 1"),
+])
+def test_config_refuses_what_makes_no_sense(keys, says):
+    """One line naming the keys and why (config.validate), before any work."""
+    from hpc_dsgd.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError) as e:
+        from_dict(dict(n=8, **keys), ranks=4, check_files=False)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_accepts_the_modes():
+    from hpc_dsgd.config import from_dict
+
+    for keys in (dict(compression="topk", policies=["target"] * 3, reference_trace="r.h5"),
+                 dict(hierarchy="node", ranks_per_node=2, policies=["adaptive"] * 3, control_signal="theta"),
+                 dict(overlap=True, policies=["gossip", "allreduce", "gossip"])):
+        from_dict(dict(n=8, **keys), ranks=4, check_files=False)
