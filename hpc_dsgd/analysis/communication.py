@@ -116,7 +116,9 @@ def render(rows: list[dict], fmt: str = "md", digits: int = 2, runset: RunSet | 
         out += [f"_{info}_", ""] + markdown(frame(body, head))
         out += [] if body else [_md_row([EMPTY[fmt]] * len(head))]
     elif fmt == "latex":
-        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("÷", "/")  # noqa: E731
+        def esc(s) -> str:
+            return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("÷", "/")
+
         out += [f"% {info}", r"\begin{tabular}{lll ccc l}", r"\toprule",
                 " & ".join(esc(h) for h in head).replace("Xi", r"$\Xi$") + r" \\", r"\midrule"]
         out += [" & ".join(esc(x).replace("γ", r"$\gamma$") for x in b) + r" \\" for b in body]

@@ -90,7 +90,7 @@ def test_hierarchical_equals_dense_reference(ranks_per_node, topology):
         n = world.n
         mode = HierarchicalGossiper(world, topology, D, ranks_per_node=ranks_per_node)
         X0, B = _start(n)
-        X, sent = _run(world, mode, X0, B, ["g"] * ITERS)
+        X, _ = _run(world, mode, X0, B, ["g"] * ITERS)
         nodes = max(world.ranks // ranks_per_node, 1)
         assert mode.topology.nodes.n == nodes and mode.topology.m == n // nodes
         node_of = np.arange(n) // (n // nodes)  # ranks_per_node consecutive ranks form a node
