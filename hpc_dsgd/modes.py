@@ -115,12 +115,15 @@ class ChocoGossiper(Gossiper):
 
 # ----------------------------------------------------------------------------------------------
 class OverlapGossiper(Gossiper):
-    """Gossip overlapped with computation: iteration t starts the exchange of its half-step x^(t+1/2) and
-    completes the one started at t - 1, whose correction it applies (docs/communication.md):
-        x_i^(t+1) = x_i^(t+1/2) + c_t * sum_j w_ij^(s_(t-1)) (x_j^(t-1/2) - x_i^(t-1/2)),
-    c_t = 1 when iteration t - 1 started an exchange (it gossiped), else 0. The correction has zero mean
-    (W doubly stochastic), so the average of the replicas is the one plain D-SGD would have.
-    Companions: `overlap_prev` = x^(t+1/2) of the exchange in flight, `overlap_pending` = its gossip step
+    """Gossip overlapped with computation: iteration t, after its local step, completes the exchange of x^t that
+    iteration t - 1 started (it ran during this local step), applies its correction, and starts the exchange of its
+    own result x^(t+1) (docs/communication.md):
+        x_i^(t+1) = x_i^(t+1/2) + c_t * sum_j w_ij^(s_(t-1)) (x_j^t - x_i^t)
+                  = sum_j w_ij x_j^t + (x_i^(t+1/2) - x_i^t)          (c_t = 1)
+    i.e. the neighbours' values are one local step stale (the local step of t is taken from x^t, mixed with the
+    others' x^t). c_t = 1 when iteration t - 1 started an exchange (it gossiped), else 0 (the first iteration,
+    after an exact average). The correction has zero mean (W doubly stochastic): the average is D-SGD's.
+    Companions: `overlap_prev` = x^(t+1), the rows of the exchange in flight, `overlap_pending` = its gossip step
     index + 1 (0: none). A checkpoint holds them; a resume starts the exchange again from them (the same
     numbers, so the resumed trajectory is bitwise the uninterrupted one)."""
 
@@ -173,12 +176,12 @@ class OverlapGossiper(Gossiper):
 
     def step(self, X, t, theta_cols=None):
         corr = self._complete()
-        self.prev.copy_(X)
-        self.pending.fill_(t + 1)
-        self._launch(t)
         if corr is None:
             corr = torch.zeros_like(X)
         X.add_(corr)
+        self.prev.copy_(X)
+        self.pending.fill_(t + 1)
+        self._launch(t)
         return self._flight[0].nsend * self.D * X.element_size(), _theta(corr, theta_cols)
 
     def allreduce_average(self, X, theta_cols=None):

@@ -4,7 +4,7 @@ n = 8 replicas stacked as rows, W as a matrix:
 - CHOCO-SGD (every operator): x^_0 = x_0, x^ += Q(x - x^) for all rows, x += gamma (W - I) x^; the split over the ranks
   (world: ranks x k, self: 1 x n) gives bitwise the same trajectory; the bytes sent are the messages' sizes;
 - hierarchical: X <- W_h X with W_h[i, j] = W_nodes[a(i), a(j)] / m;
-- overlap: x^(t+1) = x^(t+1/2) + c_t (W - I) x^(t-1/2), c_t = 0 after an exact average, bitwise split-free.
+- overlap: x^(t+1) = x^(t+1/2) + c_t (W - I) x^t, c_t = 0 after an exact average, bitwise split-free.
 Each runs in milliseconds."""
 import numpy as np
 import pytest
@@ -122,7 +122,7 @@ def test_overlap_equals_dense_delayed_reference(topology):
                 x, prev = np.repeat(half.mean(0, keepdims=True), n, 0), None
                 continue
             x = half + ((topo.W(s_prev) - np.eye(n)) @ prev if prev is not None else 0.0)
-            prev, s_prev = half, t
+            prev, s_prev = x, t  # x^(t+1) is what iteration t sends
         np.testing.assert_allclose(X, x, rtol=0, atol=2e-5)
     if MPI.COMM_WORLD.Get_size() > 1:
         np.testing.assert_array_equal(results[0], results[1])
