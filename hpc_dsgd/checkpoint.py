@@ -453,10 +453,17 @@ def _check_meta(path: str, m: dict) -> None:
             need(cfg["n"] == m["n"], "meta.config_json's n", f"the manifest's n={m['n']}, not {cfg['n']!r}")
 
 
+# Per-replica tensors that are not d numbers (X holds D; the optimizer states and other companions d): the
+# communication modes' state (modes.py): CHOCO's public copy x^ and the overlap's row in flight hold D, the
+# overlap's pending gossip step one integer.
+ROW_SIZES = {"choco_xhat": "D", "overlap_prev": "D", "overlap_pending": 1}
+
+
 def _check_sizes(path: str, m: dict, sizes) -> None:
     """Every per-replica tensor of a training checkpoint's manifest (one with meta.loop and meta.config_json)
     against the run's model as `sizes(config, path)` answers (compat.model_sizes asks the run's workload; None:
-    unchecked): X holds D numbers per replica, each optimizer state d (at most, where the answer is a bound)."""
+    unchecked): X holds D numbers per replica, each optimizer state d (at most, where the answer is a bound), the
+    communication modes' blocks as ROW_SIZES says."""
     meta = m["meta"]
     if sizes is None or "loop" not in meta or "config_json" not in meta:
         return
@@ -464,7 +471,8 @@ def _check_sizes(path: str, m: dict, sizes) -> None:
     if want is None:
         return
     for name, spec in m["tensors"].items():
-        numel, n = math.prod(spec["shape"]), want.D if name == "X" else want.d
+        rows = {"X": want.D, **{k: want.D if v == "D" else v for k, v in ROW_SIZES.items()}}
+        numel, n = math.prod(spec["shape"]), rows.get(name, want.d)
         if numel != n if want.exact else numel > n:
             raise CheckpointError(f"checkpoint {path}: {MANIFEST} is malformed: tensors.{name} has {numel} numbers per "
                                   f"replica; the run's model ({want.what}) has {'' if want.exact else 'at most '}{n}")

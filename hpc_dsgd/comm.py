@@ -194,12 +194,19 @@ class Gossiper:
         # is captured once per (W_t, theta, X) as a CUDA graph: k*terms row kernels, one launch
         self.capture = capture and world.device.type == "cuda"
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
+        # per-replica state of a communication mode (modes.py: CHOCO's public copies, overlap's in-flight
+        # rows): (k, ...) blocks checkpointed with X and restored on resume; none for plain gossip
+        self.companions: dict[str, torch.Tensor] = {}
         if not self.exact and topology.period is not None:
             # Fixed graphs and the one-peer exponential cycle: every plan (and its communicator)
             # is built up front, collectively, in the same order on every rank.
             cart = _cart_dims(topology, world.ranks, world.k)
             for t in range(topology.period):
                 self._plans[t] = _build_plan(world, topology.W(t), "cart" if cart else "graph", cart)
+
+    def start(self, X: torch.Tensor, resumed: bool) -> None:
+        """Called once the run's state is in place (fresh, branched or resumed), before the first iteration:
+        a mode initialises its companions, or rebuilds what follows from them. Plain gossip has nothing to do."""
 
     @property
     def kind(self) -> str:
@@ -293,19 +300,29 @@ class Gossiper:
         X.copy_(out)
         return nsend * self.D * X.element_size(), theta
 
-    def _exchange(self, plan: _Plan, send: torch.Tensor, recv: torch.Tensor) -> None:
+    def _exchange(self, plan: _Plan, send: torch.Tensor, recv: torch.Tensor, rowtype=None) -> None:
+        if plan.comm is not None:  # blocking neighbourhood collective
+            rowtype = rowtype or self.rowtype
+            plan.comm.Neighbor_alltoallv([self._mpi(send), (plan.scounts, plan.sdispl), rowtype],
+                                         [self._mpi(recv), (plan.rcounts, plan.rdispl), rowtype])
+            return
+        MPI.Request.Waitall(self._start_exchange(plan, send, recv, rowtype))
+
+    def _start_exchange(self, plan: _Plan, send: torch.Tensor, recv: torch.Tensor, rowtype=None) -> list:
+        """Start the exchange of one row (of `rowtype`: D numbers by default; a compressed message in CHOCO)
+        per counted row with the plan's neighbours, non-blocking; returns the requests to wait for."""
+        rowtype = rowtype or self.rowtype
         scounts, rcounts, sdispl, rdispl = plan.scounts, plan.rcounts, plan.sdispl, plan.rdispl
         sb, rb = self._mpi(send), self._mpi(recv)
         if plan.comm is not None:
-            plan.comm.Neighbor_alltoallv([sb, (scounts, sdispl), self.rowtype], [rb, (rcounts, rdispl), self.rowtype])
-            return
+            return [plan.comm.Ineighbor_alltoallv([sb, (scounts, sdispl), rowtype], [rb, (rcounts, rdispl), rowtype])]
         comm = self.world.comm  # paired exchange (matchings): one Isend/Irecv per partner rank
         reqs = []
         for q, c, d in zip(plan.sources, rcounts, rdispl):
-            reqs.append(comm.Irecv([rb[d:d + c], c, self.rowtype], source=q, tag=77))
+            reqs.append(comm.Irecv([rb[d:d + c], c, rowtype], source=q, tag=77))
         for q, c, d in zip(plan.dests, scounts, sdispl):
-            reqs.append(comm.Isend([sb[d:d + c], c, self.rowtype], dest=q, tag=77))
-        MPI.Request.Waitall(reqs)
+            reqs.append(comm.Isend([sb[d:d + c], c, rowtype], dest=q, tag=77))
+        return reqs
 
     def allreduce_average(self, X: torch.Tensor, theta_cols: int | None = None) -> tuple[int, torch.Tensor | None]:
         """Exact averaging (W = 11^T/n) of all n rows: float64 Allreduce of the local row sums."""

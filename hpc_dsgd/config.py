@@ -34,6 +34,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 LR_SCHEDULES = ("step", "inverse_sqrt")
 OPTIMIZERS = ("sgd", "adam")  # optim.make_optimizer
 REPLICA_EXECS = ("batched", "loop")  # execution.EXECS
+COMPRESSIONS = ("none", "topk", "randomk", "sign", "qsgd")
+HIERARCHIES = ("none", "node")
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,199}")  # one path component: no '/', '..', NUL, leading '-' or '.'
@@ -114,6 +116,14 @@ class Config:
     algorithm: str = key("dsgd", OPTIMIZATION)  # dsgd (the paper) | gradient_tracking | d2
     gossip_every: int = key(1, GRAPH)  # H: communicate (the phase's policy) every H-th iteration; the H-1 others are local steps (W = I)
     momentum_kind: str = key("local", OPTIMIZATION, when={"optimizer": ("sgd",)})  # local (the paper: momentum stays on the replica) | quasi_global (Lin et al. 2021; sgd only)
+    # -- communication mode (modes.py, docs/communication.md) ------------------------------
+    compression: str = key("none", CONSENSUS)  # none | topk | randomk | sign | qsgd: CHOCO-SGD compressed gossip with this operator
+    compression_ratio: float = key(0.01, CONSENSUS, when={"compression": ("topk", "randomk")})  # topk, randomk: fraction of the row's coordinates sent
+    qsgd_levels: int = key(16, CONSENSUS, when={"compression": ("qsgd",)})  # qsgd: quantization levels s
+    consensus_lr: float = key(1.0, CONSENSUS, when={"compression": ("topk", "randomk", "sign", "qsgd")})  # CHOCO-SGD consensus step size gamma (compression only)
+    hierarchy: str = key("none", GRAPH)  # none | node: exact average inside a node, then gossip between nodes over `topology`
+    ranks_per_node: int = key(0, GRAPH, when={"hierarchy": ("node",)})  # hierarchy node: MPI ranks per node (0 = the ranks sharing memory, MPI_COMM_TYPE_SHARED)
+    overlap: bool = key(False, CONSENSUS)  # the exchange of iteration t completes after the local step of t+1 (one-step-stale)
     # -- data and model -------------------------------------------------------------------
     dataset: str = key("digits", PROBLEM)  # digits (embedded stand-in, offline) | cifar10 | imagenet32 | multi30k (translation)
     data_dir: str = key("", PATHS)  # cifar10: the directory holding cifar-10-batches-py/; imagenet32: train_data_batch_1..10, val_data; multi30k: train/val/test_2016_flickr .en/.de
@@ -452,4 +462,56 @@ def validate(cfg: Config, ranks: int) -> None:
 
     if (why := check_algorithm(cfg)) is not None:
         raise ConfigError(why)
+    _validate_comm(cfg, ranks, need)
+    need(cfg.algorithm == "dsgd" or (cfg.compression == "none" and cfg.hierarchy == "none" and not cfg.overlap),
+         f"algorithm={cfg.algorithm!r} with compression={cfg.compression!r}, hierarchy={cfg.hierarchy!r}, "
+         f"overlap={cfg.overlap}: the communication modes gossip X only, not an algorithm's companions (a tracker, "
+         "D2's correction); use algorithm='dsgd' with a mode, or the plain gossip mode")
     need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")
+
+
+def _validate_comm(cfg: Config, ranks: int, need) -> None:
+    """The communication mode's keys, and the combinations that make no sense (one line each, saying why)."""
+    from .topology import Topology, TopologyError
+
+    need(cfg.compression in COMPRESSIONS, f"compression={cfg.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    need(0 < cfg.compression_ratio <= 1, f"compression_ratio={cfg.compression_ratio}: need a fraction in (0, 1]")
+    need(1 <= cfg.qsgd_levels <= 32767, f"qsgd_levels={cfg.qsgd_levels}: need 1 <= levels <= 32767")
+    need(0 < cfg.consensus_lr <= 1, f"consensus_lr={cfg.consensus_lr}: CHOCO-SGD's consensus step size needs 0 < gamma <= 1")
+    need(cfg.hierarchy in HIERARCHIES, f"hierarchy={cfg.hierarchy!r}: choose one of {', '.join(HIERARCHIES)}")
+    need(cfg.ranks_per_node >= 0, f"ranks_per_node={cfg.ranks_per_node}: need >= 0 (0 = from MPI's shared-memory split)")
+    gossiping = [p for p in cfg.policies if p in ("gossip", "target", "adaptive")]
+    controlled = [p for p in cfg.policies if p in ("target", "adaptive")]
+    if cfg.compression != "none":
+        need(cfg.topology not in ("one_peer_exponential", "random_matching", "complete"),
+             f"compression={cfg.compression!r} with topology={cfg.topology!r}: CHOCO-SGD keeps public copies of fixed "
+             "neighbours; use a fixed sparse topology (ring, torus, exponential)")
+        need(cfg.hierarchy == "none", f"compression={cfg.compression!r} with hierarchy={cfg.hierarchy!r}: "
+             "compressed hierarchical gossip is not implemented; choose one of the two")
+        need(not cfg.overlap, f"compression={cfg.compression!r} with overlap=true: overlapped compressed gossip is not "
+             "implemented; choose one of the two")
+        need(not controlled or cfg.control_signal == "xi", f"compression={cfg.compression!r} with control_signal="
+             f"{cfg.control_signal!r}: the Theta bound Xi <= (2/p) Theta holds for a gossip step x <- W x, not for a "
+             "CHOCO step; use control_signal = \"xi\"")
+    if cfg.hierarchy == "node":
+        need(not cfg.torus_shape, "torus_shape is set with hierarchy='node': the node topology's torus takes its "
+             "most square shape; remove torus_shape")
+        need(not cfg.overlap, "hierarchy='node' with overlap=true: overlapped hierarchical gossip is not implemented; "
+             "choose one of the two")
+        if cfg.ranks_per_node:
+            need(ranks % cfg.ranks_per_node == 0, f"ranks_per_node={cfg.ranks_per_node} does not divide the {ranks} "
+                 f"MPI ranks into nodes: choose a divisor of {ranks}")
+            try:
+                Topology(cfg.topology, ranks // cfg.ranks_per_node, seed=cfg.seed)
+            except TopologyError as e:
+                need(False, f"hierarchy='node' with {ranks // cfg.ranks_per_node} nodes: {e}")
+    elif cfg.ranks_per_node:
+        need(False, f"ranks_per_node={cfg.ranks_per_node} is set but hierarchy is 'none': set hierarchy = \"node\"")
+    if cfg.overlap:
+        need(cfg.topology != "complete", "overlap=true with topology='complete': exact averaging is one Allreduce, "
+             "there is no neighbour exchange to overlap; use a sparse topology")
+        need(not controlled, f"overlap=true with policies {cfg.policies}: target/adaptive control repeats gossip until "
+             "Xi is at the target, but an overlapped exchange lands one iteration late; use gossip or allreduce")
+        need("csgd" not in cfg.policies, f"overlap=true with policies {cfg.policies}: csgd averages gradients and "
+             "has no exchange to overlap; use gossip or allreduce phases")
+        need(bool(gossiping), f"overlap=true with policies {cfg.policies}: no phase gossips, so nothing overlaps")

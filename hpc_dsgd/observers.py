@@ -408,7 +408,8 @@ class Checkpointer(Observer):
         try:
             self.path = save_checkpoint(
                 world.comm, self.run_dir, t + 1, "phase" if ends else "periodic", self.sched.phase(t if ends else t + 1),
-                self.reps.state_blocks(), list(world.replica_ids), [{} for _ in world.replica_ids],
+                {**self.reps.state_blocks(), **getattr(self.ctx.gossiper, "companions", {})}, list(world.replica_ids),
+                [{} for _ in world.replica_ids],
                 {**self.meta, "loop": loop}, keep_last=self.cfg.keep_checkpoints)
         except CheckpointWriteError as e:  # raised on every rank alike
             if failed:

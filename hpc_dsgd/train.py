@@ -29,11 +29,12 @@ from mpi4py import MPI
 from . import __version__
 from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint_collective, verify_checkpoint
-from .comm import Gossiper, World, allreduce_scalars, make_world
+from .comm import World, allreduce_scalars, make_world
 from .compat import BRANCH_MUST_MATCH, RESUME_MUST_MATCH_EXCEPT, check_compatible, model_sizes
 from .consensus import NAN, Context, GossipCounter, make_policies, reference_xi_max, xi_sq_local
 from .faults import fault_point
 from .fileio import atomic_write_text
+from .modes import make_comm
 from .observers import (
     LOOP_KEYS,
     Checkpointer,
@@ -85,7 +86,8 @@ class RunResult:
     checkpoint: str = ""  # the last checkpoint written
 
 
-def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log) -> tuple:
+def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | None, log,
+                 companions: dict | None = None) -> tuple:
     """Resume this run (--resume), branch from another run's phase checkpoint (branch_from), or start fresh.
 
     Rank 0 picks and verifies the checkpoint and checks the config against it; the verdict is
@@ -121,7 +123,8 @@ def _start_state(cfg, world: World, reps: Replicas, run_dir: str, resume: str | 
     if not path:
         return LoopState(), {}, how, None
     man, tensors, _, rank_state = load_checkpoint_collective(world.comm, path, list(world.replica_ids), world.device)
-    blocks = reps.state_blocks()
+    companions = companions if how == "resume" else {}  # a branch (a new run) starts its mode's state afresh
+    blocks = {**reps.state_blocks(), **companions}
     missing = [name for name in blocks if name not in tensors]
     if missing:  # the same manifest on every rank: all refuse alike
         raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} state for optimizer {cfg.optimizer!r}"
@@ -208,11 +211,14 @@ def run(cfg, comm: MPI.Comm = MPI.COMM_WORLD, log=print, resume: str | None = No
     set_precision(cfg.precision)  # process-wide: TF32 or strict fp32 (the paper)
     torch.manual_seed(cfg.seed)  # every replica starts from the same initial model (Xi_0 = 0)
     reps = Replicas(cfg, world, wl)
-    alg = make_algorithm(cfg, world, reps, topo, Gossiper(world, topo, reps.D, capture=bool(reps.capture)))
-    gossiper = alg.gossip  # X's gossiper, or one that gossips the algorithm's companion with X
+    mode = make_comm(cfg, world, topo, reps.D, capture=bool(reps.capture))  # the communication mode (modes.py)
+    topo = mode.topology  # the mixing it realises (hierarchy: over all n replicas)
+    alg = make_algorithm(cfg, world, reps, topo, mode)
+    gossiper = alg.gossip  # the mode, or one that gossips the algorithm's companion with X
     xi_max = reference_xi_max(cfg) if "target" in cfg.policies else None
     policies = make_policies(cfg, xi_max)
-    st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log)
+    st, loop, how, ckpt_from = _start_state(cfg, world, reps, run_dir, resume, log, mode.companions)
+    mode.start(reps.X, resumed=how == "resume")
     end = sched.total_iters if not cfg.max_iterations else min(cfg.max_iterations, sched.total_iters)
     if _nothing_to_do(cfg, world, sched, loop, xi_max, how, ckpt_from, end, run_dir, log):
         gossiper.free()

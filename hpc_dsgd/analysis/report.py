@@ -15,7 +15,8 @@ from ..fileio import atomic_write_text
 
 OTHER_TABLES = {"large_batch": "Large batch: C-SGD vs D-SGD (analysis/large_batch.py)",
                 "lr_sweep": "Learning-rate sweeps, the best rate of each marked (analysis/lr_sweep.py)",
-                "algorithms": "Algorithms: accuracy, mean Ξ per phase, bytes per iteration (analysis/algorithms.py)"}
+                "algorithms": "Algorithms: accuracy, mean Ξ per phase, bytes per iteration (analysis/algorithms.py)",
+                "communication": "Communication modes: accuracy, mean Ξ, bytes relative to All-Reduce (analysis/communication.py)"}
 
 
 class ReportError(ValueError):

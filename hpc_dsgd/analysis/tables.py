@@ -29,14 +29,14 @@ import sys
 
 import pandas as pd
 
-from . import algorithms, large_batch, lr_sweep
+from . import algorithms, communication, large_batch, lr_sweep
 from .cells import experiments, parse_where, where
 from .presets import PRESETS, build_preset
 from .render import flat_table, preset_table
 from .runs import load_runs
 from .table import Table, write
 
-OTHER_PRESETS = ("large_batch", "lr_sweep", "algorithms")
+OTHER_PRESETS = ("large_batch", "lr_sweep", "algorithms", "communication")
 
 
 def make_table(df: pd.DataFrame, preset: str | None = None, expected: int | None = None, digits: int = 2,
@@ -51,6 +51,8 @@ def make_table(df: pd.DataFrame, preset: str | None = None, expected: int | None
         return large_batch.table(large_batch.build(exps, expected), df, digits)
     if preset == "algorithms":  # analysis/algorithms.py
         return algorithms.table(algorithms.build(exps, expected), df, digits)
+    if preset == "communication":  # analysis/communication.py: accuracy, mean Xi, bytes vs All-Reduce
+        return communication.table(communication.build(exps, expected), df, digits)
     if preset == "lr_sweep":
         return lr_sweep.table(lr_sweep.build(exps, expected), df, digits, metric, exps)
     if preset:

@@ -18,7 +18,7 @@ def test_bench_json_under_mpiexec(tmp_path):
                 "--classes", "1000", "--compare-loop", "--json", str(out)], ranks=4, timeout=240)
     assert p.returncode == 0, p.stderr
     j = json.loads(out.read_text())
-    assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "loop_local"}
+    assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "overlap", "loop_local"}
     for m, v in j["modes"].items():
         assert set(v) == {"ms_per_iteration", "ms_p25", "ms_p75", "images_per_s", "samples_per_s"}
         assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
@@ -44,7 +44,7 @@ def test_translation_bench_json_under_mpiexec(tmp_path):
                    "--json", str(out)], ranks=2, timeout=120)
     assert p.returncode == 0, p.stderr
     j = json.loads(out.read_text())
-    assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi"}
+    assert set(j["modes"]) == {"premade", "local", "gossip", "theta", "allreduce", "xi", "overlap"}
     for m, v in j["modes"].items():
         assert set(v) == {"ms_per_iteration", "ms_p25", "ms_p75", "sentences_per_s", "samples_per_s"}
         assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in v.values()), (m, v)
