@@ -155,8 +155,9 @@ def accuracy_vs_bytes(traces: list[str], out_png: str) -> str:
 
 
 def main(argv=None) -> int:
+    from .cells import experiments
     from .runs import find_traces, load_runs
-    from .tables import render
+    from .table import write
 
     ap = argparse.ArgumentParser(prog="python -m hpc_dsgd.analysis.communication", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="directories searched for traces")
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--figure", default="", help="also draw accuracy against bytes sent into this PNG")
     args = ap.parse_args(argv)
-    print(render(load_runs(args.paths), "communication", args.format, expected=args.seeds))
+    df = load_runs(args.paths)
+    print(write(table(build(experiments(df), args.seeds), df), args.format))
     if args.figure:
         print(accuracy_vs_bytes(find_traces(args.paths), args.figure))
     return 0

@@ -104,7 +104,7 @@ def test_config_refuses_what_makes_no_sense(keys, says):
     from hpc_dsgd.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError) as e:
-        from_dict(dict(n=8, **keys), ranks=4, check_files=False)
+        from_dict(dict(n=8, **keys), ranks=4)
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
@@ -114,4 +114,4 @@ def test_config_accepts_the_modes():
     for keys in (dict(compression="topk", policies=["target"] * 3, reference_trace="r.h5"),
                  dict(hierarchy="node", ranks_per_node=2, policies=["adaptive"] * 3, control_signal="theta"),
                  dict(overlap=True, policies=["gossip", "allreduce", "gossip"])):
-        from_dict(dict(n=8, **keys), ranks=4, check_files=False)
+        from_dict(dict(n=8, **keys), ranks=4)
