@@ -12,8 +12,9 @@ DEPARTURES = (
     "Multi30k Transformer: 3 encoder and 3 decoder layers, 100 epochs (the paper's exact size and length are not "
     "all stated).",
     "Weight decay 1e-4 is this project's choice (not stated for every table in the paper).",
-    "The seed-004 large-batch recipe (ResNet-20, ring and exponential graph, peak rate 6.4 with a 30-iteration "
-    "warm-up at batch 512) is the project's own, not the paper's.",
+    "The seed-004 large-batch recipe (ResNet-20 on CIFAR-10, n=16, ring and exponential graph against C-SGD, "
+    "warm-up 5 epochs at batch 64 and 30 at batch 512, each method at its own swept rate) is the project's own, "
+    "not the paper's.",
     "Target reference: a dec-phase-k target is a factor times Ξ_max of the same dec-phase-k experiment's "
     "uncontrolled run (gossip in phase k, All-Reduce elsewhere); an interpretation of the paper's 'normal "
     "(uncontrolled) decentralized training', which also names the all-ring run (the tables' notes give that "
