@@ -106,7 +106,9 @@ def test_trajectory_equals_single_process_reference(tmp_path_factory, topology, 
         ref = reference(cfg)
         assert X.shape == ref.shape
         assert np.abs(X[:, :res.d]).max() > 0.01
-        np.testing.assert_allclose(X, ref, rtol=2e-4, atol=2e-5)
+        # batched: grouped kernels round differently from the reference's per-replica ones (one element of
+        # 71,704 was 2.5e-5 off on one machine); loop: the reference's own arithmetic
+        np.testing.assert_allclose(X, ref, rtol=2e-4, atol=5e-5 if replica_exec == "batched" else 2e-5)
         # the replicas really differ (D-SGD, not a disguised average)
         assert np.abs(X[0] - X[1]).max() > 1e-4
 
