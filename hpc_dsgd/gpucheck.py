@@ -71,7 +71,7 @@ def read_bench(path: str) -> dict:
 
 def phase_iterations(cfg, num_train: int) -> list[int]:
     """Iterations each phase of the run executes (0 for phases before its branch point)."""
-    from .campaign import phase_alias
+    from .campaign.plan import phase_alias
     from .schedule import Schedule
 
     sched = Schedule.from_config(cfg, num_train)

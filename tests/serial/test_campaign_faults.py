@@ -329,4 +329,4 @@ def test_status_imports_no_torch(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip().splitlines()[-1] == "TORCH False 0", p.stdout[-2000:] + p.stderr
-    assert "66 runs: " in p.stdout
+    assert "72 runs: " in p.stdout
