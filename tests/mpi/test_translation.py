@@ -172,7 +172,9 @@ def test_same_parameters_for_any_rank_split(tmp_path_factory, data_dir, replica_
         for X in results.values():
             if replica_exec == "loop":
                 np.testing.assert_array_equal(results[R], X)
-            np.testing.assert_allclose(results[R], X, rtol=0, atol=1e-5)
+            # batched (vmap over k replicas) rounds differently per k: on one 2-core machine 379 of 123,904 entries
+            # differed by up to 3.4e-4 between 4x1 and 1x4 after the run (loop is bitwise, above)
+            np.testing.assert_allclose(results[R], X, rtol=0, atol=1e-5 if replica_exec == "loop" else 1e-3)
 
 
 def test_training_lowers_the_loss_and_traces_bleu(tmp_path_factory, data_dir):
