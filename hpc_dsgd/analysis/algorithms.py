@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .cells import CellStats, Experiment
+from .cells import Experiment, finite_stats
 from .table import EMPTY_CELL, UNTUNED_TITLE, Table, frame, not_counted, num, skipped_lines, untuned_lines
 
 NAMES = {"dsgd": "D-SGD", "gradient_tracking": "gradient tracking", "d2": "D²"}
@@ -69,11 +69,6 @@ def run_extras(path: str) -> tuple[list[float], float]:
     return means, float(by.mean()) if len(by) else math.nan
 
 
-def _stats(values, seeds, expected) -> CellStats:
-    keep = [(s, v) for s, v in zip(seeds, values) if math.isfinite(v)]
-    return CellStats(values=[v for _, v in keep], seeds=[s for s, _ in keep], expected=expected)
-
-
 def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
     """One row per (partition, method); several experiments in one row are shown as ambiguous."""
     cells: dict[tuple, list[Experiment]] = {}
@@ -89,8 +84,8 @@ def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
             extras = [run_extras(p) for p in counted.path]
             seeds = [int(s) for s in counted.seed]
             nph = max((len(e[0]) for e in extras), default=0)
-            row.update(acc=acc, phases=nph, runs=counted, bytes=_stats([e[1] for e in extras], seeds, acc.expected),
-                       xi=[_stats([e[0][k] if k < len(e[0]) else math.nan for e in extras], seeds, acc.expected)
+            row.update(acc=acc, phases=nph, runs=counted, bytes=finite_stats([e[1] for e in extras], seeds, acc.expected),
+                       xi=[finite_stats([e[0][k] if k < len(e[0]) else math.nan for e in extras], seeds, acc.expected)
                            for k in range(nph)])
         rows.append(row)
     return rows

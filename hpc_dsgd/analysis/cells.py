@@ -241,3 +241,9 @@ def list_keys(idents: list[dict]) -> list[str]:
     keys = [k for k in MAIN_KEYS if any(k in i for i in idents)]
     others = sorted({k for i in idents for k in i} - set(keys))
     return keys + [k for k in others if any(not equal(i.get(k), idents[0].get(k)) for i in idents)]
+
+
+def finite_stats(values, seeds, expected) -> CellStats:
+    """CellStats of the finite values (a run without the measurement leaves it out), with their seeds."""
+    keep = [(s, v) for s, v in zip(seeds, values) if math.isfinite(v)]
+    return CellStats(values=[v for _, v in keep], seeds=[s for s, _ in keep], expected=expected)

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .cells import CellStats, Experiment
+from .cells import Experiment, finite_stats
 from .table import UNTUNED_TITLE, Table, frame, not_counted, num, skipped_lines, untuned_lines
 
 COLUMNS = ("test acc. (%)", "mean Xi", "bytes/iter ÷ All-Reduce")
@@ -63,11 +63,6 @@ def run_extras(path: str) -> tuple[float, float]:
     return (float(xi.mean()) if len(xi) else math.nan), (float(b.mean()) / ar if len(b) and ar > 0 else math.nan)
 
 
-def _stats(values, seeds, expected) -> CellStats:
-    keep = [(s, v) for s, v in zip(seeds, values) if math.isfinite(v)]
-    return CellStats(values=[v for _, v in keep], seeds=[s for s, _ in keep], expected=expected)
-
-
 def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
     """One row per (dataset, n, mode) with a matching experiment; All-Reduce first, then by label."""
     cells: dict[tuple, list[Experiment]] = {}
@@ -84,8 +79,8 @@ def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
             counted = es[0].counted.sort_values("seed", kind="stable")
             extras = [run_extras(p) for p in counted.path]
             seeds = [int(s) for s in counted.seed]
-            row.update(acc=acc, runs=counted, xi=_stats([e[0] for e in extras], seeds, acc.expected),
-                       bytes=_stats([e[1] for e in extras], seeds, acc.expected))
+            row.update(acc=acc, runs=counted, xi=finite_stats([e[0] for e in extras], seeds, acc.expected),
+                       bytes=finite_stats([e[1] for e in extras], seeds, acc.expected))
         rows.append(row)
     return rows
 

@@ -8,11 +8,9 @@ sample std over the counted seeds (the same counting rules as every table: cells
 """
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
-from .cells import CellStats, Experiment
+from .cells import Experiment, finite_stats
 from .table import UNTUNED_TITLE, Table, frame, not_counted, num, skipped_lines, untuned_lines
 
 METHODS = ("C-SGD", "D-SGD ring", "D-SGD exponential")
@@ -26,11 +24,6 @@ def method_of(cfg: dict) -> str | None:
     if pols == {"gossip"} and cfg.get("topology") in ("ring", "exponential"):
         return f"D-SGD {cfg['topology']}"
     return None
-
-
-def _stats(values, seeds, expected) -> CellStats:
-    keep = [(s, v) for s, v in zip(seeds, values) if math.isfinite(v)]
-    return CellStats(values=[v for _, v in keep], seeds=[s for s, _ in keep], expected=expected)
 
 
 def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
@@ -51,8 +44,8 @@ def build(exps: list[Experiment], expected: int | None = None) -> list[dict]:
             acc = es[0].stats(expected)
             counted = es[0].counted.sort_values("seed", kind="stable")
             seeds = [int(s) for s in counted.seed]
-            row.update(acc=acc, lam=_stats(list(counted.lambda_max), seeds, acc.expected),
-                       xi=_stats(list(counted.xi_mean), seeds, acc.expected), runs=counted)
+            row.update(acc=acc, lam=finite_stats(list(counted.lambda_max), seeds, acc.expected),
+                       xi=finite_stats(list(counted.xi_mean), seeds, acc.expected), runs=counted)
         rows.append(row)
     return rows
 
