@@ -190,7 +190,7 @@ def _checkpoint(argv: list[str]) -> int:
     v = sub.add_parser("verify", help="check checksums and structure (never runs code from a file)")
     v.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory (RUN_DIR/checkpoints/ckpt-...), "
                    "or a run directory (all of its)")
-    u = sub.add_parser("upgrade", help="convert format-1 checkpoints (pickles) to format 2: ONLY ones you trust")
+    u = sub.add_parser("upgrade", help="convert format-1 checkpoints (pickles, read with the restricted unpickler) to format 2")
     u.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directory, or a run directory (all of its)")
     args = ap.parse_args(argv)
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 "topology": "show a topology (neighbours, W, spectral gap, p) or the spectral-gap table",
                 "bench": "time the local step, gossip, allreduce and consensus measurement",
                 "check": "validate a config for a rank count, without MPI (batch scripts run it before srun)",
-                "checkpoint": "verify checkpoints, or upgrade trusted format-1 ones (python -m hpc_dsgd checkpoint upgrade PATH)",
+                "checkpoint": "verify checkpoints, or upgrade format-1 ones (python -m hpc_dsgd checkpoint upgrade PATH)",
                 "sharpness": "lambda_max (and trace) of the training-loss Hessian at a checkpoint's averaged model",
                 "campaign": "run a plan's dependent runs (configs x seeds) locally or on SLURM, resumably; status; report"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:

@@ -19,7 +19,7 @@ Plain data (plaindata.py): replica_state and rank_state (rngstate.py) hold only 
 str, int, float, bool, None and tensors. Loading checks the checksum, then every key, shape and dtype of a rank
 file against the manifest, then the JSON document's structure; anything else is a CheckpointError naming the
 file. Loading never runs code from a file. Format 1 (pickled rank files) is refused with the command that
-converts one you trust: `python -m hpc_dsgd checkpoint upgrade PATH` (checkpoint_v1.py; the original is kept).
+converts it: `python -m hpc_dsgd checkpoint upgrade PATH` (checkpoint_v1.py, restricted unpickler; the original is kept).
 
 Bounded, contained reading (fileio): a file name from a manifest must be rank<5 digits>.pt; every file is
 lstat-checked to be a regular file, then opened O_NONBLOCK|O_NOFOLLOW (no symlink out, no FIFO or device);
@@ -353,7 +353,8 @@ def _retain_and_clean(run_dir: str, keep_last: int) -> None:
 
 # -- verify -------------------------------------------------------------------------------------
 def upgrade_hint(path: str) -> str:
-    return (f"if you trust whoever wrote it, convert it once with `python -m hpc_dsgd checkpoint upgrade {path}` "
+    return (f"convert it once with `python -m hpc_dsgd checkpoint upgrade {path}` (restricted unpickler: tensors "
+            f"and numpy arrays only) "
             f"(the original is kept as {path}.format1), then resume")
 
 

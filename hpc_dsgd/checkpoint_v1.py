@@ -1,8 +1,11 @@
-"""Format 1 -> format 2: the one-off upgrader of the earlier checkpoint format (trusted input only).
+"""Format 1 -> format 2: the one-off upgrader of the earlier checkpoint format.
 
-Format 1 stored each rank's state as a Python pickle (torch.save of arbitrary objects), which can run code
-when loaded; checkpoint.py refuses it with the command that calls this module:
-`python -m hpc_dsgd checkpoint upgrade PATH`. Nothing else in the package reads format 1.
+Format 1 stored each rank's state as a Python pickle (torch.save of dicts, tuples, tensors and the numpy RNG's
+uint32 key array); checkpoint.py refuses it with the command that calls this module:
+`python -m hpc_dsgd checkpoint upgrade PATH`. Nothing else in the package reads format 1. The upgrader reads
+the old files with torch's restricted unpickler (torch.load(weights_only=True)), allowing beyond tensors and
+containers only what format 1 held: numpy arrays (ndarray, dtype, uint32, the array reconstructor). A file
+holding any other class or call is refused naming the file, and nothing in it runs.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import torch
 
 from .checkpoint import (
@@ -26,6 +30,27 @@ from .checkpoint import (
     write_rank_file,
 )
 from .fileio import atomic_write_bytes, fsync_dir
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling a numpy array needs (np.random.get_state()'s key), and nothing else."""
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+
+
+def _load_v1(path: str, fname: str) -> dict:
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            p = torch.load(regular_file(path, fname, "rank file"), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # UnpicklingError naming the refused global, or a damaged file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path}: {fname} is not format-1 plain data ({first[:200]}); "
+                              f"refused, nothing in it ran, the original is unchanged") from None
+    if not isinstance(p, dict) or p.get("format") != 1:
+        raise CheckpointError(f"checkpoint {path}: {fname} is not a format-1 rank file (a dict with format 1)")
+    return p
 
 
 def _plain_rank_state_v1(state: dict) -> dict:
@@ -44,7 +69,7 @@ def _plain_rank_state_v1(state: dict) -> dict:
 def upgrade_checkpoint(path: str) -> str:
     """Convert a format-1 checkpoint (pickled rank files) to format 2 in place; returns the backup path.
 
-    UNPICKLES the old files (torch.load(weights_only=False)): run it only on checkpoints you trust.
+    Reads the old files with the restricted unpickler (_load_v1: tensors, containers, numpy arrays).
     Checks every file's checksum first; writes the new checkpoint into PATH.upgrade.tmp, then renames
     PATH -> PATH.format1 (kept, ignored by readers) and PATH.upgrade.tmp -> PATH. The converted
     checkpoint holds the same tensors and states, so a run resumes from it bitwise as before."""
@@ -69,7 +94,7 @@ def upgrade_checkpoint(path: str) -> str:
         made = True
         files = {}
         for fname in sorted(old["files"]):
-            p = torch.load(regular_file(path, fname, "rank file"), map_location="cpu", weights_only=False)  # trusted: see above
+            p = _load_v1(path, fname)
             ids = [int(i) for i in p["replica_ids"]]
             payload = rank_payload(int(p["iteration"]), ids, p["tensors"], p["replica_state"],
                                     _plain_rank_state_v1(p["rank_state"]))

@@ -337,6 +337,23 @@ def test_format1_refused_then_upgraded_roundtrip(tmp_path):
         upgrade_checkpoint(path)
 
 
+def test_format1_upgrade_refuses_a_pickled_call_without_running_it(tmp_path):
+    """The upgrader reads format 1 with the restricted unpickler: a rank file holding a pickled call (checksums
+    updated) is refused naming the file, the call never runs, and the original stays, still format 1."""
+    from hpc_dsgd.checkpoint_v1 import upgrade_checkpoint
+
+    from ckpt_tamper import RunsCommand, to_format1
+
+    path = save(tmp_path, 3)
+    marker = tmp_path / "PWNED"
+    to_format1(path, extra={"x": RunsCommand(f"touch {marker}")})
+    with pytest.raises(CheckpointError, match="rank00000.pt is not format-1 plain data") as e:
+        upgrade_checkpoint(path)
+    assert "nothing in it ran" in str(e.value) and not marker.exists()
+    assert json.load(open(os.path.join(path, "manifest.json")))["format"] == 1
+    assert not os.path.exists(path + ".format1") and not os.path.exists(path + ".upgrade.tmp")
+
+
 def test_non_plain_state_is_refused_at_save(tmp_path):
     with pytest.raises(CheckpointError, match=r"replica_state\[0\]\['a'\]: ndarray is not plain data"):
         save_checkpoint(SELF, str(tmp_path), 1, "periodic", 1, {"X": torch.zeros(1, 2)}, [0], [{"a": np.zeros(2)}], {})

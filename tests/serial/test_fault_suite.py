@@ -485,7 +485,7 @@ CASES = [
     ckpt_case("ckpt-manifest-missing", "a checkpoint without its manifest is not one",
               lambda ck, tmp: os.remove(os.path.join(ck, "manifest.json")), ["{ck}", "manifest.json is missing"]),
     ckpt_case("ckpt-malicious-format1", "a pickle that runs a command (old format, checksums updated) is refused "
-              "before it is opened, with how to convert trusted ones",
+              "before it is opened, with the command that converts it",
               lambda ck, tmp: to_format1(ck, extra={"x": malicious(tmp)}), ["{ck}", "format 1", "checkpoint upgrade"],
               resume="path", marker=True),
     ckpt_case("ckpt-malicious-claims-format2", "a pickle that runs a command in a rank file of the current format "
