@@ -4,8 +4,10 @@ tests/fixtures/prechange_run.tar.gz is the run directory `prechange` (trace.h5, 
 checkpoint ckpt-000000033 and ckpt-000000047, where max_iterations stopped it mid-phase 2 and mid-epoch 2)
 written at commit 161be28 (before the refactor) by this file's __main__ on 4 ranks:
     OMP_NUM_THREADS=1 mpiexec -n 4 python tests/mpi/test_prechange_fixture.py OUT_DIR
-Resumed by today's code to the end (iteration 66), it must equal a fresh run of the same config, bitwise:
-the replicas, every /iter/ row, the /phase/ and /epoch/ rows (wall-clock columns aside), and the table."""
+Resumed by today's code to the end (iteration 66), it must equal a fresh run of the same config: bitwise (the replicas,
+every /iter/ row, the /phase/ and /epoch/ rows, wall-clock columns aside, and the table) on a machine whose
+arithmetic reproduces the fixture's first 47 iterations; on any other, the schedule state exactly and the
+trajectory without a jump at the resume (see the test)."""
 import json
 import os
 import subprocess
@@ -13,7 +15,6 @@ import sys
 import tarfile
 
 import numpy as np
-import pytest
 from mpi4py import MPI
 
 from hpc_dsgd.config import from_dict
@@ -63,22 +64,36 @@ def test_prechange_run_resumes_and_tabulates(tmp_path_factory):
     np.testing.assert_array_equal(tb.iter["it"], np.arange(END))  # none duplicated or missing
     old, new = (json.load(open(f"{tmp}/prechange/checkpoints/ckpt-{i:09d}/manifest.json"))["meta"] for i in (STOPPED_AT, END))
     assert list(new) == list(old) and list(new["loop"]) == list(old["loop"])  # meta.loop: the same keys, in order
-    if not np.array_equal(np.asarray(ta.iter["loss"][:STOPPED_AT]), old_loss):
-        # The fixture's first 47 iterations were computed on the machine that wrote it; where this machine's float
-        # arithmetic differs (another CPU's kernels), a fresh run differs from the fixture before the resume point,
-        # so the bitwise comparison below cannot hold here. The resume itself was checked above.
-        pytest.skip("this machine's arithmetic differs from the fixture's (fresh loss rows before iteration "
-                    f"{STOPPED_AT} differ from the fixture's): the resumed run finished and kept its meta.loop keys; "
-                    "the bitwise comparison needs the fixture's kind of machine")
-    np.testing.assert_array_equal(np.concatenate(A), np.concatenate(B))
-    for grp in ("iter", "epoch", "phase"):
-        a, b = getattr(ta, grp), getattr(tb, grp)
-        assert set(a) == set(b) and len(next(iter(a.values()))) > 0, grp
-        for col in set(a) - set(WALL):
-            np.testing.assert_array_equal(a[col], b[col], err_msg=f"/{grp}/{col}")
-    assert {k: v for k, v in fresh.metrics.items() if k not in WALL} == \
-        {k: v for k, v in rest.metrics.items() if k not in WALL}
-    assert tabulate(f"{tmp}/prechange") == tabulate(f"{tmp}/fresh")  # the resumed run tabulates as a finished one
+    same_machine = np.array_equal(np.asarray(ta.iter["loss"][:STOPPED_AT]), old_loss)
+    if same_machine:
+        np.testing.assert_array_equal(np.concatenate(A), np.concatenate(B))
+        for grp in ("iter", "epoch", "phase"):
+            a, b = getattr(ta, grp), getattr(tb, grp)
+            assert set(a) == set(b) and len(next(iter(a.values()))) > 0, grp
+            for col in set(a) - set(WALL):
+                np.testing.assert_array_equal(a[col], b[col], err_msg=f"/{grp}/{col}")
+        assert {k: v for k, v in fresh.metrics.items() if k not in WALL} == \
+            {k: v for k, v in rest.metrics.items() if k not in WALL}
+        assert tabulate(f"{tmp}/prechange") == tabulate(f"{tmp}/fresh")  # the resumed run tabulates as a finished one
+        return
+    # The fixture's first 47 iterations were computed on the machine that wrote it; on a machine whose float
+    # arithmetic differs (another CPU's kernels), a fresh run leaves the fixture's trajectory in the 8th digit at
+    # iteration 5 and by about 5e-3 in the loss at iteration 40 (chaotic growth), so bitwise equality cannot hold.
+    # What still holds, independent of the machine: the schedule state comes back exactly (every discrete column
+    # equal to the fresh run's: iteration, epoch, phase, lr, gossip steps, bytes, control decisions), and the
+    # resume adds no jump: after it, loss and Xi differ from the fresh run by no more than twice what they already
+    # differed by in the 14 iterations before it (a misread data position, RNG or optimizer state moves the loss
+    # by the batch-to-batch spread, about 0.05 here).
+    a, b = ta.iter, tb.iter
+    assert set(a) == set(b)
+    for col in ("it", "epoch", "phase", "lr", "gossip_steps", "planned_steps", "bytes_sent", "hit_cap"):
+        np.testing.assert_array_equal(a[col], b[col], err_msg=f"/iter/{col}")
+    for col in ("loss", "xi"):
+        diff = np.abs(np.asarray(a[col], dtype=np.float64) - np.asarray(b[col], dtype=np.float64))
+        before, after = diff[STOPPED_AT - 14:STOPPED_AT].max(), diff[STOPPED_AT:].max()
+        assert after <= 2 * before + 1e-6, f"/iter/{col}: resumed rows differ by {after:.3g}, {before:.3g} before the resume"
+    table = tabulate(f"{tmp}/prechange")  # tabulates as a finished run (seed 3), no longer "stopped"
+    assert "stopped" not in table and "| 1 (3) |" in table and "(n=1)" in table, table
 
 
 if __name__ == "__main__":  # how the fixture was made (at commit 161be28)
