@@ -7,7 +7,6 @@
 - entering a csgd phase makes parameters, BN buffers and momenta the exact average;
 - the sharpness measured with the subset split over the ranks equals the single-process value;
 - a run writes /sharpness rows that equal an offline measurement of its final checkpoint."""
-import copy
 import math
 import os
 import re
@@ -15,17 +14,16 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from data_parallel import data_parallel, optimizer_state  # tests/data_parallel.py
 from mpi4py import MPI
 
 from hpc_dsgd.checkpoint import load_checkpoint
 from hpc_dsgd.comm import make_world
 from hpc_dsgd.config import from_dict
 from hpc_dsgd.consensus import Context, CsgdPolicy, GossipCounter
-from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replica_shard
+from hpc_dsgd.data import load_dataset
 from hpc_dsgd.data.augment import normalise
 from hpc_dsgd.models import build_model
-from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.sharpness import HessianOperator, hutchinson, lanczos, load_row, rank_batches, sharpness_subset
 from hpc_dsgd.sharpness import main as sharpness_main
 from hpc_dsgd.trace import read_trace
@@ -44,46 +42,11 @@ def small_cfg(tmp, n, **kw):
     return dsgd_cfg(tmp, n=n, **{"policies": ["csgd"] * 3, **kw})
 
 
-def _bn_buffers(m):
-    return [b for b in m.buffers() if b.is_floating_point()]
-
-
 def data_parallel_reference(cfg):
-    """One model, torch.optim.SGD; per iteration every replica i copies the model, runs its own
-    mini-batch in training mode (its own BN batch statistics), and the mean of the n gradients is
-    the step's gradient; the BN running statistics become the mean of the replicas' updated ones."""
-    data = load_dataset("digits", None)
-    sched = Schedule.from_config(cfg, len(data.train_y))
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, 10, cfg.width)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    for t in range(cfg.max_iterations):
-        ep, b = divmod(t, sched.iters_per_epoch)
-        perm = epoch_permutation(len(data.train_y), ep, cfg.seed)
-        grads = [torch.zeros_like(p) for p in model.parameters()]
-        bufs = [torch.zeros_like(bf, dtype=torch.float64) for bf in _bn_buffers(model)]
-        for i in range(cfg.n):
-            worker = copy.deepcopy(model)
-            idx = replica_shard(perm, cfg.n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = augment_batch(data.train_x[idx], data.mean, data.std, seed=cfg.seed, replica=i, t=t)
-            worker.train()
-            F.cross_entropy(worker(x), data.train_y[idx]).backward()
-            for g, p in zip(grads, worker.parameters()):
-                g += p.grad / cfg.n
-            for acc, bf in zip(bufs, _bn_buffers(worker)):
-                acc += bf.double() / cfg.n
-        for gr in opt.param_groups:
-            gr["lr"] = sched.lr(t)
-        for p, g in zip(model.parameters(), grads):
-            p.grad = g
-        opt.step()
-        with torch.no_grad():
-            for bf, acc in zip(_bn_buffers(model), bufs):
-                bf.copy_(acc)
-    row = torch.cat([p.detach().reshape(-1) for p in model.parameters()] + [bf.reshape(-1) for bf in _bn_buffers(model)])
-    mom = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters()])
-    return row.numpy(), mom.numpy()
+    """tests/data_parallel.py with torch.optim.SGD (the run's momentum, Nesterov and weight decay)."""
+    row, model, opt = data_parallel(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=cfg.momentum,
+                                                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay))
+    return row, optimizer_state(model, opt, "momentum_buffer")
 
 
 @pytest.mark.parametrize("replica_exec", ["batched", "loop"])

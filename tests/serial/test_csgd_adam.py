@@ -4,18 +4,14 @@ mini-batch, its own BN batch statistics; the BN running statistics averaged), on
 the replicas' Adam moments stay identical. Local Adam plus parameter averaging (policy allreduce) is another
 algorithm (Adam is nonlinear in the gradient): it ends measurably elsewhere. The SGD version of this reference
 is tests/mpi/test_csgd.py."""
-import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from data_parallel import data_parallel, optimizer_state  # tests/data_parallel.py
 from mpi4py import MPI
 
 from hpc_dsgd.checkpoint import load_checkpoint
 from hpc_dsgd.config import from_dict
-from hpc_dsgd.data import augment_batch, epoch_permutation, load_dataset, replica_shard
-from hpc_dsgd.models import build_model
-from hpc_dsgd.schedule import Schedule
 from hpc_dsgd.train import run
 
 N, ITERS = 4, 5
@@ -29,44 +25,11 @@ def cfg_for(tmp, policy):
                           replica_exec="loop", policies=[policy] * 3, checkpoint_minutes=0), ranks=1)
 
 
-def _bn(m):
-    return [b for b in m.buffers() if b.is_floating_point()]
-
-
 def data_parallel_adam(cfg):
-    data = load_dataset("digits", None)
-    sched = Schedule.from_config(cfg, len(data.train_y))
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, 10, cfg.width)
-    opt = torch.optim.Adam(model.parameters(), lr=0.1, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                           weight_decay=cfg.weight_decay)
-    for t in range(cfg.max_iterations):
-        ep, b = divmod(t, sched.iters_per_epoch)
-        perm = epoch_permutation(len(data.train_y), ep, cfg.seed)
-        grads = [torch.zeros_like(p) for p in model.parameters()]
-        bufs = [torch.zeros_like(bf, dtype=torch.float64) for bf in _bn(model)]
-        for i in range(cfg.n):
-            worker = copy.deepcopy(model)
-            idx = replica_shard(perm, cfg.n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = augment_batch(data.train_x[idx], data.mean, data.std, seed=cfg.seed, replica=i, t=t)
-            worker.train()
-            F.cross_entropy(worker(x), data.train_y[idx]).backward()
-            for g, p in zip(grads, worker.parameters()):
-                g += p.grad / cfg.n
-            for acc, bf in zip(bufs, _bn(worker)):
-                acc += bf.double() / cfg.n
-        for gr in opt.param_groups:
-            gr["lr"] = sched.lr(t)
-        for p, g in zip(model.parameters(), grads):
-            p.grad = g
-        opt.step()
-        with torch.no_grad():
-            for bf, acc in zip(_bn(model), bufs):
-                bf.copy_(acc)
-    row = torch.cat([p.detach().reshape(-1) for p in model.parameters()] + [bf.reshape(-1) for bf in _bn(model)])
-    m = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in model.parameters()])
-    v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in model.parameters()])
-    return row.numpy(), m.numpy(), v.numpy()
+    """tests/data_parallel.py with torch.optim.Adam (the run's betas, eps and weight decay)."""
+    row, model, opt = data_parallel(cfg, lambda ps: torch.optim.Adam(ps, lr=0.1, betas=tuple(cfg.adam_betas),
+                                                                     eps=cfg.adam_eps, weight_decay=cfg.weight_decay))
+    return row, optimizer_state(model, opt, "exp_avg"), optimizer_state(model, opt, "exp_avg_sq")
 
 
 def quiet(*a, **k):
