@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "spectral gaps and p for every topology.")
     ap.add_argument("name", nargs="?", choices=TOPOLOGIES, help="topology to show")
     ap.add_argument("--n", type=int, nargs="+", help="replicas (--table: several, default 16 32 64)")
-    ap.add_argument("--seed", type=int, default=0, help="random matching seed (default 0)")
+    ap.add_argument("--seed", type=int, default=0, help="random graphs' seed: random_matching, directed_random (default 0)")
     ap.add_argument("--shape", type=int, nargs=2, metavar=("A", "B"), help="torus sides, A*B = n")
     ap.add_argument("--steps", type=int, help="time-varying graphs: how many W_t to show")
     ap.add_argument("--table", action="store_true", help="rho and p of every topology at each --n")

@@ -102,3 +102,12 @@ def test_admitted(tmp_path):
                dict(algorithm="push_sum", policies=["allreduce", "gossip", "allreduce"]),
                dict(topology="directed_exponential", policies=["gossip", "target", "gossip"], reference_trace="x.h5")):
         from_dict(small(tmp_path, **kw), ranks=1)
+
+
+def test_table_labels():
+    from hpc_dsgd.analysis.algorithms import method_of
+    from hpc_dsgd.analysis.communication import mode_label
+
+    cfg = dict(policies=["gossip"] * 3, algorithm="push_sum", topology="directed_random")
+    assert mode_label(cfg) == "push-sum, directed_random" and method_of(cfg) == "push-sum"
+    assert mode_label(dict(cfg, algorithm="gradient_tracking")) is None  # the algorithms table's, not this one's
