@@ -3,17 +3,21 @@ in algorithms/ name theirs in CHECKS). One line saying why a combination cannot 
 """
 from __future__ import annotations
 
-from .topology import Topology
+from .topology import NOT_DOUBLY_STOCHASTIC, Topology
 
 MOMENTUM_KINDS = ("local", "quasi_global")
 CONTROL = ("target", "adaptive")
 FIXED_SYMMETRIC = ("ring", "torus", "complete")
-ALGORITHM_NAMES = ("dsgd", "gradient_tracking", "d2")
+ALGORITHM_NAMES = ("dsgd", "gradient_tracking", "d2", "push_sum")
 
 
 def check_common(cfg) -> str | None:
-    """gossip_every and momentum_kind, for every algorithm."""
+    """gossip_every, momentum_kind and a column-stochastic-only topology, for every algorithm."""
     csgd = "csgd" in cfg.policies
+    if cfg.topology in NOT_DOUBLY_STOCHASTIC and cfg.algorithm != "push_sum":
+        return (f"topology={cfg.topology!r} with algorithm={cfg.algorithm!r}: its mixing is column-stochastic, not "
+                "doubly stochastic, so x <- W x drifts from the average (replicas with more in-neighbours weigh "
+                "more); use algorithm='push_sum', which de-biases it (z = x / w)")
     if cfg.gossip_every < 1:
         return f"gossip_every={cfg.gossip_every}: need >= 1 (1 = communicate every iteration, H = every H-th)"
     if cfg.gossip_every > 1 and csgd:
@@ -70,7 +74,20 @@ def check_d2(cfg) -> str | None:
     return None
 
 
-CHECKS = {"dsgd": lambda cfg: None, "gradient_tracking": check_gradient_tracking, "d2": check_d2}
+def check_push_sum(cfg) -> str | None:
+    if "csgd" in cfg.policies:
+        return ("algorithm='push_sum' with a csgd phase: csgd averages the gradients, the replicas stay identical "
+                "and there is no push-sum weight to de-bias; use allreduce or gossip there")
+    if any(p in CONTROL for p in cfg.policies):
+        return (f"algorithm='push_sum' with policies={cfg.policies}: target/adaptive plan gossip rounds with p of "
+                "Assumption 1 and the Theta bound, both for a doubly stochastic W; push-sum's column-stochastic "
+                "P_t and z = x / w are not covered (on a doubly stochastic topology push_sum is dsgd: use "
+                "algorithm='dsgd' there); use gossip or allreduce")
+    return None
+
+
+CHECKS = {"dsgd": lambda cfg: None, "gradient_tracking": check_gradient_tracking, "d2": check_d2,
+          "push_sum": check_push_sum}
 
 
 def check_config(cfg) -> str | None:

@@ -456,8 +456,8 @@ def _check_meta(path: str, m: dict) -> None:
 
 # Per-replica tensors that are not d numbers (X holds D; the optimizer states and other companions d): the
 # communication modes' state (modes.py): CHOCO's public copy x^ and the overlap's row in flight hold D, the
-# overlap's pending gossip step one integer.
-ROW_SIZES = {"choco_xhat": "D", "overlap_prev": "D", "overlap_pending": 1}
+# overlap's pending gossip step one integer; push-sum's weight (algorithms/push_sum.py) one float64.
+ROW_SIZES = {"choco_xhat": "D", "overlap_prev": "D", "overlap_pending": 1, "push_sum_w": 1}
 
 
 def _check_sizes(path: str, m: dict, sizes) -> None:

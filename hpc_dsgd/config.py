@@ -110,10 +110,11 @@ class Config:
     cuda_graph: bool = key(True, EXECUTION)  # CUDA: capture the local step (data, forward, backward, SGD) once as a CUDA graph and replay it
     # -- topology -------------------------------------------------------------------------
     topology: str = key("ring", GRAPH)  # ring | torus | complete | exponential | one_peer_exponential | random_matching
+    #                                     | directed_exponential | directed_random (push-sum's: topology.py)
     torus_shape: list[int] = key(factory=list, role=GRAPH)  # [a, b] with a*b = n; empty = most square
     lazy_mixing: bool = key(False, GRAPH)  # true: gossip with (I + W)/2 instead of W (lambda_min >= 0; D2 on the ring needs it)
     # -- algorithm (hpc_dsgd/algorithms/, docs/algorithms.md) -------------------------------
-    algorithm: str = key("dsgd", OPTIMIZATION)  # dsgd (the paper) | gradient_tracking | d2
+    algorithm: str = key("dsgd", OPTIMIZATION)  # dsgd (the paper) | gradient_tracking | d2 | push_sum
     gossip_every: int = key(1, GRAPH)  # H: communicate (the phase's policy) every H-th iteration; the H-1 others are local steps (W = I)
     momentum_kind: str = key("local", OPTIMIZATION, when={"optimizer": ("sgd",)})  # local (the paper: momentum stays on the replica) | quasi_global (Lin et al. 2021; sgd only)
     # -- communication mode (modes.py, docs/communication.md) ------------------------------
@@ -466,7 +467,7 @@ def validate(cfg: Config, ranks: int) -> None:
     need(cfg.algorithm == "dsgd" or (cfg.compression == "none" and cfg.hierarchy == "none" and not cfg.overlap),
          f"algorithm={cfg.algorithm!r} with compression={cfg.compression!r}, hierarchy={cfg.hierarchy!r}, "
          f"overlap={cfg.overlap}: the communication modes gossip X only, not an algorithm's companions (a tracker, "
-         "D2's correction); use algorithm='dsgd' with a mode, or the plain gossip mode")
+         "D2's correction, push-sum's weights); use algorithm='dsgd' with a mode, or the plain gossip mode")
     need(cfg.trace_flush_seconds >= 0, f"trace_flush_seconds={cfg.trace_flush_seconds}: need >= 0 (0 = every iteration)")
 
 
@@ -483,7 +484,8 @@ def _validate_comm(cfg: Config, ranks: int, need) -> None:
     gossiping = [p for p in cfg.policies if p in ("gossip", "target", "adaptive")]
     controlled = [p for p in cfg.policies if p in ("target", "adaptive")]
     if cfg.compression != "none":
-        need(cfg.topology not in ("one_peer_exponential", "random_matching", "complete"),
+        need(cfg.topology not in ("one_peer_exponential", "random_matching", "complete", "directed_exponential",
+                                  "directed_random"),
              f"compression={cfg.compression!r} with topology={cfg.topology!r}: CHOCO-SGD keeps public copies of fixed "
              "neighbours; use a fixed sparse topology (ring, torus, exponential)")
         need(cfg.hierarchy == "none", f"compression={cfg.compression!r} with hierarchy={cfg.hierarchy!r}: "

@@ -2,7 +2,18 @@
 
 numpy only: no MPI, no torch. Rows/columns index replicas 0..n-1.
 Convention (paper Sec. 3.1, eq. D-SGD): x_i <- sum_j w_ij x_j, i.e. X <- W X with X of shape
-(n, d), row i = replica i. Every W_t built here is doubly stochastic (Assumption 1).
+(n, d), row i = replica i. Every W_t built here is doubly stochastic (Assumption 1), except the directed
+random graph's: `directed_random` is column-stochastic only (push-sum, algorithms/push_sum.py, de-biases it).
+
+Directed graphs for push-sum (Assran et al. 2019, SGP), W_t = P_t column-stochastic (sender j keeps
+p_jj, sends p_ij to i; x <- P_t x):
+  directed_exponential  SGP's one-peer directed exponential graph: at step t replica j keeps 1/2 and sends 1/2
+                        to j + 2^(t mod m) (mod n), m = ceil(log2 n). P_t = (I + S^h)/2 is circulant, hence
+                        doubly stochastic, and equals one_peer_exponential's W_t (i receives from i - 2^(t mod m)).
+  directed_random       at step t every replica j keeps 1/2 and sends 1/2 to one out-peer o_t(j) != j drawn
+                        uniformly from counters (seed, t) (every rank draws the same): P_t = (I + sum_j e_o(j)
+                        e_j^T)/2. Columns sum to 1, rows to (1 + indeg_t(i))/2: not doubly stochastic, so
+                        Assumption 1's p does not apply (push_sum_contraction measures push-sum's rate instead).
 
 Mixing parameter (Assumption 1, eq. 2): the largest p with ||W X - Xbar||_F^2 <= (1-p)||X - Xbar||_F^2
 for all X, i.e. 1 - p = sigma_max(W - J)^2 with J = 11^T/n. For symmetric W with spectral gap
@@ -21,7 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TOPOLOGIES = ("ring", "torus", "complete", "exponential", "one_peer_exponential", "random_matching")
+TOPOLOGIES = ("ring", "torus", "complete", "exponential", "one_peer_exponential", "random_matching",
+              "directed_exponential", "directed_random")
+NOT_DOUBLY_STOCHASTIC = ("directed_random",)  # column-stochastic only: push-sum's (algorithm = "push_sum")
 
 
 class TopologyError(ValueError):
@@ -127,6 +140,22 @@ def random_matching_matrix(n: int, t: int, seed: int) -> np.ndarray:
     return W
 
 
+def directed_random_peers(n: int, t: int, seed: int) -> np.ndarray:
+    """The out-peer o_t(j) != j of every replica j at step t, drawn from (seed, t): every rank draws the same."""
+    rng = np.random.default_rng([int(seed), int(t), 0x70757368])  # 'push'
+    return (np.arange(n) + rng.integers(1, n, size=n)) % n
+
+
+def directed_random_matrix(n: int, t: int, seed: int) -> np.ndarray:
+    """Column-stochastic P_t: replica j keeps 1/2 and sends 1/2 to o_t(j) (n = 1: the identity)."""
+    if n == 1:
+        return np.eye(1)
+    P = 0.5 * np.eye(n)
+    for j, o in enumerate(directed_random_peers(n, t, seed)):
+        P[o, j] += 0.5
+    return P
+
+
 def mixing_parameter(W: np.ndarray) -> float:
     """p of Assumption 1 for one fixed W: 1 - sigma_max(W - 11^T/n)^2."""
     n = W.shape[0]
@@ -155,17 +184,22 @@ class Topology:
 
     @property
     def time_varying(self) -> bool:
-        return self.name in ("one_peer_exponential", "random_matching")
+        return self.name in ("one_peer_exponential", "random_matching", "directed_exponential", "directed_random")
+
+    @property
+    def doubly_stochastic(self) -> bool:
+        """Every W_t has unit row and column sums (all but directed_random, which is column-stochastic only)."""
+        return self.name not in NOT_DOUBLY_STOCHASTIC
 
     @property
     def period(self) -> int | None:
         """Number of distinct W_t cycled through (1 for fixed graphs, None for random ones)."""
-        if self.name == "one_peer_exponential":
+        if self.name in ("one_peer_exponential", "directed_exponential"):
             return max(1, len(exponential_hops(self.n)))
-        return None if self.name == "random_matching" else 1
+        return None if self.name in ("random_matching", "directed_random") else 1
 
     def W(self, t: int = 0) -> np.ndarray:
-        """Mixing matrix of gossip step t (float64, n x n, doubly stochastic)."""
+        """Mixing matrix of gossip step t (float64, n x n; doubly stochastic, directed_random column-stochastic)."""
         key = t % self.period if self.period else t
         if key in self._cache:
             return self._cache[key]
@@ -178,10 +212,10 @@ class Topology:
             W = complete_matrix(n)
         elif self.name == "exponential":
             W = exponential_matrix(n)
-        elif self.name == "one_peer_exponential":
-            W = one_peer_exponential_matrix(n, key)
+        elif self.name in ("one_peer_exponential", "directed_exponential"):
+            W = one_peer_exponential_matrix(n, key)  # directed_exponential: the same P_t (module docstring)
         else:
-            W = random_matching_matrix(n, t, self.seed)
+            W = (random_matching_matrix if self.name == "random_matching" else directed_random_matrix)(n, t, self.seed)
             return 0.5 * (np.eye(n) + W) if self.lazy else W  # not cached: a new matching every step
         if self.lazy:
             W = 0.5 * (np.eye(n) + W)
@@ -193,13 +227,16 @@ class Topology:
         """Mixing parameter p (Assumption 1).
 
         Fixed graph: exact. Time-varying: 1 - lambda_max(E[(W-J)^T (W-J)]), the expectation over a
-        uniformly drawn step of the one-peer cycle (exact), or over `samples` random matchings."""
+        uniformly drawn step of the one-peer cycle (exact), or over `samples` random matchings.
+        directed_random: NaN (Assumption 1 is for doubly stochastic W; see push_sum_contraction)."""
         n = self.n
         if n == 1:
             return 1.0
+        if not self.doubly_stochastic:
+            return math.nan
         if self.time_varying:
             J = np.full((n, n), 1.0 / n)
-            Ws = ([self.W(t) for t in range(self.period)] if self.name == "one_peer_exponential"
+            Ws = ([self.W(t) for t in range(self.period)] if self.period
                   else [random_matching_matrix(n, t, self.seed + 7919) for t in range(samples)])
             if self.lazy and self.name == "random_matching":
                 Ws = [0.5 * (np.eye(n) + W) for W in Ws]
@@ -215,8 +252,31 @@ class Topology:
         return mixing_parameter(P)
 
     def spectral_gap(self) -> float:
-        """rho with p = 1 - (1 - rho)^2 (the usual 1 - |lambda_2| for a symmetric W)."""
-        return 1.0 - math.sqrt(max(0.0, 1.0 - self.p()))
+        """rho with p = 1 - (1 - rho)^2 (the usual 1 - |lambda_2| for a symmetric W); NaN where p is."""
+        p = self.p()
+        return 1.0 - math.sqrt(max(0.0, 1.0 - p)) if math.isfinite(p) else math.nan
+
+    def push_sum_contraction(self, steps: int = 60, trials: int = 4) -> float:
+        """Measured per-step contraction r of push-sum consensus on this graph: from random X_0 (seeded), x and
+        w = 1 mixed by W_t for t < steps, z = x / w; r = geometric mean over trials of
+        (||Z_steps - 1 xbar_0^T||_F / ||X_0 - 1 xbar_0^T||_F)^(1/steps) (push-sum's z tends to the average of
+        X_0 on any column-stochastic sequence that mixes). An empirical figure, not a bound; defined for every
+        topology (for a doubly stochastic one w stays 1 and this is plain gossip's measured rate)."""
+        n = self.n
+        if n == 1:
+            return 0.0
+        rng = np.random.default_rng([int(self.seed), 0x72617465])  # 'rate'
+        logs = []
+        for _ in range(trials):
+            X0 = rng.standard_normal((n, 4))
+            X, w = X0.copy(), np.ones(n)
+            for t in range(steps):
+                Wt = self.W(t)
+                X, w = Wt @ X, Wt @ w
+            e0 = np.linalg.norm(X0 - X0.mean(0))
+            e = np.linalg.norm(X / w[:, None] - X0.mean(0))
+            logs.append((math.log(max(e, 1e-300)) - math.log(e0)) / steps)
+        return float(math.exp(sum(logs) / len(logs)))
 
     def in_neighbours(self, i: int, t: int = 0) -> list[int]:
         """Replicas j != i with w_ij > 0 at step t."""
@@ -229,7 +289,7 @@ class Topology:
 
     @property
     def symmetric(self) -> bool:
-        """Every W_t is symmetric (ring, torus, complete, random matching; not the directed exponential graphs)."""
+        """Every W_t is symmetric (ring, torus, complete, random matching; not the directed graphs)."""
         return self.name in ("ring", "torus", "complete", "random_matching")
 
     def lambda_min(self) -> float:

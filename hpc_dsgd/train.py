@@ -306,7 +306,8 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
             atomic_write_text(rd.config, cfg.to_toml())
             attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
                      "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
-                     "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)), "iters_per_epoch": sched.iters_per_epoch,
+                     "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)) if math.isfinite(p) else p,  # NaN: not doubly stochastic
+                     "iters_per_epoch": sched.iters_per_epoch,
                      "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
                      "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),
                      "versions_json": json.dumps(versions()), "code_revision": revision,

@@ -48,6 +48,7 @@ def reference(cfg, iters: int) -> np.ndarray:
     y, g_prev, x_prev, m, m_hat = (np.zeros_like(x) for _ in range(5))
     x_prev[:] = x  # D2: x^(-1) = x^0
     lr_prev, s = 0.0, 0
+    w = np.ones(n)  # push-sum weights (Assran et al. 2019): x holds the biased sums, z = x / w the parameters
     for t in range(iters):
         ep, b = divmod(t, sched.iters_per_epoch)
         lr = sched.lr(t)
@@ -56,7 +57,7 @@ def reference(cfg, iters: int) -> np.ndarray:
         for i, mod in enumerate(models):
             idx = replica_shard(perm, n, i)[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             inp = augment_batch(data.train_x[idx], data.mean, data.std, seed=cfg.seed, replica=i, t=t)
-            _load(mod, x[i].astype(np.float32))
+            _load(mod, (x[i] / w[i]).astype(np.float32))  # the gradient at z_i = x_i / w_i (w = 1 but in push-sum)
             mod.train()
             mod.zero_grad()
             F.cross_entropy(mod(inp), data.train_y[idx]).backward()
@@ -85,7 +86,8 @@ def reference(cfg, iters: int) -> np.ndarray:
             x_prev, g_prev, lr_prev = x, g, lr
         else:
             z = x - lr * a
-        x_new = W @ z
+        x_new = W @ z  # push-sum: x^(t+1) = P_t (x^t - lr u^t), u from the gradient at z^t
+        w_old, w = w, (W @ w if alg == "push_sum" else w)
         if alg == "gradient_tracking":
             y = W @ y
         if cfg.momentum_kind == "quasi_global":  # Lin et al. 2021: m^ = beta m^ + (1 - beta) (x^t - x^(t+1)) / lr
@@ -94,9 +96,12 @@ def reference(cfg, iters: int) -> np.ndarray:
         bufs = [_buffers(mod) for mod in models]
         with torch.no_grad():
             for pos in range(len(bufs[0])):
-                mixed = np.tensordot(W, np.stack([bufs[i][pos].double().numpy() for i in range(n)]), axes=1)
+                b = np.stack([bufs[i][pos].double().numpy() for i in range(n)])  # push-sum: b are z-values
+                mixed = np.tensordot(W, b * w_old.reshape((n,) + (1,) * (b.ndim - 1)), axes=1)
+                mixed = mixed / w.reshape((n,) + (1,) * (b.ndim - 1))
                 for i in range(n):
                     bufs[i][pos].copy_(torch.from_numpy(mixed[i]))
+    x = x / w[:, None]  # z (w = 1 but in push-sum)
     B = np.stack([torch.cat([bf.reshape(-1) for bf in _buffers(mod)]).double().numpy() for mod in models])
     return np.concatenate([x, B], axis=1)
 
@@ -112,6 +117,10 @@ CASES = {
     "d2": dict(algorithm="d2", momentum=0.0, nesterov=False, lazy_mixing=True, base_lr=0.05),
     "quasi_global": dict(momentum_kind="quasi_global", momentum=0.9, nesterov=True),
     "gossip_every_2": dict(gossip_every=2, momentum=0.9, nesterov=False),
+    # push-sum on the column-stochastic directed random graph (w varies), with momentum and a local iteration
+    "push_sum_random": dict(algorithm="push_sum", topology="directed_random", momentum=0.9, nesterov=True),
+    "push_sum_random_every_2": dict(algorithm="push_sum", topology="directed_random", gossip_every=2, momentum=0.0,
+                                    nesterov=False),
     # dec-phase runs: All-Reduce, gossip, All-Reduce within the 5 iterations (phases of 2, 1 and 2 iterations)
     "gradient_tracking_dec_phase_2": dict(algorithm="gradient_tracking", policies=["allreduce", "gossip", "allreduce"],
                                           epochs=0.12, decay_fractions=[0.4, 0.6], warmup_epochs=0.0),

@@ -6,7 +6,7 @@ communication, one scalar Allreduce):
     state, under their names, and resumed bitwise);
   - where the gradient is taken and what the optimizer sees (grad_hook: e.g. the tracker y instead of g);
   - which vector(s) are gossiped (prepare(): e.g. D2's 2 x_t - x_(t-1) + ...; gossiper(): a companion such as
-    the tracker gossiped with the same W_t, its bytes counted in bytes_sent);
+    the tracker, or push-sum's weights, gossiped with the same W_t, its bytes counted in bytes_sent);
   - which config combinations it refuses (check(cfg): one line, or None).
 The loop's `gossip_every` (H local steps, then the phase's communication) and the momentum kind
 (optim.py) apply to every algorithm the check admits.
@@ -18,11 +18,13 @@ from .base import Algorithm
 from .d2 import D2
 from .dsgd import DSGD
 from .gradient_tracking import GradientTracking
+from .push_sum import PushSum
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "dsgd": DSGD,
     "gradient_tracking": GradientTracking,
     "d2": D2,
+    "push_sum": PushSum,
 }
 
 

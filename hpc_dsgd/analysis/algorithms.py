@@ -25,7 +25,7 @@ import pandas as pd
 from .cells import Experiment, finite_stats
 from .table import EMPTY_CELL, UNTUNED_TITLE, Table, frame, not_counted, num, skipped_lines, untuned_lines
 
-NAMES = {"dsgd": "D-SGD", "gradient_tracking": "gradient tracking", "d2": "D²"}
+NAMES = {"dsgd": "D-SGD", "gradient_tracking": "gradient tracking", "d2": "D²", "push_sum": "push-sum"}
 
 
 def method_of(cfg: dict) -> str:

@@ -1,16 +1,17 @@
 """The communication-modes table (issue 24, docs/communication.md): per experiment (a communication mode: All-Reduce,
-D-SGD, CHOCO-SGD with an operator, hierarchical, overlapped), the final test accuracy of the averaged model, the mean
-consensus distance Xi over the measured iterations, and the bytes sent per iteration relative to All-Reduce, each as
-mean ± sample std over the counted seeds (the counting rules of every table: runs.group_runs); and a figure of the
-averaged model's test accuracy against the bytes sent so far.
+D-SGD, CHOCO-SGD with an operator, hierarchical, overlapped, push-sum on a directed graph), the final test accuracy
+of the averaged model, the mean consensus distance Xi over the measured iterations, and the bytes sent per iteration
+relative to All-Reduce, each as mean ± sample std over the counted seeds (the counting rules of every table:
+runs.group_runs); and a figure of the averaged model's test accuracy against the bytes sent so far.
 
     python tools/tables.py runs/communication --preset communication [--seeds 3] [--format md|latex|csv]
     python -m hpc_dsgd.analysis.communication runs/communication --figure comm.png
 
 Bytes are what the trace's /iter/bytes_sent counts (the sum over ranks of the payload each rank sent: the
-compressed messages for CHOCO-SGD, D float32 numbers per row a neighbour rank needs for gossip). "All-Reduce" is the
-bytes this code counts for one exact average, ranks x D x 8 (a float64 row per rank; D from the trace), so the
-ratio is comparable across runs of one plan; it is not a model of a particular Allreduce algorithm's traffic.
+compressed messages for CHOCO-SGD, D float32 numbers per row a neighbour rank needs for gossip, plus one float64
+push-sum weight per such row under push-sum). "All-Reduce" is the bytes this code counts for one exact average,
+ranks x D x 8 (a float64 row per rank; D from the trace), so the ratio is comparable across runs of one plan; it is
+not a model of a particular Allreduce algorithm's traffic.
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def mode_label(cfg: dict) -> str | None:
         return None
     comp = cfg.get("compression", "none")
     topo = cfg.get("topology", "ring")
+    alg = cfg.get("algorithm", "dsgd")
+    if alg == "push_sum":
+        return f"push-sum, {topo}"
+    if alg != "dsgd":
+        return None  # another algorithm (gradient tracking, D2): the algorithms table's
     if comp != "none":
         what = {"topk": "top-{r:g} %", "randomk": "random-{r:g} %", "sign": "sign", "qsgd": "QSGD s={s}"}[comp]
         what = what.format(r=100 * float(cfg.get("compression_ratio", 0.01)), s=cfg.get("qsgd_levels", 16))

@@ -1,6 +1,7 @@
 """Claims about the algorithms (hpc_dsgd/algorithms/, docs/algorithms.md), in one process:
 - each algorithm's trajectory (D-SGD, gradient tracking with and without momentum, D2, quasi-global momentum,
-  gossip_every = 2, and dec-phase-2 runs of gradient tracking and D2) on 1 rank x 4 replicas equals the dense
+  gossip_every = 2, dec-phase-2 runs of gradient tracking and D2, and push-sum on the directed random graph,
+  12 iterations, with Nesterov momentum and with gossip_every = 2) on 1 rank x 4 replicas equals the dense
   reference of its textbook equations (tests/alg_reference.py);
 - a run stopped in the middle of a phase and resumed equals the uninterrupted run bitwise, for each algorithm,
   and its checkpoint holds the algorithm's companion blocks;
@@ -28,19 +29,22 @@ from hpc_dsgd.train import run
 
 QUIET = dict(log=lambda *a, **k: None)
 ITERS = 5
+PUSH_SUM_ITERS = 12  # push-sum's cases: a dozen iterations on the directed random graph (w varies)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_trajectory_equals_dense_reference(tmp_path, case):
-    cfg = from_dict(small(tmp_path, max_iterations=ITERS, **CASES[case]), ranks=1)
+    iters = PUSH_SUM_ITERS if case.startswith("push_sum") else ITERS
+    cfg = from_dict(small(tmp_path, max_iterations=iters, **CASES[case]), ranks=1)
     res = run(cfg, MPI.COMM_SELF, **QUIET)
-    X, ref = res.X.double().numpy(), reference(cfg, ITERS)
+    X, ref = res.X.double().numpy(), reference(cfg, iters)
     if cfg.policies[-1] != "allreduce":  # the replicas differ: not a disguised average
         assert np.abs(X[:, :res.d] - X[0, :res.d]).max() > 1e-4
     np.testing.assert_allclose(X, ref, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("case", ["gradient_tracking_nesterov", "d2", "quasi_global", "gossip_every_2"])
+@pytest.mark.parametrize("case", ["gradient_tracking_nesterov", "d2", "quasi_global", "gossip_every_2",
+                                  "push_sum_random"])
 def test_resume_mid_phase_is_bitwise(tmp_path, case):
     kw = CASES[case]
     whole = run(from_dict(small(tmp_path, "whole", max_iterations=7, **kw), ranks=1), MPI.COMM_SELF, **QUIET)
@@ -48,7 +52,8 @@ def test_resume_mid_phase_is_bitwise(tmp_path, case):
     (ckpt,) = list_checkpoints(os.path.join(tmp_path, "cut"))
     with open(os.path.join(ckpt, "manifest.json")) as f:
         names = set(json.load(f)["tensors"])
-    want = {"gradient_tracking": {"Y", "Gprev"}, "d2": {"Xprev", "Uprev"}}.get(kw.get("algorithm"), set())
+    want = {"gradient_tracking": {"Y", "Gprev"}, "d2": {"Xprev", "Uprev"},
+            "push_sum": {"push_sum_w"}}.get(kw.get("algorithm"), set())
     assert want | {"X", "M"} <= names
     resumed = run(from_dict(small(tmp_path, "cut", max_iterations=7, **kw), ranks=1), MPI.COMM_SELF, resume="auto",
                   **QUIET)
