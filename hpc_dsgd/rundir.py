@@ -15,6 +15,11 @@ import os
 from dataclasses import dataclass
 
 
+def _in_run(name: str) -> property:
+    """RUN_DIR/<name> as a read-only property."""
+    return property(lambda self: os.path.join(self.path, name), doc=f"RUN_DIR/{name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: str
@@ -36,29 +41,12 @@ class RunDir:
         """The run whose RUN_DIR/checkpoints/ holds `checkpoint` (a ckpt-... directory or a phase-K alias)."""
         return cls(os.path.normpath(os.path.join(checkpoint, os.pardir, os.pardir)))
 
-    @property
-    def trace(self) -> str:
-        return os.path.join(self.path, self.TRACE)
-
-    @property
-    def checkpoints(self) -> str:
-        return os.path.join(self.path, self.CHECKPOINTS)
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.path, self.LOCK)
-
-    @property
-    def config(self) -> str:
-        return os.path.join(self.path, self.CONFIG)
-
-    @property
-    def tokenizer(self) -> str:
-        return os.path.join(self.path, self.TOKENIZER)
-
-    @property
-    def campaign_log(self) -> str:
-        return os.path.join(self.path, self.CAMPAIGN_LOG)
+    trace = _in_run(TRACE)
+    checkpoints = _in_run(CHECKPOINTS)
+    lock = _in_run(LOCK)
+    config = _in_run(CONFIG)
+    tokenizer = _in_run(TOKENIZER)
+    campaign_log = _in_run(CAMPAIGN_LOG)
 
     def checkpoint(self, it: int) -> str:
         """RUN_DIR/checkpoints/ckpt-<it, 9 digits>."""
