@@ -96,11 +96,9 @@ def test_sbatch_directives(script):
         assert want in opts
     for prefix in ("--ntasks-per-node=", "--time="):
         assert any(o.startswith(prefix) for o in opts), prefix
-    if script == "sweep.sbatch":  # the sweep is sized for the paper's GPU nodes
-        assert "--gpus-per-task=1" in opts and any(o.startswith("--cpus-per-task=") for o in opts)
-    else:  # run.sbatch asks for no GPU or CPU count it was not given (a GRES error on GPU-less clusters,
-        # a job pending forever on small nodes): the campaign's [slurm] table or the sbatch line gives them
-        assert not any(o.startswith(("--gpus", "--cpus-per-task", "--gres")) for o in opts), opts
+    # neither script asks for a GPU or CPU count it was not given (a GRES error on GPU-less clusters, a job pending
+    # forever on small nodes): the campaign's [slurm] table or the sbatch line gives them
+    assert not any(o.startswith(("--gpus", "--cpus-per-task", "--gres")) for o in opts), opts
 
 
 # -- run.sbatch ------------------------------------------------------------------------------
