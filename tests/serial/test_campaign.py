@@ -5,6 +5,7 @@ an uninterrupted campaign, and the SLURM launcher against stubbed sbatch/squeue/
 The mini campaign: `ref` (plain D-SGD), `branch` (from ref's phase-1 checkpoint through the alias
 RUN/checkpoints/phase-1, All-Reduce after), `half` and `quarter` (dec-phase-1 at 1/2 and 1/4 of ref's Xi_max).
 """
+import dataclasses
 import glob
 import json
 import os
@@ -224,6 +225,16 @@ def test_status_report_and_rerun_starts_nothing(done, monkeypatch, capsys):
     assert "(experiments.md)" in index and "(consensus.png)" in index and "(learning_curves.png)" in index
     assert (rep / "consensus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((rep / "experiments.csv").read_text().strip().splitlines()) == 1 + 4  # header + 4 experiments
+    # a preset's own figure is drawn when the plan asks for that table (communication: accuracy against bytes)
+    from hpc_dsgd.analysis.report import report
+    from hpc_dsgd.campaign.plan import load_plan
+
+    monkeypatch.chdir(tmp)
+    plan = load_plan("plan.toml", validate=False)
+    assert report(dataclasses.replace(plan, tables=["communication"]), str(tmp / "report_comm")) == 0
+    assert (tmp / "report_comm" / "accuracy_vs_bytes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(accuracy_vs_bytes.png)" in (tmp / "report_comm" / "index.md").read_text()
+    capsys.readouterr()
     before = {p: os.stat(p).st_mtime_ns for p in (tmp / "runs").rglob("*") if p.is_file() and "campaign" not in p.name}
     rc, out, err = campaign(tmp, "run", "plan.toml", "--ranks", "2")
     assert rc == 0 and "started" not in out and out.count(": finished (") == 4, out + err
