@@ -74,7 +74,8 @@ def open_h5(path: str, mode: str, wait: float = LOCK_WAIT_S) -> h5py.File:
         try:
             return h5py.File(path, mode)
         except OSError as e:  # BlockingIOError: "unable to lock file, errno = 11"
-            if "lock" not in str(e) or time.monotonic() > deadline:
+            # only HDF5's lock error waits: a truncated file's message ("... sblock->base_addr ...") also holds "lock"
+            if "unable to lock file" not in str(e).lower() or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 

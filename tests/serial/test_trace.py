@@ -238,3 +238,19 @@ def test_malformed_traces_one_error_naming_file_and_field(tmp_path, kind):
     runs = load_runs([p])
     reason = runs.attrs["skipped"][0][1]
     assert runs.empty and p in reason and MALFORMED[kind] in reason
+
+
+def test_a_truncated_trace_fails_at_once_without_waiting_for_a_lock(tmp_path, monkeypatch):
+    """Only HDF5's "unable to lock file" waits (up to LOCK_WAIT_S): a truncated file, whose error text holds
+    "sblock" (a "lock" substring), was waited on for 60 s by every reader before it failed."""
+    import hpc_dsgd.trace as trace_mod
+
+    path = str(tmp_path / "t.h5")
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(100_000)
+    os.truncate(path, os.path.getsize(path) // 2)
+    naps = []
+    monkeypatch.setattr(trace_mod.time, "sleep", naps.append)
+    with pytest.raises(TraceError, match="not a readable HDF5 file"):
+        read_trace(path)
+    assert naps == []
