@@ -354,8 +354,7 @@ def _retain_and_clean(run_dir: str, keep_last: int) -> None:
 # -- verify -------------------------------------------------------------------------------------
 def upgrade_hint(path: str) -> str:
     return (f"convert it once with `python -m hpc_dsgd checkpoint upgrade {path}` (restricted unpickler: tensors "
-            f"and numpy arrays only) "
-            f"(the original is kept as {path}.format1), then resume")
+            f"and numpy arrays only; the original is kept as {path}.format1), then resume")
 
 
 def read_manifest(path: str, formats: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:

@@ -25,6 +25,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from .topology import TIME_VARYING
 from .workloads.spec import SPECS, spec_of, workload_keys
 
 POLICIES = ("allreduce", "gossip", "target", "adaptive", "csgd")
@@ -484,8 +485,7 @@ def _validate_comm(cfg: Config, ranks: int, need) -> None:
     gossiping = [p for p in cfg.policies if p in ("gossip", "target", "adaptive")]
     controlled = [p for p in cfg.policies if p in ("target", "adaptive")]
     if cfg.compression != "none":
-        need(cfg.topology not in ("one_peer_exponential", "random_matching", "complete", "directed_exponential",
-                                  "directed_random"),
+        need(cfg.topology not in TIME_VARYING + ("complete",),
              f"compression={cfg.compression!r} with topology={cfg.topology!r}: CHOCO-SGD keeps public copies of fixed "
              "neighbours; use a fixed sparse topology (ring, torus, exponential)")
         need(cfg.hierarchy == "none", f"compression={cfg.compression!r} with hierarchy={cfg.hierarchy!r}: "

@@ -35,6 +35,15 @@ import numpy as np
 TOPOLOGIES = ("ring", "torus", "complete", "exponential", "one_peer_exponential", "random_matching",
               "directed_exponential", "directed_random")
 NOT_DOUBLY_STOCHASTIC = ("directed_random",)  # column-stochastic only: push-sum's (algorithm = "push_sum")
+ONE_PEER_CYCLE = ("one_peer_exponential", "directed_exponential")  # the same cycle of m = ceil(log2 n) matrices
+RANDOM_PER_STEP = ("random_matching", "directed_random")  # a new W_t drawn from (seed, t) at every step
+TIME_VARYING = ONE_PEER_CYCLE + RANDOM_PER_STEP
+DIRECTED = ("directed_exponential", "directed_random")  # push-sum's graphs (x <- P_t x, P_t column-stochastic)
+
+
+def spectral_gap_of(p: float) -> float:
+    """rho with p = 1 - (1 - rho)^2; NaN where p is (a topology Assumption 1 does not cover)."""
+    return 1.0 - math.sqrt(max(0.0, 1.0 - p)) if math.isfinite(p) else math.nan
 
 
 class TopologyError(ValueError):
@@ -184,7 +193,7 @@ class Topology:
 
     @property
     def time_varying(self) -> bool:
-        return self.name in ("one_peer_exponential", "random_matching", "directed_exponential", "directed_random")
+        return self.name in TIME_VARYING
 
     @property
     def doubly_stochastic(self) -> bool:
@@ -194,9 +203,9 @@ class Topology:
     @property
     def period(self) -> int | None:
         """Number of distinct W_t cycled through (1 for fixed graphs, None for random ones)."""
-        if self.name in ("one_peer_exponential", "directed_exponential"):
+        if self.name in ONE_PEER_CYCLE:
             return max(1, len(exponential_hops(self.n)))
-        return None if self.name in ("random_matching", "directed_random") else 1
+        return None if self.name in RANDOM_PER_STEP else 1
 
     def W(self, t: int = 0) -> np.ndarray:
         """Mixing matrix of gossip step t (float64, n x n; doubly stochastic, directed_random column-stochastic)."""
@@ -212,7 +221,7 @@ class Topology:
             W = complete_matrix(n)
         elif self.name == "exponential":
             W = exponential_matrix(n)
-        elif self.name in ("one_peer_exponential", "directed_exponential"):
+        elif self.name in ONE_PEER_CYCLE:
             W = one_peer_exponential_matrix(n, key)  # directed_exponential: the same P_t (module docstring)
         else:
             W = (random_matching_matrix if self.name == "random_matching" else directed_random_matrix)(n, t, self.seed)
@@ -253,8 +262,7 @@ class Topology:
 
     def spectral_gap(self) -> float:
         """rho with p = 1 - (1 - rho)^2 (the usual 1 - |lambda_2| for a symmetric W); NaN where p is."""
-        p = self.p()
-        return 1.0 - math.sqrt(max(0.0, 1.0 - p)) if math.isfinite(p) else math.nan
+        return spectral_gap_of(self.p())
 
     def push_sum_contraction(self, steps: int = 60, trials: int = 4) -> float:
         """Measured per-step contraction r of push-sum consensus on this graph: from random X_0 (seeded), x and

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from .topology import TOPOLOGIES, Topology, TopologyError, exponential_hops
+from .topology import DIRECTED, ONE_PEER_CYCLE, TOPOLOGIES, Topology, TopologyError, exponential_hops
 
 W_PRINT_MAX_N = 16  # W is printed only up to this n
 
@@ -46,7 +46,7 @@ def describe(topo: Topology, steps: int | None = None) -> str:
             "a new random matching every step" if topo.name == "random_matching" else
             "a new random out-peer per replica every step")
         out.append(f"time-varying: W_t changes with the gossip step t ({per})")
-    if topo.name.startswith("directed_"):
+    if topo.name in DIRECTED:
         out.append("directed (push-sum, algorithm = \"push_sum\"): column-stochastic P_t, sender j keeps 1/2 and "
                    "sends 1/2 to one out-peer; x <- P_t x, w <- P_t w, z = x / w")
         out.append("doubly stochastic: every P_t is circulant, the same matrices as one_peer_exponential; push-sum "
@@ -59,7 +59,7 @@ def describe(topo: Topology, steps: int | None = None) -> str:
         symmetric = bool(np.allclose(W, W.T))
         if topo.time_varying:
             extra = f" (hop 2^{t % topo.period} = {exponential_hops(n)[t % topo.period]})" \
-                if topo.name in ("one_peer_exponential", "directed_exponential") and n > 1 else ""
+                if topo.name in ONE_PEER_CYCLE and n > 1 else ""
             out.append(f"step t={t}{extra}:")
         out.append("neighbours (j != i with w_ij > 0)" + ("" if symmetric else ": receives from / sends to") + ":")
         for i in range(n):
@@ -89,8 +89,8 @@ def describe(topo: Topology, steps: int | None = None) -> str:
     out.append(f"p = {_fmt(p)}  (Assumption 1: p = 1 - (1 - rho)^2"
                + ("; expected contraction per step, estimated from sampled matchings" if topo.name == "random_matching"
                   else "; per step, expected over a uniformly drawn step of its cycle"
-                  if topo.name in ("one_peer_exponential", "directed_exponential") else "") + ")")
-    if topo.name in ("one_peer_exponential", "directed_exponential"):
+                  if topo.name in ONE_PEER_CYCLE else "") + ")")
+    if topo.name in ONE_PEER_CYCLE:
         out.append(f"p_cycle = {_fmt(topo.p_cycle())}  (product of the {topo.period} matrices of one cycle)")
     return "\n".join(out)
 

@@ -55,7 +55,7 @@ from .resume import resolve_branch, resolve_resume
 from .rngstate import restore_rank_state
 from .rundir import RunDir
 from .signals import StopRequest
-from .topology import Topology
+from .topology import Topology, spectral_gap_of
 from .trace import TraceError, TraceWriteError, TraceWriter, mount_of, read_trace
 from .workloads import Workload, make_workload
 
@@ -306,7 +306,7 @@ def _open_trace(cfg, world, wl, topo, sched, reps, gossiper, xi_max, it: int, lo
             atomic_write_text(rd.config, cfg.to_toml())
             attrs = {"config_json": cfg.to_json(), "config_toml": cfg.to_toml(), "n": cfg.n, "ranks": world.ranks,
                      "replicas_per_rank": world.k, "topology": topo.describe(), "p": p,
-                     "spectral_gap": 1.0 - math.sqrt(max(0.0, 1.0 - p)) if math.isfinite(p) else p,  # NaN: not doubly stochastic
+                     "spectral_gap": spectral_gap_of(p),
                      "iters_per_epoch": sched.iters_per_epoch,
                      "total_iters": sched.total_iters, "phase_bounds": np.array(sched.phase_bounds()),
                      "measure_every": cfg.measure_every, "reference_xi_max_json": json.dumps(xi_max or {}),

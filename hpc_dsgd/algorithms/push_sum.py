@@ -70,12 +70,12 @@ class PushSum(Algorithm):
         self.w = torch.ones(reps.k, 1, dtype=torch.float64, device=reps.device)
         self.state["push_sum_w"] = self.w
         self.gossip = PushSumGossip(gossiper, world, topology, self.w, torch.empty_like(reps.X))
-        self._zt = None
+        self._zt = torch.empty_like(reps.P)  # z^t of the current iteration (a buffer: no allocation per iteration)
 
     check = staticmethod(algorithm_checks.check_push_sum)
 
     def begin(self):
-        self._zt = self.reps.P.clone()  # z^t
+        self._zt.copy_(self.reps.P)  # z^t
 
     def prepare(self):
         reps, w, xh = self.reps, self.w, self.gossip.xh
@@ -84,4 +84,3 @@ class PushSum(Algorithm):
         xh[:, :d].add_((w - 1.0) * self._zt)  # x^(t+1/2) = z' + (w^t - 1) z^t
         xh[:, d:].mul_(w)  # b_x = w^t b
         reps.X.copy_(xh).div_(w)  # z^(t+1/2)
-        self._zt = None

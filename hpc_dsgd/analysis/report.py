@@ -8,7 +8,6 @@ A run not there yet is a missing cell (the tables count only finished runs).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
 
@@ -31,11 +30,9 @@ def plan_presets(plan) -> list[str]:
 
     return filled_presets([identity(r.cfg) for r in plan.runs])
 
-# A table preset's own figure, drawn beside the generic ones when the plan asks for that table:
-# name -> (module of hpc_dsgd.analysis, function(traces, out_png), file, title)
-PRESET_FIGURES = {"algorithms": ("algorithms", "figure", "algorithms_xi.png", "Consensus distance Ξ of each method"),
-                  "communication": ("communication", "accuracy_vs_bytes", "accuracy_vs_bytes.png",
-                                    "Test accuracy of the averaged model against the bytes sent")}
+# A table preset's own figure, drawn beside the generic ones when the plan asks for that table: name -> (file, title)
+PRESET_FIGURES = {"algorithms": ("algorithms_xi.png", "Consensus distance Ξ of each method"),
+                  "communication": ("accuracy_vs_bytes.png", "Test accuracy of the averaged model against the bytes sent")}
 REPORT_FIGURES = (("fig1_consensus", "consensus.png", "Consensus distance Ξ over epochs (Figure 1)"),
                   ("fig2_learning_curves", "learning_curves.png", "Training loss, training and test accuracy (Figure 2)"),
                   ("fig3_learning_curves", "translation.png", "Multi30k: training loss, Ξ, validation perplexity (Figure 3)"))
@@ -81,11 +78,10 @@ def report(plan, out_dir: str | None = None) -> int:
 
         figs = [(fname, title, getattr(figures, fig), trs) for fig, fname, title in REPORT_FIGURES
                 if (trs := [r.trace for r in first if fig in report_figures(r.cfg.get("dataset"))])]
-        for name in tables:
-            if name in PRESET_FIGURES:
-                mod, fn_name, fname, title = PRESET_FIGURES[name]
-                figs.append((fname, title, getattr(importlib.import_module(f"{__package__}.{mod}"), fn_name),
-                             [r.trace for r in first]))
+        from . import algorithms, communication
+
+        draw = {"algorithms": algorithms.figure, "communication": communication.accuracy_vs_bytes}
+        figs += [(*PRESET_FIGURES[name], draw[name], [r.trace for r in first]) for name in tables if name in draw]
         for fname, title, fn, trs in figs:
             fn(trs, os.path.join(out, fname))
             index += [f"### {title}", "", f"![{title}]({fname})", ""]
